@@ -1,0 +1,152 @@
+"""Model files: ``.safetensors`` weights with the architecture and a model card in the metadata.
+
+safetensors stores tensors only, so loading a file can never run code (unlike a pickled
+checkpoint). The metadata makes a file self-describing: which generator it fits, how its inputs
+are normalised, what it was trained on and how well it did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+
+from .atomic_files import atomic_write
+from .models import SCALE, Generator, GeneratorConfig
+from .normalization import NormalizationSpec
+
+FORMAT_KEY = "napari_srgan_format"
+FORMAT_VERSION = "1"
+
+
+class ModelFileError(ValueError):
+    """A weight file is missing, unreadable, or does not fit the architecture it claims."""
+
+
+@dataclass
+class ModelCard:
+    """What a user needs to know about a model; stored as JSON in the file's metadata."""
+
+    name: str
+    description: str = ""
+    #: False for a randomly initialised placeholder; the UI and CLI warn about such models.
+    trained: bool = True
+    scale: int = SCALE
+    normalization: NormalizationSpec = field(default_factory=NormalizationSpec)
+    #: How the low-resolution training inputs were made ("bicubic", "crappifier", "paired").
+    degradation: str = "bicubic"
+    #: Free-form provenance: data, steps, wall time, machine, losses, base model, command.
+    training: dict = field(default_factory=dict)
+    #: Validation metrics, e.g. {"Set5": {"psnr_y": 30.1, "ssim_y": 0.86}}.
+    metrics: dict = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        values = asdict(self)
+        values["normalization"] = self.normalization.to_dict()
+        return json.dumps(values, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        values = json.loads(text)
+        values["normalization"] = NormalizationSpec(**values.get("normalization", {}))
+        return cls(**values)
+
+
+@dataclass
+class SRModel:
+    """A generator ready to run, with the card that says how to feed it."""
+
+    generator: Generator
+    card: ModelCard
+    path: Path | None = None
+
+    @property
+    def config(self) -> GeneratorConfig:
+        return self.generator.config
+
+
+def save_model(
+    path: str | os.PathLike, generator: Generator, card: ModelCard, *, half: bool = False
+) -> Path:
+    """Write ``generator`` and ``card`` to ``path`` atomically (a crash leaves no partial file).
+
+    ``half`` stores fp16 weights (half the size; inference upcasts them to fp32 on load).
+    """
+    path = Path(path)
+    tensors = {
+        name: (t.detach().half() if half and t.is_floating_point() else t.detach())
+        .cpu()
+        .contiguous()
+        for name, t in generator.state_dict().items()
+    }
+    metadata = {
+        FORMAT_KEY: FORMAT_VERSION,
+        "generator_config": json.dumps(generator.config.to_dict(), sort_keys=True),
+        "model_card": card.to_json(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))
+
+
+def read_metadata(path: str | os.PathLike) -> tuple[GeneratorConfig, ModelCard]:
+    """The architecture and card of a model file, without loading its weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelFileError(f"{path} is not a readable .safetensors file ({error})") from None
+    if metadata.get(FORMAT_KEY) != FORMAT_VERSION:
+        raise ModelFileError(
+            f"{path} is a safetensors file but not a napari-srgan model "
+            f"(metadata {FORMAT_KEY!r} is {metadata.get(FORMAT_KEY)!r}, expected {FORMAT_VERSION!r})"
+        )
+    try:
+        config = GeneratorConfig.from_dict(json.loads(metadata["generator_config"]))
+        card = ModelCard.from_json(metadata["model_card"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{path} has broken model metadata: {error}") from None
+    return config, card
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SRModel:
+    """Build the generator the file describes and load its weights (fp32, eval mode)."""
+    path = Path(path)
+    config, card = read_metadata(path)
+    generator = Generator(config)
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelFileError(f"{path}: cannot read weights ({error})") from None
+    _check_fits(path, generator, tensors)
+    generator.load_state_dict({name: t.float() for name, t in tensors.items()})
+    generator.to(device).eval()
+    return SRModel(generator, card, path)
+
+
+def _check_fits(path: Path, generator: Generator, tensors: dict[str, torch.Tensor]) -> None:
+    expected = {name: tuple(t.shape) for name, t in generator.state_dict().items()}
+    found = {name: tuple(t.shape) for name, t in tensors.items()}
+    problems = [f"missing {name}" for name in sorted(expected.keys() - found.keys())]
+    problems += [f"unexpected {name}" for name in sorted(found.keys() - expected.keys())]
+    problems += [
+        f"{name} has shape {found[name]}, the architecture needs {expected[name]}"
+        for name in sorted(expected.keys() & found.keys())
+        if expected[name] != found[name]
+    ]
+    if problems:
+        shown = "; ".join(problems[:5]) + (
+            f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
+        )
+        raise ModelFileError(
+            f"{path}: weights do not fit the architecture in its metadata "
+            f"({generator.config}): {shown}"
+        )

@@ -1,0 +1,200 @@
+"""SRGAN networks (Ledig et al. 2017, arXiv 1609.04802): the 4x generator and the discriminator.
+
+Plain ``torch.nn`` modules, configured by small frozen dataclasses that are stored next to the
+weights, so a weight file always says which architecture it belongs to.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+#: The upscaling factor of every generator in this package (two PixelShuffle x2 stages).
+SCALE = 4
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    """Architecture of a 4x SRResNet / SRGAN generator.
+
+    ``batch_norm=True, residual_scale=1, input_skip=False`` is the paper's SRResNet. Dropping batch
+    norm (EDSR) and adding a bicubic upsampled copy of the input to the output (so the network
+    learns only the residual, and starts out as bicubic) are options because they train faster and
+    better on small data; ``docs/models.md`` records which one ships and why.
+    """
+
+    in_channels: int = 3
+    out_channels: int = 3
+    channels: int = 64
+    residual_blocks: int = 16
+    batch_norm: bool = True
+    residual_scale: float = 1.0
+    input_skip: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "out_channels", "channels"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"GeneratorConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.residual_blocks < 0:
+            raise ValueError(
+                f"GeneratorConfig.residual_blocks must be >= 0, got {self.residual_blocks}"
+            )
+        if self.input_skip and self.in_channels != self.out_channels:
+            raise ValueError("input_skip needs in_channels == out_channels")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GeneratorConfig:
+        """Build from a stored dict, naming unknown keys instead of failing obscurely."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown generator settings {unknown}; known: {sorted(known)}")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def receptive_radius(self) -> float:
+        """How far (in input pixels, centre to centre) an output pixel can see: 4 for the 9x9
+        head, 2 per residual block, 1 for the trunk's closing conv, 1 for the first upsampling
+        conv, 0.5 for the second (at 2x), 1 for the 9x9 tail (at 4x), plus 0.375 by which the
+        two pixel shuffles move output pixel centres away from their source pixel's centre.
+        (The bicubic input skip reaches only 2 pixels.)"""
+        return 4 + 2 * self.residual_blocks + 1 + 1 + 0.5 + 1 + 0.375
+
+    @property
+    def tile_margin(self) -> int:
+        """Input pixels of overlap each tile needs so tiled output equals whole-image output."""
+        return math.ceil(self.receptive_radius)
+
+    @property
+    def macs_per_input_pixel(self) -> int:
+        """Multiply-adds per input pixel of one forward pass (for GFLOP/s figures)."""
+        c = self.channels
+        head = 81 * self.in_channels * c
+        trunk = (2 * self.residual_blocks + 1) * 9 * c * c
+        upsample = 9 * c * 4 * c * (1 + 4)
+        tail = 81 * c * self.out_channels * SCALE * SCALE
+        return head + trunk + upsample + tail
+
+
+class ResidualBlock(nn.Module):
+    """conv-BN-PReLU-conv-BN plus identity, as in the paper (BN optional)."""
+
+    def __init__(self, channels: int, batch_norm: bool, residual_scale: float) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(channels, channels, 3, padding=1, bias=not batch_norm),
+            nn.BatchNorm2d(channels) if batch_norm else nn.Identity(),
+            nn.PReLU(channels),
+            nn.Conv2d(channels, channels, 3, padding=1, bias=not batch_norm),
+            nn.BatchNorm2d(channels) if batch_norm else nn.Identity(),
+        )
+        self.residual_scale = residual_scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.residual_scale * self.body(x)
+
+
+class UpsampleBlock(nn.Module):
+    """conv to 4x channels, PixelShuffle x2, PReLU."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels * 4, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2)
+        self.act = nn.PReLU(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.shuffle(self.conv(x)))
+
+
+class Generator(nn.Module):
+    """The SRGAN / SRResNet 4x generator. Input and output are in [0, 1] (roughly)."""
+
+    def __init__(self, config: GeneratorConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or GeneratorConfig()
+        c = config.channels
+        self.head = nn.Sequential(nn.Conv2d(config.in_channels, c, 9, padding=4), nn.PReLU(c))
+        self.trunk = nn.Sequential(
+            *(
+                ResidualBlock(c, config.batch_norm, config.residual_scale)
+                for _ in range(config.residual_blocks)
+            )
+        )
+        self.trunk_tail = nn.Sequential(
+            nn.Conv2d(c, c, 3, padding=1, bias=not config.batch_norm),
+            nn.BatchNorm2d(c) if config.batch_norm else nn.Identity(),
+        )
+        self.upsample = nn.Sequential(UpsampleBlock(c), UpsampleBlock(c))
+        self.tail = nn.Conv2d(c, config.out_channels, 9, padding=4)
+        if config.input_skip:
+            # Residual learning: an untrained network returns plain bicubic upscaling.
+            nn.init.zeros_(self.tail.weight)
+            nn.init.zeros_(self.tail.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.head(x)
+        features = features + self.trunk_tail(self.trunk(features))
+        out = self.tail(self.upsample(features))
+        if self.config.input_skip:
+            out = out + F.interpolate(x, scale_factor=SCALE, mode="bicubic", align_corners=False)
+        return out
+
+
+@dataclass(frozen=True)
+class DiscriminatorConfig:
+    """The paper's discriminator: 8 conv layers (64 to 512 features, every second one strided),
+    then dense 1024 and dense 1. ``channels`` scales the widths (64 in the paper)."""
+
+    in_channels: int = 3
+    channels: int = 64
+    dense_features: int = 1024
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Discriminator(nn.Module):
+    """Says whether an HR patch is real; returns logits (use BCE-with-logits)."""
+
+    def __init__(self, config: DiscriminatorConfig | None = None) -> None:
+        super().__init__()
+        self.config = config = config or DiscriminatorConfig()
+        c = config.channels
+        widths = [c, c, 2 * c, 2 * c, 4 * c, 4 * c, 8 * c, 8 * c]
+        layers: list[nn.Module] = [
+            nn.Conv2d(config.in_channels, c, 3, padding=1),
+            nn.LeakyReLU(0.2, inplace=True),
+        ]
+        for index in range(1, len(widths)):
+            stride = 2 if index % 2 == 1 else 1
+            layers += [
+                nn.Conv2d(
+                    widths[index - 1], widths[index], 3, stride=stride, padding=1, bias=False
+                ),
+                nn.BatchNorm2d(widths[index]),
+                nn.LeakyReLU(0.2, inplace=True),
+            ]
+        self.features = nn.Sequential(*layers)
+        # A 96x96 patch is 6x6 after four strided convs; pooling to 6x6 accepts any patch size.
+        self.pool = nn.AdaptiveAvgPool2d(6)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(widths[-1] * 36, config.dense_features),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Linear(config.dense_features, 1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.pool(self.features(x))).squeeze(1)
+
+
+def parameter_count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

@@ -1,0 +1,102 @@
+"""Map raw intensities to the [0, 1] range a model works in, and back to the input's dtype.
+
+The range is computed once for a whole image or stack, never per tile: per-tile ranges make
+every tile a different brightness, which shows as seams. Training uses the same functions, so a
+model sees the same intensities in the Upscale widget as it saw while learning.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+#: Arrays with more elements than this get their percentiles from a regular subsample, so the
+#: cost (and memory) of normalising a huge zarr or dask array stays bounded.
+PERCENTILE_SAMPLE_SIZE = 1 << 22
+
+
+@dataclass(frozen=True)
+class NormalizationSpec:
+    """How a model expects its inputs scaled.
+
+    ``mode="dtype"``: integers are divided by their dtype's range (uint8 / 255), the photo
+    convention; floats fall back to percentiles. ``mode="percentile"``: the ``low`` / ``high``
+    percentiles of the whole data map to 0 / 1, the microscopy convention (CSBDeep, PSSR).
+    """
+
+    mode: str = "dtype"
+    low: float = 0.0
+    high: float = 100.0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("dtype", "percentile"):
+            raise ValueError(
+                f"normalization mode must be 'dtype' or 'percentile', not {self.mode!r}"
+            )
+        if not 0.0 <= self.low < self.high <= 100.0:
+            raise ValueError(f"need 0 <= low < high <= 100, got low={self.low}, high={self.high}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class IntensityRange:
+    """The raw values that map to 0 and 1, and the dtype results are returned in."""
+
+    low: float
+    high: float
+    dtype: np.dtype
+
+    def to_unit(self, values: np.ndarray) -> np.ndarray:
+        return ((np.asarray(values, dtype=np.float32) - self.low) / self.span).astype(
+            np.float32, copy=False
+        )
+
+    def from_unit(self, values: np.ndarray) -> np.ndarray:
+        raw = np.asarray(values, dtype=np.float32) * self.span + self.low
+        if np.issubdtype(self.dtype, np.integer):
+            info = np.iinfo(self.dtype)
+            return np.clip(np.rint(raw), info.min, info.max).astype(self.dtype)
+        return raw.astype(self.dtype, copy=False)
+
+    @property
+    def span(self) -> float:
+        return self.high - self.low
+
+
+def regular_subsample(data, max_elements: int = PERCENTILE_SAMPLE_SIZE) -> np.ndarray:
+    """Every k-th element along each axis so that at most about ``max_elements`` are read.
+
+    Works on numpy, memmap, zarr and dask arrays (only basic strided slicing is used); the result
+    depends only on the shape, so in-memory and out-of-core runs get the same percentiles.
+    """
+    shape = tuple(int(s) for s in data.shape)
+    total = math.prod(shape)
+    if total <= max_elements:
+        sample = data[...]
+    else:
+        step = math.ceil((total / max_elements) ** (1 / len(shape)))
+        sample = data[tuple(slice(None, None, step) for _ in shape)]
+    if hasattr(sample, "compute"):
+        sample = sample.compute()
+    return np.asarray(sample)
+
+
+def intensity_range(
+    data, spec: NormalizationSpec, *, sample: np.ndarray | None = None
+) -> IntensityRange:
+    """The range for ``data`` (all channels and planes together, so colours keep their balance)."""
+    dtype = np.dtype(data.dtype)
+    if spec.mode == "dtype" and np.issubdtype(dtype, np.integer):
+        info = np.iinfo(dtype)
+        low, high = (0.0, float(info.max)) if info.min == 0 else (float(info.min), float(info.max))
+    else:
+        values = regular_subsample(data) if sample is None else sample
+        low, high = (float(v) for v in np.percentile(values, [spec.low, spec.high]))
+    if not high > low:
+        # A constant image: any positive span maps it consistently.
+        high = low + 1.0
+    return IntensityRange(low, high, dtype)

@@ -1,0 +1,97 @@
+"""Run core jobs off the GUI thread and bring their reports back to it.
+
+Core functions report through plain callbacks from the worker thread; :class:`Relay` turns each
+report into a queued Qt signal, so widgets only ever touch Qt objects on the main thread.
+Setting ``NAPARI_SRGAN_SYNCHRONOUS=1`` (tests do) runs jobs in the calling thread instead, which
+makes widget tests deterministic (the idea of stardist-napari's test switch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Callable
+
+from napari.qt.threading import thread_worker
+from qtpy.QtCore import QObject, Signal
+
+SYNCHRONOUS_ENV = "NAPARI_SRGAN_SYNCHRONOUS"
+
+
+class Relay(QObject):
+    """Carries reports from any thread to slots on the main thread."""
+
+    report = Signal(object)
+
+
+class BackgroundJob:
+    """One running job: its stop flag and (when threaded) its worker."""
+
+    def __init__(self) -> None:
+        self.stop_flag = threading.Event()
+        self.relay = Relay()
+        self.worker = None
+        self.done = False
+
+    def stop(self) -> None:
+        self.stop_flag.set()
+
+    def detach(self) -> None:
+        """Stop, and deliver nothing more: the widget that wanted the results is gone."""
+        self.stop()
+        with contextlib.suppress(RuntimeError, TypeError):
+            self.relay.report.disconnect()
+        if self.worker is not None:
+            for name in ("returned", "errored", "finished"):
+                with contextlib.suppress(RuntimeError, TypeError):
+                    getattr(self.worker, name).disconnect()
+
+    @property
+    def running(self) -> bool:
+        return self.worker is not None and self.worker.is_running
+
+
+def run_job(
+    function: Callable[[BackgroundJob], object],
+    *,
+    on_report: Callable[[object], None],
+    on_returned: Callable[[object], None],
+    on_errored: Callable[[Exception], None],
+    on_finished: Callable[[], None],
+    owner: QObject | None = None,
+) -> BackgroundJob:
+    """Start ``function(job)``; it reports with ``job.relay.report.emit(...)`` and checks
+    ``job.stop_flag``. The callbacks run on the main thread. ``owner`` (the widget's Qt
+    object) stops the job when it is destroyed."""
+    job = BackgroundJob()
+
+    def deliver(report: object) -> None:
+        # Reports queued just before the job ended may arrive after its end: drop them.
+        if not job.done:
+            on_report(report)
+
+    def ending(callback: Callable) -> Callable:
+        def end(*args) -> None:
+            job.done = True
+            callback(*args)
+
+        return end
+
+    on_returned, on_errored, on_finished = map(ending, (on_returned, on_errored, on_finished))
+    job.relay.report.connect(deliver)
+    if os.environ.get(SYNCHRONOUS_ENV) == "1":
+        try:
+            on_returned(function(job))
+        except Exception as error:
+            on_errored(error)
+        finally:
+            on_finished()
+        return job
+    connections = {"returned": on_returned, "errored": on_errored, "finished": on_finished}
+    worker = thread_worker(function, start_thread=False, connect=connections)(job)
+    job.worker = worker
+    if owner is not None:  # a closed widget stops its job instead of receiving reports
+        owner.destroyed.connect(job.detach)
+    worker.start()
+    return job

@@ -1,0 +1,31 @@
+"""Save an image layer as OME-TIFF with its pixel size, translate and provenance."""
+
+from __future__ import annotations
+
+from ..image_io import PROVENANCE_KEY, write_tiff
+
+
+def _length_unit(units) -> str | None:
+    """The OME unit symbol of the layer's x axis, if it is a length (pint units in napari)."""
+    if not units:
+        return None
+    unit = units[-1]
+    if getattr(unit, "dimensionality", None) != {"[length]": 1}:
+        return None
+    return f"{unit:~}"
+
+
+def write_image_layer(path: str, data, meta: dict) -> list[str]:
+    provenance = dict(meta.get("metadata", {}).get(PROVENANCE_KEY, {}))
+    provenance.pop("layer", None)
+    written = write_tiff(
+        path,
+        data,
+        rgb=bool(meta.get("rgb", False)),
+        scale=tuple(meta.get("scale", ())) or None,
+        translate=tuple(meta.get("translate", ())) or None,
+        unit=_length_unit(meta.get("units")),
+        name=meta.get("name"),
+        provenance=provenance,
+    )
+    return [str(written)]

@@ -1,0 +1,23 @@
+"""What produced an upscaled image, recorded with it (file metadata, layer metadata)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from . import __version__
+from .model_files import SRModel
+from .models import SCALE
+
+
+def provenance(model: SRModel, *, source: str) -> dict:
+    card = model.card
+    return {
+        "software": f"napari-srgan {__version__}",
+        "model": card.name,
+        "model_trained": card.trained,
+        "model_file": str(model.path) if model.path else None,
+        "scale": SCALE,
+        "source": source,
+        "normalization": card.normalization.to_dict(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+    }

@@ -1,0 +1,415 @@
+"""The SRGAN training loop: content pretraining, then adversarial training with a VGG loss.
+
+Qt-free. Progress leaves through ``on_event`` (typed reports below); stopping comes in through
+``should_stop``. Checkpoints hold everything needed to continue bit-for-bit (weights, EMA,
+optimisers, sampler and torch RNG states, the loss history) and are written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.optim.swa_utils import AveragedModel
+
+from .atomic_files import atomic_write
+from .devices import choose_device
+from .losses import (
+    PerceptualLoss,
+    discriminator_loss,
+    generator_adversarial_loss,
+    load_vgg19_features,
+    pixel_loss,
+)
+from .models import Discriminator, DiscriminatorConfig, Generator
+from .patches import PatchSampler
+from .torch_safety import guard_triton
+from .validation import ValidationImage, evaluate
+
+CHECKPOINT_FORMAT = 1
+
+
+@dataclass
+class TrainingConfig:
+    """Every knob of a training run; stored in checkpoints and model cards."""
+
+    patch_size: int = 96
+    batch_size: int = 16
+    pretrain_steps: int = 1000
+    adversarial_steps: int = 0
+    learning_rate: float = 2e-4
+    adversarial_learning_rate: float = 1e-4
+    betas: tuple[float, float] = (0.9, 0.99)
+    #: "cosine" decays each stage's rate to 1% of its start; "constant" keeps it.
+    schedule: str = "cosine"
+    pixel_loss: str = "l1"
+    #: Max gradient norm (0 disables clipping).
+    grad_clip: float = 1.0
+    #: EMA of generator weights, used for validation and export (0 disables).
+    ema_decay: float = 0.999
+    seed: int = 0
+    validate_every: int = 100
+    checkpoint_every: int = 100
+    perceptual_layers: dict[str, float] = field(default_factory=lambda: {"conv5_4": 1.0})
+    perceptual_weight: float = 0.006
+    adversarial_weight: float = 1e-3
+    adversarial_pixel_weight: float = 1e-2
+    relativistic: bool = False
+    discriminator_channels: int = 64
+    #: "imagenet" (from the torch cache, or downloaded if allowed) or "random" (tests only).
+    vgg_weights: str = "imagenet"
+    allow_download: bool = True
+    #: "fp32", "bf16", "fp16" or "auto" (bf16 on CUDA where supported, else fp32).
+    precision: str = "auto"
+    device: str = "auto"
+
+    @property
+    def total_steps(self) -> int:
+        return self.pretrain_steps + self.adversarial_steps
+
+    def learning_rate_at(self, step: int) -> float:
+        """The generator's rate for (0-based) ``step``."""
+        if step < self.pretrain_steps:
+            start, progress = self.learning_rate, step / max(self.pretrain_steps, 1)
+        else:
+            start = self.adversarial_learning_rate
+            progress = (step - self.pretrain_steps) / max(self.adversarial_steps, 1)
+        if self.schedule == "constant":
+            return start
+        return start * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+    def __post_init__(self) -> None:
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be 'cosine' or 'constant', not {self.schedule!r}")
+        if self.precision not in ("auto", "fp32", "bf16", "fp16"):
+            raise ValueError(f"precision must be auto, fp32, bf16 or fp16, not {self.precision!r}")
+        if self.pretrain_steps < 0 or self.adversarial_steps < 0:
+            raise ValueError("step counts must be >= 0")
+        if self.batch_size < 1:
+            raise ValueError("batch size must be >= 1")
+        self.betas = tuple(self.betas)
+
+
+# Reports sent to ``on_event``.
+@dataclass(frozen=True)
+class StepReport:
+    step: int
+    total_steps: int
+    stage: str
+    losses: dict[str, float]
+    learning_rate: float
+    seconds_per_step: float
+
+
+@dataclass(frozen=True)
+class ValidationReport:
+    step: int
+    psnr: float
+    ssim: float
+    bicubic_psnr: float
+    bicubic_ssim: float
+    #: The current model's output on the first validation image, unit scale, ``(h, w[, 3])``.
+    preview: np.ndarray | None = None
+
+
+@dataclass(frozen=True)
+class CheckpointSaved:
+    step: int
+    path: Path
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user should read once (e.g. perceptual loss unavailable offline)."""
+
+    message: str
+
+
+TrainingEvent = StepReport | ValidationReport | CheckpointSaved | Notice
+
+
+def _ema_average(decay: float):
+    """EMA with warm-up: early on the average follows the weights closely (decay (1+n)/(10+n)),
+    so short fine-tuning runs are not dominated by the starting weights."""
+
+    def average(averaged: torch.Tensor, current: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+        rate = min(decay, (1.0 + float(count)) / (10.0 + float(count)))
+        return averaged * rate + current * (1 - rate)
+
+    return average
+
+
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+class Trainer:
+    """Runs :class:`TrainingConfig` on a generator with batches from a :class:`PatchSampler`."""
+
+    def __init__(
+        self,
+        generator: Generator,
+        sampler: PatchSampler,
+        config: TrainingConfig,
+        *,
+        validation: Sequence[ValidationImage] = (),
+        checkpoint_path: str | os.PathLike | None = None,
+        on_event: Callable[[TrainingEvent], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> None:
+        guard_triton()  # before torch.optim pulls in torch._dynamo
+        self.config = config
+        self.device = choose_device(config.device)
+        self.sampler = sampler
+        self.validation = list(validation)
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.on_event = on_event or (lambda event: None)
+        self.should_stop = should_stop or (lambda: False)
+        torch.manual_seed(config.seed)
+        self.generator = generator.to(self.device).train()
+        self.ema = AveragedModel(
+            self.generator, avg_fn=_ema_average(config.ema_decay), use_buffers=True
+        )
+        self.optimizer = torch.optim.Adam(
+            self.generator.parameters(), lr=config.learning_rate, betas=config.betas
+        )
+        self.pixel_loss = pixel_loss(config.pixel_loss)
+        self.autocast = _autocast_dtype(config.precision, self.device)
+        self.scaler = torch.amp.GradScaler(enabled=self.autocast == torch.float16)
+        self.step = 0
+        #: Seconds spent training, across resumes (for model cards).
+        self.elapsed = 0.0
+        self.history: list[dict[str, float]] = []
+        self.validations: list[dict[str, float]] = []
+        self.discriminator: Discriminator | None = None
+        self.perceptual: PerceptualLoss | None = None
+        if config.adversarial_steps > 0:
+            self._build_adversarial_stage()
+
+    def _build_adversarial_stage(self) -> None:
+        config = self.config
+        channels = self.generator.config.out_channels
+        self.discriminator = Discriminator(
+            DiscriminatorConfig(in_channels=channels, channels=config.discriminator_channels)
+        ).to(self.device)
+        self.optimizer_d = torch.optim.Adam(
+            self.discriminator.parameters(), lr=config.adversarial_learning_rate, betas=config.betas
+        )
+        features = load_vgg19_features(config.vgg_weights, config.allow_download)
+        if features is None:
+            self.on_event(
+                Notice(
+                    "VGG19 ImageNet weights are not in the torch cache and could not be downloaded: "
+                    "adversarial training continues without the perceptual loss (pixel + "
+                    "adversarial only). Put vgg19-dcbb9e9d.pth in "
+                    f"{Path(torch.hub.get_dir()) / 'checkpoints'} to enable it."
+                )
+            )
+        else:
+            self.perceptual = PerceptualLoss(features, config.perceptual_layers).to(self.device)
+
+    @property
+    def stage(self) -> str:
+        return "content" if self.step < self.config.pretrain_steps else "adversarial"
+
+    @property
+    def model(self) -> Generator:
+        """The weights to validate and export: the EMA where enabled."""
+        return self.ema.module if self.config.ema_decay > 0 else self.generator
+
+    def run(self) -> None:
+        """Train until the configured steps are done or ``should_stop()``; always leaves a
+        checkpoint of the last finished step (when a checkpoint path is set)."""
+        config = self.config
+        try:
+            while self.step < config.total_steps:
+                if self.should_stop():
+                    break
+                started = time.perf_counter()
+                stage = self.stage
+                learning_rate = config.learning_rate_at(self.step)
+                losses = self._train_step(learning_rate)
+                self.step += 1
+                self.elapsed += time.perf_counter() - started
+                self.history.append({"step": self.step, **losses})
+                self.on_event(
+                    StepReport(
+                        self.step,
+                        config.total_steps,
+                        stage,
+                        losses,
+                        learning_rate,
+                        time.perf_counter() - started,
+                    )
+                )
+                finished = self.step == config.total_steps
+                if self.validation and (self.step % config.validate_every == 0 or finished):
+                    self.validate()
+                if self.checkpoint_path and self.step % config.checkpoint_every == 0:
+                    self.save_checkpoint()
+            if self.checkpoint_path and self.step > 0:
+                self.save_checkpoint()
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _forward(self, lr: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(
+            self.device.type, dtype=self.autocast, enabled=self.autocast is not None
+        ):
+            return self.generator(lr)
+
+    def _train_step(self, learning_rate: float) -> dict[str, float]:
+        config = self.config
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate
+        lr, hr = (t.to(self.device) for t in self.sampler.batch(config.batch_size))
+        sr = self._forward(lr)
+        losses: dict[str, torch.Tensor] = {}
+        if self.stage == "content":
+            total = losses["pixel"] = self.pixel_loss(sr.float(), hr)
+        else:
+            losses["discriminator"] = self._discriminator_step(sr.detach(), hr, learning_rate)
+            total = self._adversarial_generator_loss(sr, hr, losses)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self._clip_and_step(self.optimizer, self.generator)
+        if config.ema_decay > 0:
+            self.ema.update_parameters(self.generator)
+        return {name: float(value.detach()) for name, value in losses.items()}
+
+    def _clip_and_step(self, optimizer: torch.optim.Optimizer, module: torch.nn.Module) -> None:
+        if self.config.grad_clip > 0:
+            self.scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(module.parameters(), self.config.grad_clip)
+        self.scaler.step(optimizer)
+        self.scaler.update()
+
+    def _discriminator_step(
+        self, sr: torch.Tensor, hr: torch.Tensor, learning_rate: float
+    ) -> torch.Tensor:
+        assert self.discriminator is not None
+        for group in self.optimizer_d.param_groups:
+            group["lr"] = learning_rate
+        self.discriminator.requires_grad_(True)
+        with torch.autocast(
+            self.device.type, dtype=self.autocast, enabled=self.autocast is not None
+        ):
+            loss = discriminator_loss(
+                self.discriminator(hr).float(),
+                self.discriminator(sr).float(),
+                self.config.relativistic,
+            )
+        self.optimizer_d.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self._clip_and_step(self.optimizer_d, self.discriminator)
+        return loss.detach()
+
+    def _adversarial_generator_loss(
+        self, sr: torch.Tensor, hr: torch.Tensor, losses: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        config = self.config
+        assert self.discriminator is not None
+        self.discriminator.requires_grad_(False)
+        with torch.autocast(
+            self.device.type, dtype=self.autocast, enabled=self.autocast is not None
+        ):
+            fake = self.discriminator(sr).float()
+            real = self.discriminator(hr).float() if config.relativistic else fake
+        sr = sr.float()
+        losses["adversarial"] = generator_adversarial_loss(real, fake, config.relativistic)
+        losses["pixel"] = self.pixel_loss(sr, hr)
+        total = config.adversarial_weight * losses["adversarial"]
+        total = total + config.adversarial_pixel_weight * losses["pixel"]
+        if self.perceptual is not None:
+            losses["perceptual"] = self.perceptual(sr, hr)
+            total = total + config.perceptual_weight * losses["perceptual"]
+        losses["generator"] = total.detach()
+        return total
+
+    def validate(self) -> ValidationReport:
+        """Validation metrics of the current (EMA) model and of bicubic, on the validation set."""
+        result = evaluate(self.model, self.validation, self.device)
+        self.model.train()  # evaluate() switched it to eval mode
+        report = ValidationReport(
+            self.step,
+            result.psnr,
+            result.ssim,
+            result.bicubic_psnr,
+            result.bicubic_ssim,
+            result.preview,
+        )
+        self.validations.append(
+            {
+                "step": self.step,
+                "psnr": report.psnr,
+                "ssim": report.ssim,
+                "bicubic_psnr": report.bicubic_psnr,
+                "bicubic_ssim": report.bicubic_ssim,
+            }
+        )
+        self.on_event(report)
+        return report
+
+    def state_dict(self) -> dict:
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step,
+            "elapsed": self.elapsed,
+            "config": asdict(self.config),
+            "generator_config": self.generator.config.to_dict(),
+            "generator": self.generator.state_dict(),
+            "ema": self.ema.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "torch_rng": torch.get_rng_state(),
+            "history": self.history,
+            "validations": self.validations,
+        }
+        if self.discriminator is not None:
+            state["discriminator"] = self.discriminator.state_dict()
+            state["optimizer_d"] = self.optimizer_d.state_dict()
+        return state
+
+    def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
+        """Write the full training state atomically (temp file, fsync, rename)."""
+        path = Path(path or self.checkpoint_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda temp: torch.save(self.state_dict(), temp))
+        self.on_event(CheckpointSaved(self.step, path))
+        return path
+
+    def load_checkpoint(self, path: str | os.PathLike) -> None:
+        """Continue from a checkpoint (loaded with ``weights_only``: no code can run)."""
+        state = torch.load(Path(path), map_location=self.device, weights_only=True)
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a napari-srgan training checkpoint")
+        if state["generator_config"] != self.generator.config.to_dict():
+            raise ValueError(
+                f"{path} was trained with generator {state['generator_config']}, "
+                f"not {self.generator.config.to_dict()}"
+            )
+        self.generator.load_state_dict(state["generator"])
+        self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["torch_rng"])
+        if self.discriminator is not None and "discriminator" in state:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.optimizer_d.load_state_dict(state["optimizer_d"])
+        self.step = int(state["step"])
+        self.elapsed = float(state["elapsed"])
+        self.history = list(state["history"])
+        self.validations = list(state["validations"])

@@ -1,0 +1,207 @@
+"""One training run from images to a saved model: what the Train widget and the CLI both call."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .degradations import Bicubic, Degradation
+from .devices import choose_device
+from .model_files import ModelCard, load_model, save_model
+from .model_registry import resolve_model, user_model_dir
+from .models import Generator, GeneratorConfig
+from .normalization import NormalizationSpec
+from .patches import PatchSampler, TrainingImage, held_out_rows, to_model_channels
+from .training import Notice, Trainer, TrainingConfig, TrainingEvent
+from .upscale import InvalidImageError
+from .validation import ValidationImage, make_validation_image
+
+#: Held-out validation needs at least this many HR rows.
+MIN_VALIDATION_ROWS = 32
+
+
+@dataclass
+class TrainingJob:
+    """What to train on, from which starting point, and where the result goes."""
+
+    images: list[TrainingImage]
+    output: Path
+    config: TrainingConfig = field(default_factory=TrainingConfig)
+    #: Start from this model's weights (a name or a path); None trains ``generator_config`` anew.
+    base_model: str | os.PathLike | None = None
+    generator_config: GeneratorConfig | None = None
+    #: Default: the base model's, else the dtype convention.
+    normalization: NormalizationSpec | None = None
+    degradation: Degradation = field(default_factory=Bicubic)
+    #: Explicit validation images (``(data, rgb)`` pairs); otherwise the bottom
+    #: ``validation_fraction`` of the first image's rows is held out.
+    validation: Sequence[tuple[object, bool | None]] = ()
+    validation_fraction: float = 0.1
+    validation_crop: int = 256
+    checkpoint: Path | None = None
+    resume: bool = False
+    description: str = ""
+    #: Leave out images smaller than a patch (a folder of mixed sizes) instead of failing.
+    skip_small: bool = False
+    #: Store fp16 weights (half the file size; for bundling).
+    half: bool = False
+
+
+@dataclass(frozen=True)
+class TrainingOutcome:
+    model_path: Path
+    checkpoint: Path | None
+    steps: int
+    finished: bool
+    validation: dict | None
+
+
+def user_model_path(name: str) -> Path:
+    """Where a user model called ``name`` is saved (the Upscale widget lists that folder)."""
+    if not name or any(sep in name for sep in "/\\") or name.startswith("."):
+        raise ValueError(f"invalid model name {name!r}: use letters, digits, '-' and '_'")
+    return user_model_dir() / f"{name}.safetensors"
+
+
+def _starting_point(job: TrainingJob) -> tuple[Generator, NormalizationSpec, str]:
+    if job.base_model is not None:
+        base = load_model(resolve_model(job.base_model))
+        spec = job.normalization or base.card.normalization
+        return base.generator, spec, base.card.name
+    config = job.generator_config or GeneratorConfig()
+    return (
+        Generator(config),
+        job.normalization or NormalizationSpec(),
+        "none (trained from scratch)",
+    )
+
+
+def _validation_set(
+    job: TrainingJob, spec: NormalizationSpec, channels: int
+) -> list[ValidationImage]:
+    pairs: list[tuple[np.ndarray, str]] = []
+    if job.validation:
+        for index, (data, rgb) in enumerate(job.validation):
+            image = TrainingImage(data, rgb=rgb, name=f"validation {index + 1}")
+            image.prepare(spec)
+            plane = (0,) * len(image.layout.leading_shape)
+            unit = image.hr_range.to_unit(np.asarray(data[plane]))
+            pairs.append((to_model_channels(unit, image.layout.rgb, channels), image.name))
+    else:
+        first = job.images[0]
+        first.prepare(spec)
+        height = first.layout.height
+        rows = held_out_rows(height, job.validation_fraction)
+        if rows < MIN_VALIDATION_ROWS:
+            raise InvalidImageError(
+                f"{first.name}: {height} rows leave only {rows} for validation "
+                f"(at least {MIN_VALIDATION_ROWS} needed); choose a validation image instead"
+            )
+        first.rows = height - rows
+        plane = (0,) * len(first.layout.leading_shape)
+        held_out = np.asarray(first.hr[(*plane, slice(height - rows, height))])
+        unit = first.hr_range.to_unit(held_out)
+        pairs.append(
+            (to_model_channels(unit, first.layout.rgb, channels), f"{first.name} (held out)")
+        )
+    return [
+        make_validation_image(hr, job.degradation, name=name, crop=job.validation_crop, seed=index)
+        for index, (hr, name) in enumerate(pairs)
+    ]
+
+
+def _describe_data(images: Sequence[TrainingImage]) -> dict | list:
+    """Every image for a few layers; a summary for a data set of hundreds of files."""
+    if len(images) <= 10:
+        return [
+            {"name": i.name, "shape": list(i.layout.shape), "rows_used": i.rows} for i in images
+        ]
+    return {
+        "images": len(images),
+        "pixels": int(sum(i.weight for i in images)),
+        "first": images[0].name,
+        "last": images[-1].name,
+    }
+
+
+def machine_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA)"
+    return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+
+
+def run_training(
+    job: TrainingJob,
+    *,
+    on_event: Callable[[TrainingEvent], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> TrainingOutcome:
+    """Train, then save the (EMA) generator with its model card to ``job.output``.
+
+    Bad inputs raise before anything is written. Stopping early still saves the model of the last
+    finished step (and a checkpoint to resume from).
+    """
+    started = time.perf_counter()
+    generator, spec, base_name = _starting_point(job)
+    channels = generator.config.in_channels
+    validation = _validation_set(job, spec, channels)
+    sampler = PatchSampler(
+        job.images,
+        patch_size=job.config.patch_size,
+        channels=channels,
+        normalization=spec,
+        degradation=job.degradation,
+        seed=job.config.seed,
+        skip_small=job.skip_small,
+    )
+    if sampler.skipped and on_event is not None:
+        on_event(Notice(f"left out {len(sampler.skipped)} images smaller than one patch"))
+    trainer = Trainer(
+        generator,
+        sampler,
+        job.config,
+        validation=validation,
+        checkpoint_path=job.checkpoint,
+        on_event=on_event,
+        should_stop=should_stop,
+    )
+    if job.resume and job.checkpoint and Path(job.checkpoint).is_file():
+        trainer.load_checkpoint(job.checkpoint)
+    trainer.run()
+    last = trainer.validations[-1] if trainer.validations else None
+    recent = trainer.history[-20:]
+    final_losses = {
+        name: float(np.mean([entry[name] for entry in recent if name in entry]))
+        for name in (recent[-1] if recent else {})
+        if name != "step"
+    }
+    card = ModelCard(
+        name=Path(job.output).stem,
+        description=job.description or f"fine-tuned from {base_name}",
+        trained=True,
+        normalization=spec,
+        degradation=job.degradation.describe()["kind"],
+        training={
+            "base_model": base_name,
+            "data": _describe_data(sampler.images),
+            "degradation": job.degradation.describe(),
+            "steps": trainer.step,
+            "config": asdict(job.config),
+            "final_losses": final_losses,
+            "training_time_s": round(trainer.elapsed, 1),
+            "wall_time_s_last_run": round(time.perf_counter() - started, 1),
+            "machine": machine_description(choose_device(job.config.device)),
+        },
+        metrics={"validation": last} if last else {},
+    )
+    path = save_model(job.output, trainer.model, card, half=job.half)
+    return TrainingOutcome(
+        path, job.checkpoint, trainer.step, trainer.step >= job.config.total_steps, last
+    )

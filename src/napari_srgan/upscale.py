@@ -1,0 +1,242 @@
+"""Upscale an image or stack of any dtype and shape 4x with a generator, tile by tile.
+
+This is the one entry point shared by the napari widget, the CLI and the dask path.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+from .devices import auto_tile_size, choose_device
+from .model_files import SRModel
+from .models import SCALE
+from .normalization import IntensityRange, NormalizationSpec, intensity_range
+from .tiling import plane_tiles, run_tiles
+from .torch_safety import guard_triton
+
+#: Data dimensions the engine accepts, channel axis included (e.g. T, Z, Y, X, RGB).
+MAX_DIMENSIONS = 5
+#: Smallest image side: fewer pixels carry too little context to super-resolve.
+MIN_SIDE = 4
+
+
+class InvalidImageError(ValueError):
+    """The data cannot be upscaled; the message says why."""
+
+
+@dataclass(frozen=True)
+class ImageLayout:
+    """Where the planes and channels of an array are: ``(*leading, y, x[, channels])``."""
+
+    shape: tuple[int, ...]
+    rgb: bool
+
+    @property
+    def leading_shape(self) -> tuple[int, ...]:
+        return self.shape[: -3 if self.rgb else -2]
+
+    @property
+    def height(self) -> int:
+        return self.shape[-3 if self.rgb else -2]
+
+    @property
+    def width(self) -> int:
+        return self.shape[-2 if self.rgb else -1]
+
+    @property
+    def channels(self) -> int:
+        """Colour channels the network sees (alpha excluded)."""
+        return 3 if self.rgb else 1
+
+    @property
+    def has_alpha(self) -> bool:
+        return self.rgb and self.shape[-1] == 4
+
+    @property
+    def plane_count(self) -> int:
+        return math.prod(self.leading_shape)
+
+    def output_shape(self) -> tuple[int, ...]:
+        tail = (self.shape[-1],) if self.rgb else ()
+        return (*self.leading_shape, self.height * SCALE, self.width * SCALE, *tail)
+
+
+def guess_rgb(shape: tuple[int, ...]) -> bool:
+    """napari's convention: a last axis of 3 or 4 after at least two spatial axes is colour."""
+    return len(shape) >= 3 and shape[-1] in (3, 4)
+
+
+def check_image(data, rgb: bool | None = None) -> ImageLayout:
+    """Validate ``data`` and say how it is laid out; raise :class:`InvalidImageError` if unusable."""
+    shape = tuple(int(s) for s in getattr(data, "shape", ()))
+    dtype = np.dtype(getattr(data, "dtype", object))
+    if dtype.kind not in "uif":
+        raise InvalidImageError(
+            f"unsupported data type {dtype}: only integer and floating point images can be upscaled"
+        )
+    if len(shape) < 2:
+        raise InvalidImageError(f"an image needs at least 2 dimensions, got shape {shape}")
+    if len(shape) > MAX_DIMENSIONS:
+        raise InvalidImageError(
+            f"{len(shape)} dimensions is more than the {MAX_DIMENSIONS} supported (e.g. T, Z, Y, X, RGB)"
+        )
+    if math.prod(shape) == 0:
+        raise InvalidImageError(f"the image is empty (shape {shape})")
+    rgb = guess_rgb(shape) if rgb is None else rgb
+    if rgb and (len(shape) < 3 or shape[-1] not in (3, 4)):
+        raise InvalidImageError(f"an RGB(A) image needs a last axis of 3 or 4, got shape {shape}")
+    layout = ImageLayout(shape, rgb)
+    if min(layout.height, layout.width) < MIN_SIDE:
+        raise InvalidImageError(
+            f"the image is {layout.height}x{layout.width} pixels; at least "
+            f"{MIN_SIDE}x{MIN_SIDE} are needed to upscale"
+        )
+    if dtype.kind == "f" and isinstance(data, np.ndarray) and not np.isfinite(data).all():
+        raise InvalidImageError("the image contains NaN or infinite values; replace them first")
+    return layout
+
+
+def colour_range(data, layout: ImageLayout, spec: NormalizationSpec) -> IntensityRange:
+    """The intensity range over all colour channels and planes (alpha excluded)."""
+    colour = data[..., :3] if layout.has_alpha else data
+    return intensity_range(colour, spec)
+
+
+def _alpha_to_unit(alpha: np.ndarray) -> np.ndarray:
+    if np.issubdtype(alpha.dtype, np.integer):
+        return alpha.astype(np.float32) / np.iinfo(alpha.dtype).max
+    return alpha.astype(np.float32)
+
+
+def _alpha_from_unit(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    alpha = np.clip(alpha, 0.0, 1.0)
+    if np.issubdtype(dtype, np.integer):
+        return np.rint(alpha * np.iinfo(dtype).max).astype(dtype)
+    return alpha.astype(dtype)
+
+
+def channel_adapter(
+    generator: torch.nn.Module, data_channels: int, has_alpha: bool
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A forward function for ``data_channels`` (+ alpha) inputs through ``generator``.
+
+    Grey data through an RGB model: the grey plane is fed as R=G=B and the mean of the three
+    outputs is kept. RGB data through a grey model: each colour is upscaled as its own plane.
+    Alpha never goes through the network: it is upscaled bicubically and clipped to [0, 1].
+    """
+    model_channels = generator.config.in_channels
+
+    def forward_colour(x: torch.Tensor) -> torch.Tensor:
+        if data_channels == model_channels:
+            return generator(x)
+        if data_channels == 1 and model_channels == 3:
+            return generator(x.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
+        if model_channels == 1:
+            b, c, h, w = x.shape
+            return generator(x.reshape(b * c, 1, h, w)).reshape(b, c, h * SCALE, w * SCALE)
+        raise InvalidImageError(
+            f"a {model_channels}-channel model cannot upscale {data_channels}-channel images"
+        )
+
+    if not has_alpha:
+        return forward_colour
+
+    def forward_with_alpha(x: torch.Tensor) -> torch.Tensor:
+        colour = forward_colour(x[:, :data_channels])
+        alpha = F.interpolate(
+            x[:, data_channels:], scale_factor=SCALE, mode="bicubic", align_corners=False
+        )
+        return torch.cat([colour, alpha.clamp(0.0, 1.0)], dim=1)
+
+    return forward_with_alpha
+
+
+def upscale(
+    data,
+    model: SRModel,
+    *,
+    rgb: bool | None = None,
+    tile: int | None = None,
+    batch_size: int = 1,
+    device: str | torch.device | None = "auto",
+    intensity: IntensityRange | None = None,
+    out=None,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+):
+    """Upscale ``data`` 4x and return an array of the same dtype (``out`` if given).
+
+    ``data`` may be numpy, memmap, zarr or dask: tiles are read by slicing, so only one batch of
+    tiles is in memory at a time. Leading axes (Z, T, C...) are processed plane by plane.
+    ``intensity`` overrides the range from the model card (e.g. one range for a whole dataset).
+    ``progress(done, total)`` counts tiles; ``should_stop()`` returning True raises
+    :class:`~napari_srgan.tiling.Cancelled`.
+    """
+    guard_triton()
+    layout = check_image(data, rgb)
+    generator = model.generator
+    config = model.config
+    forward = channel_adapter(generator, layout.channels, layout.has_alpha)
+    intensity = intensity or colour_range(data, layout, model.card.normalization)
+    target = choose_device(device)
+    generator.to(target).eval()
+    tile = tile or auto_tile_size(config, target, batch_size)
+    tiles = plane_tiles(layout.height, layout.width, tile, config.tile_margin)
+    output_shape = layout.output_shape()
+    if out is None:
+        out = np.empty(output_shape, dtype=intensity.dtype)
+    elif tuple(out.shape) != output_shape:
+        raise ValueError(f"output array has shape {tuple(out.shape)}, expected {output_shape}")
+    total = len(tiles) * layout.plane_count
+    done = 0
+
+    def count(finished: int) -> None:
+        nonlocal done
+        done += finished
+        if progress is not None:
+            progress(done, total)
+
+    colour = slice(0, 3) if layout.rgb else None
+    for plane in np.ndindex(*layout.leading_shape):
+
+        def read(ys: slice, xs: slice, plane=plane) -> np.ndarray:
+            block = np.asarray(data[(*plane, ys, xs)])
+            if not np.isfinite(block).all():
+                raise InvalidImageError(
+                    "the image contains NaN or infinite values; replace them first"
+                )
+            if colour is None:
+                return intensity.to_unit(block)[..., None]
+            unit = intensity.to_unit(block[..., colour])
+            if layout.has_alpha:
+                unit = np.concatenate([unit, _alpha_to_unit(block[..., 3:])], axis=-1)
+            return unit
+
+        def write(ys: slice, xs: slice, block: np.ndarray, plane=plane) -> None:
+            if colour is None:
+                out[(*plane, ys, xs)] = intensity.from_unit(block[..., 0])
+                return
+            result = intensity.from_unit(block[..., colour])
+            if layout.has_alpha:
+                alpha = _alpha_from_unit(block[..., 3:], intensity.dtype)
+                result = np.concatenate([result, alpha], axis=-1)
+            out[(*plane, ys, xs)] = result
+
+        run_tiles(
+            tiles,
+            read,
+            forward,
+            write,
+            scale=SCALE,
+            batch_size=batch_size,
+            device=target,
+            on_batch=count,
+            should_stop=should_stop,
+        )
+    return out

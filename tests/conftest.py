@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny generators (fast on 2 CPU cores) and an isolated user model folder.
+
+No fixture imports torch._dynamo / triton early: the plugin's own triton guard must be what keeps
+napari alive when training starts after a canvas exists.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from napari_srgan.model_files import ModelCard, SRModel, save_model
+from napari_srgan.model_registry import MODEL_DIR_ENV
+from napari_srgan.models import Generator, GeneratorConfig
+from napari_srgan.normalization import NormalizationSpec
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def shared_data(*parts: str) -> Path:
+    """A folder of ../shared/data, or skip the test saying it is absent."""
+    path = DATA.joinpath(*parts)
+    if not path.is_dir():
+        pytest.skip(f"{path} is absent (tests read ../shared/data beside the project)")
+    return path
+
+
+@pytest.fixture(autouse=True)
+def user_models(tmp_path_factory, monkeypatch) -> Path:
+    folder = tmp_path_factory.mktemp("user-models")
+    monkeypatch.setenv(MODEL_DIR_ENV, str(folder))
+    return folder
+
+
+def tiny_generator(channels: int = 3, seed: int = 0, **options) -> Generator:
+    torch.manual_seed(seed)
+    settings = {"channels": 8, "residual_blocks": 1, **options}
+    config = GeneratorConfig(in_channels=channels, out_channels=channels, **settings)
+    generator = Generator(config)
+    for module in generator.modules():  # non-trivial BN statistics so eval mode is tested
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.5, 1.5)
+    return generator.eval()
+
+
+def tiny_model(channels: int = 3, mode: str = "dtype", **options) -> SRModel:
+    spec = NormalizationSpec(mode) if mode == "dtype" else NormalizationSpec(mode, 1.0, 99.0)
+    card = ModelCard(f"tiny-{channels}ch", trained=False, normalization=spec)
+    return SRModel(tiny_generator(channels, **options), card)
+
+
+@pytest.fixture
+def rgb_model() -> SRModel:
+    return tiny_model(3)
+
+
+@pytest.fixture
+def grey_model() -> SRModel:
+    return tiny_model(1, mode="percentile")
+
+
+@pytest.fixture
+def tiny_model_file(user_models) -> Path:
+    """An RGB model close to bicubic (input skip, small random tail) so results look like the
+    input, yet every layer of the network contributes."""
+    model = tiny_model(3, batch_norm=False, input_skip=True)
+    torch.manual_seed(0)
+    torch.nn.init.normal_(model.generator.tail.weight, std=1e-3)
+    return save_model(user_models / "tiny-rgb.safetensors", model.generator, model.card)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)

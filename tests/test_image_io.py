@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import tifffile
+
+from napari_srgan import image_io
+from napari_srgan.image_io import read_image, write_image, write_tiff
+
+
+def test_rgb_round_trip_with_provenance(tmp_path, rng):
+    data = rng.integers(0, 255, (10, 12, 3)).astype(np.uint8)
+    write_tiff(
+        tmp_path / "rgb.tif",
+        data,
+        rgb=True,
+        scale=(0.5, 0.25),
+        translate=(1, 2),
+        name="photo x4",
+        provenance={"model": "m"},
+    )
+    image = read_image(tmp_path / "rgb.tif")
+    np.testing.assert_array_equal(image.data, data)
+    assert image.rgb and image.scale == (0.5, 0.25) and image.translate == (1, 2)
+    assert image.provenance["model"] == "m" and image.provenance["layer"]["name"] == "photo x4"
+
+
+def test_imagej_resolution_is_read(tmp_path):
+    data = np.zeros((3, 8, 8), np.uint16)
+    tifffile.imwrite(
+        tmp_path / "ij.tif",
+        data,
+        imagej=True,
+        resolution=(1 / 0.2, 1 / 0.2),
+        metadata={"axes": "ZYX", "unit": "um"},
+    )
+    image = read_image(tmp_path / "ij.tif")
+    assert image.scale[-2:] == pytest.approx((0.2, 0.2)) and image.unit == "um"
+
+
+def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):
+    target = tmp_path / "out.tif"
+    target.write_bytes(b"previous result")
+
+    def failing_write(path, *args, **kwargs):
+        with open(path, "wb") as stream:
+            stream.write(b"half a tiff")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(image_io.tifffile, "imwrite", failing_write)
+    with pytest.raises(OSError, match="No space left"):
+        write_tiff(target, np.zeros((4, 4), np.uint8), rgb=False)
+    assert target.read_bytes() == b"previous result"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.tif"]
+
+
+def test_formats_that_cannot_hold_the_data_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="JPEG holds 8-bit data only"):
+        write_image(tmp_path / "x.jpg", np.zeros((4, 4), np.uint16), rgb=False)
+    with pytest.raises(ValueError, match="unknown output format"):
+        write_image(tmp_path / "x.gif", np.zeros((4, 4), np.uint8), rgb=False)
+    with pytest.raises(FileNotFoundError, match="output folder does not exist"):
+        write_image(tmp_path / "missing" / "x.png", np.zeros((4, 4), np.uint8), rgb=False)

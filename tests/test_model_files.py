@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import tiny_model
+from napari_srgan.model_files import ModelFileError, load_model, read_metadata, save_model
+from napari_srgan.model_registry import available_models, resolve_model
+from napari_srgan.models import Generator, GeneratorConfig
+from napari_srgan.upscale import upscale
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_round_trip_keeps_weights_config_and_card(tmp_path, half, rng):
+    model = tiny_model(3)
+    model.card.metrics = {"Set5": {"psnr_y": 30.1}}
+    path = save_model(tmp_path / "m.safetensors", model.generator, model.card, half=half)
+    loaded = load_model(path)
+    assert loaded.config == model.config
+    assert loaded.card == model.card
+    image = rng.integers(0, 255, (12, 12, 3)).astype(np.uint8)
+    difference = np.abs(upscale(image, loaded).astype(int) - upscale(image, model).astype(int))
+    assert difference.max() <= (2 if half else 0)
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="not found"):
+        load_model(tmp_path / "absent.safetensors")
+
+
+def test_corrupt_file(tmp_path):
+    path = tmp_path / "corrupt.safetensors"
+    path.write_bytes(b"\x00\x10garbage" * 10)
+    with pytest.raises(ModelFileError, match=r"not a readable \.safetensors file"):
+        load_model(path)
+
+
+def test_foreign_safetensors_file(tmp_path):
+    path = tmp_path / "foreign.safetensors"
+    save_file({"weight": torch.zeros(2)}, str(path))
+    with pytest.raises(ModelFileError, match="not a napari-srgan model"):
+        load_model(path)
+
+
+def test_weights_that_do_not_fit_the_stated_architecture(tmp_path):
+    """A file whose metadata claims 16 features but holds 8-feature weights names the problem."""
+    model = tiny_model(3)
+    path = save_model(tmp_path / "m.safetensors", model.generator, model.card)
+    wide = Generator(GeneratorConfig(channels=16, residual_blocks=1))
+    tensors = {k: v.contiguous() for k, v in model.generator.state_dict().items()}
+    save_file(
+        tensors,
+        str(tmp_path / "bad.safetensors"),
+        metadata={
+            "napari_srgan_format": "1",
+            "generator_config": json.dumps(wide.config.to_dict()),
+            "model_card": model.card.to_json(),
+        },
+    )
+    with pytest.raises(ModelFileError, match=r"head.0.weight has shape \(8, 3, 9, 9\)"):
+        load_model(tmp_path / "bad.safetensors")
+    assert load_model(path).config.channels == 8
+
+
+def test_registry_lists_user_models_and_resolves_names(tiny_model_file):
+    models = available_models()
+    assert models["tiny-rgb"] == tiny_model_file
+    assert resolve_model("tiny-rgb") == tiny_model_file
+    assert resolve_model(str(tiny_model_file)) == tiny_model_file
+    with pytest.raises(ModelFileError, match="no model named 'nope'"):
+        resolve_model("nope")
+    config, card = read_metadata(tiny_model_file)
+    assert not card.trained and config.channels == 8
