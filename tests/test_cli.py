@@ -63,10 +63,28 @@ def test_png_output(tmp_path, tiny_model_file):
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        (["upscale", "{tmp}/absent.png", "{tmp}/o.tif"], "no such image file"),
-        (["upscale", "{tmp}/not-an-image.png", "{tmp}/o.tif"], "cannot read"),
+        (
+            ["upscale", "{tmp}/absent.png", "{tmp}/o.tif", "--model", "tiny-rgb"],
+            "no such image file",
+        ),
+        (
+            ["upscale", "{tmp}/not-an-image.png", "{tmp}/o.tif", "--model", "tiny-rgb"],
+            "cannot read",
+        ),
         (["upscale", "{tmp}/ok.png", "{tmp}/no-such-folder/o.tif"], "output folder does not exist"),
         (["upscale", "{tmp}/ok.png", "{tmp}/o.xyz"], "unknown output format"),
+        (
+            [
+                "upscale",
+                "{tmp}/ok.png",
+                "{tmp}/o.tif",
+                "--scheduler",
+                "threads",
+                "--model",
+                "tiny-rgb",
+            ],
+            "writes to a .zarr output",
+        ),
         (["upscale", "{tmp}/ok.png", "{tmp}/o.tif", "--model", "nope"], "no model named 'nope'"),
         (
             ["upscale", "{tmp}/ok.png", "{tmp}/o.tif", "--model", "{tmp}/bad.safetensors"],

@@ -22,9 +22,12 @@ def _add_upscale(commands) -> None:
     parser = commands.add_parser(
         "upscale", help="upscale an image 4x", description="Upscale an image file 4x."
     )
-    parser.add_argument("input", type=Path, help="PNG, JPEG, BMP or TIFF image")
+    parser.add_argument("input", type=Path, help="PNG, JPEG, BMP, TIFF image or .zarr store")
     parser.add_argument(
-        "output", type=Path, help="output file (.tif keeps pixel size and provenance)"
+        "output",
+        type=Path,
+        help="output: .tif (pixel size and provenance), .png, .jpg, or .zarr (OME-Zarr, "
+        "streamed: for images larger than memory)",
     )
     parser.add_argument(
         "--model", default=None, help="model name or .safetensors path (default: bundled)"
@@ -37,6 +40,18 @@ def _add_upscale(commands) -> None:
     )
     parser.add_argument("--batch", type=int, default=1, help="tiles per batch")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument(
+        "--precision",
+        choices=["fp32", "fp16", "bf16", "auto"],
+        default="fp32",
+        help="autocast precision (auto: fp16 on CUDA)",
+    )
+    parser.add_argument(
+        "--scheduler",
+        default=None,
+        help="compute with dask: threads, processes, synchronous, or a dask.distributed "
+        "address (tcp://host:8786); needs a .zarr output",
+    )
     colour = parser.add_mutually_exclusive_group()
     colour.add_argument(
         "--rgb", dest="rgb", action="store_true", default=None, help="last axis is colour"
@@ -173,56 +188,43 @@ def _warn_if_untrained(model) -> None:
 def upscale_command(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from .geometry import upscaled_placement
-    from .image_io import PLAIN_SUFFIXES, TIFF_SUFFIXES, read_image, write_image
-    from .provenance import provenance
-    from .tiling import check_tile_size
-    from .upscale import check_image, upscale
-
-    # Everything is checked before any work or output, so bad input changes nothing.
-    if args.output.suffix.lower() not in TIFF_SUFFIXES + PLAIN_SUFFIXES:
-        raise CommandError(f"unknown output format {args.output.suffix!r}; use .tif, .png or .jpg")
-    if not args.output.parent.is_dir():
-        raise CommandError(f"output folder does not exist: {args.output.parent}")
-    image = read_image(args.input)
-    rgb = image.rgb if args.rgb is None else args.rgb
-    layout = check_image(image.data, rgb)
-    model = _load(args.model)
-    if args.tile is not None:
-        check_tile_size(args.tile, model.config.tile_margin)
     from .devices import choose_device
+    from .file_upscale import UpscaleSettings, check_output, upscale_file
 
+    check_output(args.output)  # before the (slow) model load
     choose_device(args.device)
-    _warn_if_untrained(model)
-    spatial = [len(image.scale) - 2, len(image.scale) - 1]
-    scale, translate = upscaled_placement(image.scale, image.translate, spatial)
-    with tqdm(total=None, unit="tile", desc=args.input.name, file=sys.stderr) as bar:
-
-        def progress(done: int, total: int) -> None:
-            bar.total = total
-            bar.update(done - bar.n)
-
-        result = upscale(
-            image.data,
-            model,
-            rgb=layout.rgb,
-            tile=args.tile,
-            batch_size=args.batch,
-            device=args.device,
-            progress=progress,
-        )
-    write_image(
-        args.output,
-        result,
-        rgb=layout.rgb,
-        scale=scale,
-        translate=translate,
-        unit=image.unit,
-        provenance=provenance(model, source=str(args.input)),
+    model = _load(args.model)
+    settings = UpscaleSettings(
+        tile=args.tile,
+        batch_size=args.batch,
+        device=args.device,
+        precision=args.precision,
+        scheduler=args.scheduler,
     )
+    bar = tqdm(total=None, unit="tile", desc=args.input.name, file=sys.stderr, delay=3600)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    def start() -> None:  # input and settings are valid: say so, show the bar
+        _warn_if_untrained(model)
+        bar.delay = 0
+
+    with bar:
+        result = upscale_file(
+            args.input,
+            args.output,
+            model,
+            rgb=args.rgb,
+            settings=settings,
+            progress=progress,
+            before_work=start,
+        )
+    (height, width), (out_height, out_width) = result.input_shape, result.output_shape
     print(
-        f"{args.input} {layout.height}x{layout.width} -> {args.output} "
-        f"{layout.height * 4}x{layout.width * 4} with {model.card.name}"
+        f"{args.input} {height}x{width} -> {args.output} {out_height}x{out_width} "
+        f"with {model.card.name}"
     )
 
 

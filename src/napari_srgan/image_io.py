@@ -30,7 +30,8 @@ PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 class ImageFile:
     """Pixels plus what is known about them."""
 
-    data: np.ndarray
+    #: numpy when read whole; any sliceable array (zarr...) when opened lazily.
+    data: object
     rgb: bool
     #: World units per pixel along every axis of ``data`` but a colour axis (1.0 if unknown).
     scale: tuple[float, ...]
@@ -61,19 +62,22 @@ def read_image(path: str | os.PathLike) -> ImageFile:
     return ImageFile(data, rgb, (1.0,) * count, (0.0,) * count)
 
 
-def _read_tiff(path: Path) -> ImageFile:
+def _read_tiff(path: Path, load: bool = True) -> ImageFile:
+    """The TIFF's pixels (``load``) or only what is known about them (``data`` is then None)."""
     try:
         with tifffile.TiffFile(path) as tif:
-            data = tif.asarray()
+            series = tif.series[0]
+            shape = tuple(series.shape)
+            data = series.asarray() if load else None
             page = tif.pages[0]
             tag = page.tags.get(PROVENANCE_TAG)
             provenance = json.loads(tag.value) if tag is not None else {}
             pixel_size, unit = _tiff_pixel_size(tif)
             photometric = page.photometric
-    except (tifffile.TiffFileError, OSError, ValueError) as error:
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError) as error:
         raise ValueError(f"cannot read {path} as a TIFF: {error}") from None
-    rgb = bool(photometric == tifffile.PHOTOMETRIC.RGB and guess_rgb(data.shape))
-    count = _spatial_axes_count(data, rgb)
+    rgb = bool(photometric == tifffile.PHOTOMETRIC.RGB and guess_rgb(shape))
+    count = len(shape) - (1 if rgb else 0)
     scale = [1.0] * count
     translate = [0.0] * count
     if pixel_size is not None:
@@ -84,6 +88,11 @@ def _read_tiff(path: Path) -> ImageFile:
     if len(stored.get("translate", ())) == count:
         translate = list(stored["translate"])
     return ImageFile(data, rgb, tuple(scale), tuple(translate), unit, provenance)
+
+
+def tiff_metadata(path: str | os.PathLike) -> ImageFile:
+    """Pixel size, provenance and layout of a TIFF without reading its pixels."""
+    return _read_tiff(Path(path), load=False)
 
 
 def _tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None, str | None]:

@@ -5,6 +5,7 @@ This is the one entry point shared by the napari widget, the CLI and the dask pa
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,8 +18,10 @@ from .devices import auto_tile_size, choose_device
 from .model_files import SRModel
 from .models import SCALE
 from .normalization import IntensityRange, NormalizationSpec, intensity_range
-from .tiling import plane_tiles, run_tiles
+from .tiling import check_tile_size, plane_tiles, run_tiles
 from .torch_safety import guard_triton
+
+log = logging.getLogger(__name__)
 
 #: Data dimensions the engine accepts, channel axis included (e.g. T, Z, Y, X, RGB).
 MAX_DIMENSIONS = 5
@@ -157,6 +160,35 @@ def channel_adapter(
     return forward_with_alpha
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA raises torch.OutOfMemoryError; MPS and CPU allocators raise RuntimeErrors."""
+    return isinstance(error, torch.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+    )
+
+
+def precision_forward(
+    forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device, precision: str
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Autocast to fp16 / bf16 (``"auto"``: fp16 on CUDA, fp32 elsewhere) and channels-last
+    tensors on CUDA, where tensor cores want them."""
+    if precision not in ("auto", "fp32", "fp16", "bf16"):
+        raise ValueError(f"precision must be auto, fp32, fp16 or bf16, not {precision!r}")
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "fp32"
+    if precision == "fp32":
+        return forward
+    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+
+    def autocast_forward(x: torch.Tensor) -> torch.Tensor:
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device.type, dtype=dtype):
+            return forward(x).float()
+
+    return autocast_forward
+
+
 def upscale(
     data,
     model: SRModel,
@@ -165,6 +197,7 @@ def upscale(
     tile: int | None = None,
     batch_size: int = 1,
     device: str | torch.device | None = "auto",
+    precision: str = "fp32",
     intensity: IntensityRange | None = None,
     out=None,
     progress: Callable[[int, int], None] | None = None,
@@ -176,67 +209,98 @@ def upscale(
     tiles is in memory at a time. Leading axes (Z, T, C...) are processed plane by plane.
     ``intensity`` overrides the range from the model card (e.g. one range for a whole dataset).
     ``progress(done, total)`` counts tiles; ``should_stop()`` returning True raises
-    :class:`~napari_srgan.tiling.Cancelled`.
+    :class:`~napari_srgan.tiling.Cancelled`. When the device runs out of memory, the tile size is
+    halved and the plane is computed again from scratch (no partial result is reused).
     """
     guard_triton()
     layout = check_image(data, rgb)
     generator = model.generator
     config = model.config
-    forward = channel_adapter(generator, layout.channels, layout.has_alpha)
     intensity = intensity or colour_range(data, layout, model.card.normalization)
     target = choose_device(device)
     generator.to(target).eval()
+    if target.type == "cuda":
+        generator.to(memory_format=torch.channels_last)
+    forward = precision_forward(
+        channel_adapter(generator, layout.channels, layout.has_alpha), target, precision
+    )
     tile = tile or auto_tile_size(config, target, batch_size)
-    tiles = plane_tiles(layout.height, layout.width, tile, config.tile_margin)
+    check_tile_size(tile, config.tile_margin)
     output_shape = layout.output_shape()
     if out is None:
         out = np.empty(output_shape, dtype=intensity.dtype)
     elif tuple(out.shape) != output_shape:
         raise ValueError(f"output array has shape {tuple(out.shape)}, expected {output_shape}")
-    total = len(tiles) * layout.plane_count
+    planes = list(np.ndindex(*layout.leading_shape))
     done = 0
+    for index, plane in enumerate(planes):
+        reader = PlaneReader(data, plane, layout, intensity)
+        while True:
+            tiles = plane_tiles(layout.height, layout.width, tile, config.tile_margin)
+            total = done + len(tiles) * (len(planes) - index)
+            finished_in_plane = 0
 
-    def count(finished: int) -> None:
-        nonlocal done
-        done += finished
-        if progress is not None:
-            progress(done, total)
+            def count(finished: int, total: int = total, before: int = done) -> None:
+                nonlocal finished_in_plane
+                finished_in_plane += finished
+                if progress is not None:
+                    progress(before + finished_in_plane, total)
 
-    colour = slice(0, 3) if layout.rgb else None
-    for plane in np.ndindex(*layout.leading_shape):
-
-        def read(ys: slice, xs: slice, plane=plane) -> np.ndarray:
-            block = np.asarray(data[(*plane, ys, xs)])
-            if not np.isfinite(block).all():
-                raise InvalidImageError(
-                    "the image contains NaN or infinite values; replace them first"
+            try:
+                run_tiles(
+                    tiles,
+                    reader.read,
+                    forward,
+                    reader.writer(out),
+                    scale=SCALE,
+                    batch_size=batch_size,
+                    device=target,
+                    on_batch=count,
+                    should_stop=should_stop,
                 )
-            if colour is None:
-                return intensity.to_unit(block)[..., None]
-            unit = intensity.to_unit(block[..., colour])
-            if layout.has_alpha:
-                unit = np.concatenate([unit, _alpha_to_unit(block[..., 3:])], axis=-1)
-            return unit
-
-        def write(ys: slice, xs: slice, block: np.ndarray, plane=plane) -> None:
-            if colour is None:
-                out[(*plane, ys, xs)] = intensity.from_unit(block[..., 0])
-                return
-            result = intensity.from_unit(block[..., colour])
-            if layout.has_alpha:
-                alpha = _alpha_from_unit(block[..., 3:], intensity.dtype)
-                result = np.concatenate([result, alpha], axis=-1)
-            out[(*plane, ys, xs)] = result
-
-        run_tiles(
-            tiles,
-            read,
-            forward,
-            write,
-            scale=SCALE,
-            batch_size=batch_size,
-            device=target,
-            on_batch=count,
-            should_stop=should_stop,
-        )
+                break
+            except RuntimeError as error:
+                smaller = max(tile // 2, 2 * config.tile_margin + 1)
+                if not is_out_of_memory(error) or smaller == tile:
+                    raise
+                if target.type == "cuda":
+                    torch.cuda.empty_cache()
+                log.warning(
+                    "out of memory with %d px tiles; retrying the plane with %d", tile, smaller
+                )
+                tile = smaller
+        done += finished_in_plane
     return out
+
+
+class PlaneReader:
+    """Reads unit-scaled tiles of one plane and writes results back in the input's dtype."""
+
+    def __init__(
+        self, data, plane: tuple[int, ...], layout: ImageLayout, intensity: IntensityRange
+    ):
+        self.data, self.plane, self.layout, self.intensity = data, plane, layout, intensity
+
+    def read(self, ys: slice, xs: slice) -> np.ndarray:
+        block = np.asarray(self.data[(*self.plane, ys, xs)])
+        if not np.isfinite(block).all():
+            raise InvalidImageError("the image contains NaN or infinite values; replace them first")
+        if not self.layout.rgb:
+            return self.intensity.to_unit(block)[..., None]
+        unit = self.intensity.to_unit(block[..., :3])
+        if self.layout.has_alpha:
+            unit = np.concatenate([unit, _alpha_to_unit(block[..., 3:])], axis=-1)
+        return unit
+
+    def writer(self, out) -> Callable[[slice, slice, np.ndarray], None]:
+        def write(ys: slice, xs: slice, block: np.ndarray) -> None:
+            if not self.layout.rgb:
+                out[(*self.plane, ys, xs)] = self.intensity.from_unit(block[..., 0])
+                return
+            result = self.intensity.from_unit(block[..., :3])
+            if self.layout.has_alpha:
+                alpha = _alpha_from_unit(block[..., 3:], self.intensity.dtype)
+                result = np.concatenate([result, alpha], axis=-1)
+            out[(*self.plane, ys, xs)] = result
+
+        return write

@@ -1,0 +1,107 @@
+"""Inference speed and memory of the default generator on the CPU, tiled and untiled.
+
+    python benchmarks/inference.py [--size 256] [--tiles 64 128 192] [--repeat 2]
+
+Each configuration runs in a fresh subprocess (so peak RSS is its own) on the same random
+256x256 RGB input; the table gives the best of ``--repeat`` runs. A single large 64->64 3x3
+convolution is timed in the same run as the reference for achievable GFLOP/s on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+import torch
+
+from napari_srgan.models import SCALE, GeneratorConfig
+
+WORKER = r"""
+import json, resource, sys, time
+import numpy as np, torch
+from napari_srgan.model_files import ModelCard, SRModel
+from napari_srgan.models import Generator, GeneratorConfig
+from napari_srgan.upscale import upscale
+
+size, tile, repeat = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+torch.manual_seed(0)
+model = SRModel(Generator(GeneratorConfig(batch_norm=False, input_skip=True)).eval(),
+                ModelCard("benchmark"))
+image = np.random.default_rng(0).integers(0, 256, (size, size, 3)).astype(np.uint8)
+times = []
+for _ in range(repeat):
+    started = time.perf_counter()
+    upscale(image, model, tile=tile or size, device="cpu")
+    times.append(time.perf_counter() - started)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": min(times), "peak_mb": peak}))
+"""
+
+
+def reference_conv_gflops(repeat: int = 3) -> float:
+    """GFLOP/s of one 64->64 3x3 convolution on a 1x64x512x512 input (2 FLOP per MAC)."""
+    conv = torch.nn.Conv2d(64, 64, 3, padding=1)
+    x = torch.rand(1, 64, 512, 512)
+    with torch.inference_mode():
+        conv(x)
+        best = min(_timed(lambda: conv(x)) for _ in range(repeat))
+    return 2 * 64 * 64 * 9 * 512 * 512 / best / 1e9
+
+
+def _timed(function) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def run(size: int, tile: int, repeat: int) -> dict:
+    result = subprocess.run(
+        [sys.executable, "-c", WORKER, str(size), str(tile), str(repeat)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--tiles", type=int, nargs="+", default=[96, 128, 192])
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    config = GeneratorConfig(batch_norm=False, input_skip=True)
+    gflop = 2 * config.macs_per_input_pixel * args.size**2 / 1e9
+    reference = reference_conv_gflops()
+    rows = [("untiled", run(args.size, 0, args.repeat))]
+    rows += [(f"tile {tile}", run(args.size, tile, args.repeat)) for tile in args.tiles]
+    untiled = rows[0][1]["seconds"]
+    megapixels = (args.size * SCALE) ** 2 / 1e6
+    print(
+        f"{args.size}x{args.size} RGB -> {args.size * SCALE}x{args.size * SCALE}, default "
+        f"architecture (16 blocks x 64, {gflop:.0f} GFLOP per image, overlap "
+        f"{config.tile_margin} px), CPU, {os.cpu_count()} cores, torch {torch.__version__}"
+    )
+    print(f"reference: one 64->64 3x3 conv on 64x512x512: {reference:.1f} GFLOP/s\n")
+    print(
+        "| run | time (s) | vs untiled | output MP/s | GFLOP/s | of reference conv | peak RSS (MB) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, result in rows:
+        seconds = result["seconds"]
+        print(
+            f"| {name} | {seconds:.2f} | {seconds / untiled:.2f} | {megapixels / seconds:.3f} "
+            f"| {gflop / seconds:.1f} | {gflop / seconds / reference:.2f} | {result['peak_mb']:.0f} |"
+        )
+    print(
+        "\nGFLOP/s counts useful work only (the untiled FLOPs), so tiling overhead shows as a "
+        "lower rate."
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""Upscale files: in memory for ordinary images, streamed tile by tile (or on a dask scheduler)
+into OME-Zarr for images larger than memory. Used by the CLI and the widget's zarr output."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+
+from .geometry import upscaled_placement
+from .image_io import PLAIN_SUFFIXES, TIFF_SUFFIXES, ImageFile, read_image, write_image
+from .lazy import upscale_lazy
+from .model_files import SRModel
+from .provenance import provenance
+from .tiling import check_tile_size
+from .upscale import ImageLayout, check_image, upscale
+from .zarr_io import OmeZarrWriter, is_zarr, open_lazy
+
+SCHEDULERS = ("threads", "processes", "synchronous")
+
+
+@dataclass(frozen=True)
+class UpscaleSettings:
+    tile: int | None = None
+    batch_size: int = 1
+    device: str = "auto"
+    precision: str = "fp32"
+    #: None streams tiles in this process; "threads", "processes", "synchronous" or a
+    #: dask.distributed scheduler address ("tcp://host:8786") computes blocks with dask.
+    scheduler: str | None = None
+
+
+@contextlib.contextmanager
+def dask_scheduler(scheduler: str) -> Iterator[None]:
+    """Compute with a local dask scheduler, or connect to a distributed one by address."""
+    if scheduler in SCHEDULERS:
+        with dask.config.set(scheduler=scheduler):
+            yield
+        return
+    if "://" not in scheduler:
+        raise ValueError(
+            f"scheduler must be one of {SCHEDULERS} or an address like tcp://host:8786"
+        )
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ValueError(
+            "a scheduler address needs dask.distributed: pip install distributed"
+        ) from None
+    with Client(scheduler, set_as_default=False) as client, dask.config.set(scheduler=client.get):
+        yield
+
+
+def open_input(path: Path, stream: bool) -> ImageFile:
+    """Zarr inputs always open lazily; TIFFs do when the output is streamed (big files)."""
+    if is_zarr(path) or (stream and path.suffix.lower() in TIFF_SUFFIXES):
+        return open_lazy(path)
+    return read_image(path)
+
+
+def check_output(path: Path) -> None:
+    if not (is_zarr(path) or path.suffix.lower() in TIFF_SUFFIXES + PLAIN_SUFFIXES):
+        raise ValueError(f"unknown output format {path.suffix!r}; use .tif, .png, .jpg or .zarr")
+    if not path.parent.is_dir():
+        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
+
+
+def upscale_to_zarr(
+    data,
+    model: SRModel,
+    output: str | os.PathLike,
+    *,
+    layout: ImageLayout,
+    scale: tuple[float, ...],
+    translate: tuple[float, ...],
+    unit: str | None,
+    record: dict,
+    settings: UpscaleSettings,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> Path:
+    """Write the 4x result of ``data`` to an OME-Zarr store; ``scale`` / ``translate`` are the
+    result's. Memory stays at a few tiles (or dask blocks) whatever the image size."""
+    dtype = np.dtype(data.dtype)
+    writer = OmeZarrWriter(
+        output,
+        layout.output_shape(),
+        dtype,
+        rgb=layout.rgb,
+        scale=scale,
+        translate=translate,
+        unit=unit,
+        provenance=record,
+    )
+    try:
+        if settings.scheduler is None:
+            upscale(
+                data,
+                model,
+                rgb=layout.rgb,
+                tile=settings.tile,
+                batch_size=settings.batch_size,
+                device=settings.device,
+                precision=settings.precision,
+                out=writer.level0,
+                progress=progress,
+                should_stop=should_stop,
+            )
+        else:
+            if model.path is None:
+                raise ValueError("computing with dask needs a model saved to a file")
+            result = upscale_lazy(
+                data,
+                model.path,
+                rgb=layout.rgb,
+                tile=settings.tile,
+                device=settings.device if settings.device != "auto" else "cpu",
+            )
+            if layout.rgb:
+                result = da.moveaxis(result, -1, -3)
+            with dask_scheduler(settings.scheduler):
+                da.store(result.rechunk(writer.array.chunks), writer.array, lock=False)
+        return writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+
+
+@dataclass(frozen=True)
+class FileResult:
+    output: Path
+    input_shape: tuple[int, int]
+    output_shape: tuple[int, int]
+
+
+def upscale_file(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    model: SRModel,
+    *,
+    rgb: bool | None = None,
+    settings: UpscaleSettings | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    before_work: Callable[[], None] | None = None,
+) -> FileResult:
+    """Read ``source``, upscale it and write ``output`` with pixel size and provenance.
+
+    Everything is validated before any work (``before_work`` runs then, e.g. to print
+    warnings), so bad input changes nothing on disk.
+    """
+    source, output = Path(source), Path(output)
+    settings = settings or UpscaleSettings()
+    check_output(output)
+    if settings.scheduler is not None and not is_zarr(output):
+        raise ValueError("computing with a dask scheduler writes to a .zarr output")
+    image = open_input(source, stream=is_zarr(output))
+    layout = check_image(image.data, image.rgb if rgb is None else rgb)
+    if settings.tile is not None:
+        check_tile_size(settings.tile, model.config.tile_margin)
+    spatial = [len(image.scale) - 2, len(image.scale) - 1]
+    scale, translate = upscaled_placement(image.scale, image.translate, spatial)
+    record = provenance(model, source=str(source))
+    if before_work is not None:
+        before_work()
+    if is_zarr(output):
+        upscale_to_zarr(
+            image.data,
+            model,
+            output,
+            layout=layout,
+            scale=scale,
+            translate=translate,
+            unit=image.unit,
+            record=record,
+            settings=settings,
+            progress=progress,
+        )
+    else:
+        result = upscale(
+            np.asarray(image.data),
+            model,
+            rgb=layout.rgb,
+            tile=settings.tile,
+            batch_size=settings.batch_size,
+            device=settings.device,
+            precision=settings.precision,
+            progress=progress,
+        )
+        write_image(
+            output,
+            result,
+            rgb=layout.rgb,
+            scale=scale,
+            translate=translate,
+            unit=image.unit,
+            provenance=record,
+        )
+    return FileResult(output, (layout.height, layout.width), (layout.height * 4, layout.width * 4))

@@ -1,0 +1,204 @@
+"""Zarr and OME-Zarr in and out, for images larger than memory.
+
+Inputs open lazily (plain zarr arrays, OME-Zarr multiscale groups at full resolution, big TIFFs
+through tifffile's zarr view). Outputs are OME-Zarr (NGFF 0.4, zarr format 2, which napari and
+Fiji read): axes, the new pixel size, provenance, and a 2x mean pyramid so viewers stay fast.
+A store is written under a temporary name and renamed when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import dask.array as da
+import numpy as np
+import tifffile
+import zarr
+
+from .image_io import PROVENANCE_KEY, ImageFile, tiff_metadata
+
+#: Output chunks on the two image axes: a good size for napari tiles and for compression.
+CHUNK = 512
+NGFF_VERSION = "0.4"
+
+
+def is_zarr(path: str | os.PathLike) -> bool:
+    return Path(path).suffix.lower() == ".zarr"
+
+
+def open_lazy(path: str | os.PathLike) -> ImageFile:
+    """An image whose ``data`` reads from disk on slicing (zarr, OME-Zarr, or TIFF)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such image: {path}")
+    if is_zarr(path):
+        return _open_zarr(path)
+    if path.suffix.lower() in (".tif", ".tiff"):
+        data = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        if isinstance(data, zarr.Group):  # a pyramidal TIFF: level 0
+            data = data["0"]
+        image = tiff_metadata(path)
+        image.data = data
+        return image
+    raise ValueError(f"{path}: lazy reading needs .zarr or .tif, not {path.suffix!r}")
+
+
+def _open_zarr(path: Path) -> ImageFile:
+    try:
+        node = zarr.open(str(path), mode="r")
+    except Exception as error:
+        raise ValueError(f"cannot open {path} as zarr: {error}") from None
+    provenance = dict(node.attrs.get(PROVENANCE_KEY, {}))
+    if isinstance(node, zarr.Array):
+        rgb = node.ndim >= 3 and node.shape[-1] in (3, 4)
+        count = node.ndim - rgb
+        return ImageFile(node, rgb, (1.0,) * count, (0.0,) * count, None, provenance)
+    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        raise ValueError(f"{path} is a zarr group without OME-Zarr multiscales metadata")
+    first = multiscales[0]
+    dataset = first["datasets"][0]
+    data = node[dataset["path"]]
+    scale, translate = [1.0] * data.ndim, [0.0] * data.ndim
+    for transform in dataset.get("coordinateTransformations", []):
+        if transform["type"] == "scale":
+            scale = [float(v) for v in transform["scale"]]
+        elif transform["type"] == "translation":
+            translate = [float(v) for v in transform["translation"]]
+    unit = next((a.get("unit") for a in first.get("axes", []) if a.get("type") == "space"), None)
+    return ImageFile(data, False, tuple(scale), tuple(translate), unit, provenance)
+
+
+def _axes(ndim: int, unit: str | None) -> list[dict]:
+    names = ["t", "c", "z", "y", "x"][5 - ndim :]
+    kinds = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
+    axes = []
+    for name in names:
+        axis = {"name": name, "type": kinds[name]}
+        if kinds[name] == "space" and unit:
+            axis["unit"] = _ngff_unit(unit)
+        axes.append(axis)
+    return axes
+
+
+def _ngff_unit(unit: str) -> str:
+    return {"µm": "micrometer", "um": "micrometer", "nm": "nanometer", "mm": "millimeter"}.get(
+        unit, unit
+    )
+
+
+class ChannelsFirst:
+    """Writes ``(..., y, x, c)`` blocks into a ``(..., c, y, x)`` array (OME-Zarr's order)."""
+
+    def __init__(self, array) -> None:
+        self.array = array
+        self.shape = (*array.shape[:-3], *array.shape[-2:], array.shape[-3])
+        self.dtype = array.dtype
+
+    def __setitem__(self, key: tuple, value: np.ndarray) -> None:
+        *leading, ys, xs = key
+        self.array[(*leading, slice(None), ys, xs)] = np.moveaxis(value, -1, -3)
+
+
+class OmeZarrWriter:
+    """Creates ``path`` (under a temporary name) for an image of ``shape`` (napari layout:
+    ``(..., y, x[, rgb])``), takes level 0 through :attr:`level0`, then :meth:`finish` builds
+    the pyramid, writes the metadata and renames the store into place."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        shape: tuple[int, ...],
+        dtype,
+        *,
+        rgb: bool,
+        scale: tuple[float, ...],
+        translate: tuple[float, ...],
+        unit: str | None = None,
+        provenance: dict | None = None,
+    ) -> None:
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise FileNotFoundError(f"output folder does not exist: {self.path.parent}")
+        if not os.access(self.path.parent, os.W_OK):
+            raise PermissionError(f"output folder is not writable: {self.path.parent}")
+        self.temporary = self.path.with_name(f".{self.path.name}.partial")
+        shutil.rmtree(self.temporary, ignore_errors=True)
+        self.rgb = rgb
+        stored = (*shape[:-3], shape[-1], *shape[-3:-1]) if rgb else tuple(shape)
+        if len(stored) > 5:
+            raise ValueError(f"OME-Zarr holds at most 5 axes; this image has {len(stored)}")
+        scale, translate = list(scale), list(translate)
+        if rgb:  # the channel axis sits before y, x
+            scale.insert(len(scale) - 2, 1.0)
+            translate.insert(len(translate) - 2, 0.0)
+        self.scale, self.translate, self.unit = scale, translate, unit
+        self.provenance = dict(provenance or {})
+        self.group = zarr.open_group(str(self.temporary), mode="w", zarr_format=2)
+        chunks = (1,) * (len(stored) - 2) + (CHUNK, CHUNK)
+        if rgb:
+            chunks = (*chunks[:-3], stored[-3], CHUNK, CHUNK)
+        self.array = self.group.create_array("0", shape=stored, dtype=dtype, chunks=chunks)
+        self.level0 = ChannelsFirst(self.array) if rgb else self.array
+
+    def finish(self) -> Path:
+        levels = self._pyramid()
+        datasets = []
+        for level in range(levels):
+            factor = 2**level
+            level_scale = [s * factor for s in self.scale]
+            level_translate = list(self.translate)
+            for axis in (-2, -1):  # pixel centres of a 2x2 mean sit between the originals
+                level_scale[axis] = self.scale[axis] * factor
+                level_translate[axis] = self.translate[axis] + (factor - 1) / 2 * self.scale[axis]
+            for axis in range(len(level_scale) - 2):
+                level_scale[axis] = self.scale[axis]
+            datasets.append(
+                {
+                    "path": str(level),
+                    "coordinateTransformations": [
+                        {"type": "scale", "scale": level_scale},
+                        {"type": "translation", "translation": level_translate},
+                    ],
+                }
+            )
+        self.group.attrs["multiscales"] = [
+            {
+                "version": NGFF_VERSION,
+                "name": self.path.stem,
+                "axes": _axes(self.array.ndim, self.unit),
+                "datasets": datasets,
+                "type": "mean",
+            }
+        ]
+        self.group.attrs[PROVENANCE_KEY] = self.provenance
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.replace(self.temporary, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        shutil.rmtree(self.temporary, ignore_errors=True)
+
+    def _pyramid(self) -> int:
+        """2x mean levels until the image axes fit one chunk; dask keeps memory to a few chunks."""
+        level, previous = 1, da.from_zarr(self.array)
+        while max(previous.shape[-2:]) > CHUNK and min(previous.shape[-2:]) >= 2:
+            axes = {previous.ndim - 2: 2, previous.ndim - 1: 2}
+            even = previous[..., : previous.shape[-2] // 2 * 2, : previous.shape[-1] // 2 * 2]
+            mean = da.coarsen(np.mean, even.astype(np.float32), axes)
+            if np.issubdtype(self.array.dtype, np.integer):
+                mean = mean.round()
+            mean = mean.astype(self.array.dtype)
+            target = self.group.create_array(
+                str(level),
+                shape=mean.shape,
+                dtype=self.array.dtype,
+                chunks=tuple(min(c, s) for c, s in zip(self.array.chunks, mean.shape, strict=True)),
+            )
+            da.store(mean.rechunk(target.chunks), target, lock=False)
+            previous = da.from_zarr(target)
+            level += 1
+        return level

@@ -1,0 +1,195 @@
+"""Images larger than memory: zarr -> zarr streaming, lazy dask results, distributed runs, and
+out-of-memory recovery."""
+
+import logging
+import subprocess
+import sys
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from napari_srgan.file_upscale import UpscaleSettings, upscale_file
+from napari_srgan.lazy import upscale_lazy
+from napari_srgan.model_files import save_model
+from napari_srgan.upscale import upscale
+from napari_srgan.zarr_io import open_lazy
+
+from conftest import tiny_model
+
+
+@pytest.fixture
+def grey_file(tmp_path):
+    model = tiny_model(1, mode="percentile", residual_blocks=2)
+    return save_model(tmp_path / "grey.safetensors", model.generator, model.card)
+
+
+def zarr_image(path, data, chunks):
+    array = zarr.open_array(str(path), mode="w", shape=data.shape, dtype=data.dtype, chunks=chunks)
+    array[:] = data
+    return array
+
+
+def test_zarr_to_ome_zarr_equals_in_memory(tmp_path, grey_file, rng):
+    from napari_srgan.model_files import load_model
+
+    model = load_model(grey_file)
+    data = rng.integers(0, 4000, (2, 150, 170)).astype(np.uint16)
+    zarr_image(tmp_path / "in.zarr", data, (1, 64, 64))
+    upscale_file(
+        tmp_path / "in.zarr", tmp_path / "out.zarr", model, settings=UpscaleSettings(tile=64)
+    )
+    expected = upscale(data, model, tile=64)
+    result = open_lazy(tmp_path / "out.zarr")
+    np.testing.assert_array_equal(result.data[:], expected)
+    assert result.scale[-2:] == (0.25, 0.25) and result.translate[-2:] == (-0.375, -0.375)
+    group = zarr.open_group(str(tmp_path / "out.zarr"), mode="r")
+    [multiscale] = group.attrs["multiscales"]
+    assert [d["path"] for d in multiscale["datasets"]] == ["0", "1"]  # 600x680 -> one 2x level
+    assert group["1"].shape == (2, 300, 340)
+    assert group.attrs["napari_srgan"]["model"] == model.card.name
+    assert not list(tmp_path.glob(".*partial"))
+
+
+def test_dask_result_equals_in_memory_result(grey_file, rng):
+    from napari_srgan.model_files import load_model
+
+    data = rng.random((2, 130, 150)).astype(np.float32)
+    expected = upscale(data, load_model(grey_file), tile=60)
+    lazy = upscale_lazy(da.from_array(data, chunks=(1, 45, 50)), grey_file, tile=60)
+    assert isinstance(lazy, da.Array) and lazy.shape == (2, 520, 600)
+    assert lazy.numblocks == (2, 3, 3)  # many blocks: seams would show
+    with dask.config.set(scheduler="threads"):
+        np.testing.assert_allclose(lazy.compute(), expected, atol=1e-5)
+    integers = (data * 4000).astype(np.uint16)
+    difference = upscale_lazy(integers, grey_file, block=64).compute().astype(int) - upscale(
+        integers, load_model(grey_file)
+    ).astype(int)
+    assert np.abs(difference).max() <= 1  # float rounding can flip an integer rounding
+
+
+def test_local_cluster_with_two_workers(grey_file, rng):
+    distributed = pytest.importorskip("distributed")
+    from napari_srgan.model_files import load_model
+
+    data = rng.integers(0, 255, (140, 120)).astype(np.uint8)
+    expected = upscale(data, load_model(grey_file), tile=64)
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        lazy = upscale_lazy(da.from_array(data, chunks=(50, 60)), grey_file, tile=64)
+        result = client.compute(lazy).result()
+        assert len(client.scheduler_info()["workers"]) == 2
+    assert np.abs(result.astype(int) - expected.astype(int)).max() <= 1
+
+
+def test_cli_scheduler_option_writes_zarr(tmp_path, grey_file, rng):
+    data = rng.integers(0, 255, (100, 90)).astype(np.uint8)
+    zarr_image(tmp_path / "in.zarr", data, (40, 40))
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "napari_srgan.cli",
+            "upscale",
+            tmp_path / "in.zarr",
+            tmp_path / "out.zarr",
+            "--model",
+            grey_file,
+            "--scheduler",
+            "threads",
+            "--tile",
+            "48",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    from napari_srgan.model_files import load_model
+
+    result = open_lazy(tmp_path / "out.zarr").data[:]
+    expected = upscale(data, load_model(grey_file), tile=48)
+    assert np.abs(result.astype(int) - expected.astype(int)).max() <= 1
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+import numpy as np, zarr
+from napari_srgan.file_upscale import UpscaleSettings, upscale_file
+from napari_srgan.model_files import load_model
+size, folder, model = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+source = zarr.open_array(folder + "/in.zarr", mode="w", shape=(size, size), dtype="u2",
+                         chunks=(256, 256))
+for y in range(0, size, 256):  # written in strips: the input never sits in memory whole
+    source[y:y + 256] = np.random.default_rng(y).integers(0, 4000, (min(256, size - y), size))
+upscale_file(folder + "/in.zarr", folder + "/out.zarr", load_model(model),
+             settings=UpscaleSettings(tile=128))
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+
+
+def peak_rss_mb(size, folder, model) -> int:
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(size), str(folder), str(model)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(result.stdout.split()[-1])
+
+
+def test_memory_stays_flat_in_image_size(tmp_path, grey_file):
+    """2048x2048 uint16 -> 8192x8192 (128 MB of output) through zarr takes about the memory of
+    512x512 -> 2048x2048 (8 MB): tiles stream from store to store."""
+    (tmp_path / "small").mkdir()
+    (tmp_path / "large").mkdir()
+    small = peak_rss_mb(512, tmp_path / "small", grey_file)
+    large = peak_rss_mb(2048, tmp_path / "large", grey_file)
+    print(f"peak RSS: 512^2 {small} MB, 2048^2 {large} MB")
+    assert large - small < 64, (small, large)
+    assert large < 1500
+
+
+class RunsOutOfMemory(torch.nn.Module):
+    """Wraps a generator; raises CUDA's OOM error for tiles larger than ``limit`` pixels."""
+
+    def __init__(self, generator, limit):
+        super().__init__()
+        self.inner, self.limit, self.config, self.sizes = generator, limit, generator.config, []
+
+    def forward(self, x):
+        self.sizes.append(x.shape[-1])
+        if x.shape[-1] > self.limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return self.inner(x)
+
+
+def test_out_of_memory_halves_the_tile_and_recomputes(caplog, rng):
+    model = tiny_model(3)
+    image = rng.integers(0, 255, (2, 90, 100, 3)).astype(np.uint8)
+    expected = upscale(image, model, tile=40)
+    wrapper = RunsOutOfMemory(model.generator, limit=45)
+    model.generator = wrapper
+    with caplog.at_level(logging.WARNING):
+        result = upscale(image, model, tile=160)
+    np.testing.assert_array_equal(result, expected)  # the same as running with 40 px tiles
+    assert wrapper.sizes[:3] == [100, 80, 40]  # 160 -> 80 -> 40: no failed output was kept
+    assert "retrying the plane with 40" in caplog.text
+    wrapper.limit = 0
+    with pytest.raises(torch.OutOfMemoryError):  # nothing smaller to try: the error surfaces
+        upscale(image, model, tile=40)
+
+
+def test_reduced_precision_is_close(rng):
+    model = tiny_model(3)
+    image = rng.integers(0, 255, (20, 24, 3)).astype(np.uint8)
+    full = upscale(image, model).astype(int)
+    bf16 = upscale(image, model, precision="bf16").astype(int)
+    assert np.abs(full - bf16).mean() < 2
+    with pytest.raises(ValueError, match="precision"):
+        upscale(image, model, precision="fp8")
