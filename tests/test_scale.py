@@ -12,13 +12,12 @@ import pytest
 import torch
 import zarr
 
+from conftest import tiny_model
 from napari_srgan.file_upscale import UpscaleSettings, upscale_file
 from napari_srgan.lazy import upscale_lazy
 from napari_srgan.model_files import save_model
 from napari_srgan.upscale import upscale
 from napari_srgan.zarr_io import open_lazy
-
-from conftest import tiny_model
 
 
 @pytest.fixture
