@@ -233,3 +233,58 @@ def test_training_after_a_canvas_exists_does_not_crash():
     assert "trained after the canvas existed" in result.stdout
     if "llvm True" not in result.stdout:
         pytest.skip("this OpenGL driver does not load LLVM: the trap cannot occur here")
+
+
+def test_dask_layers_get_a_lazy_result(make_napari_viewer, tiny_model_file, synchronous):
+    import dask.array as da
+
+    from napari_srgan.model_files import load_model
+    from napari_srgan.upscale import upscale
+
+    viewer = make_napari_viewer()
+    stack = np.random.default_rng(1).integers(0, 255, (3, 40, 50, 3)).astype(np.uint8)
+    source = viewer.add_image(da.from_array(stack, chunks=(1, 40, 50, 3)), name="lazy", rgb=True)
+    widget = open_upscale_widget(viewer)
+    widget.reset_choices()
+    widget.image.value = source
+    widget.model.value = "tiny-rgb"
+    widget.start()  # "auto": a dask layer gets a dask result, nothing computed yet
+    result = viewer.layers["lazy x4"]
+    assert isinstance(result.data, da.Array) and result.data.shape == (3, 160, 200, 3)
+    assert result.data.chunks[0] == (1, 1, 1)  # napari computes one plane per slider position
+    expected = upscale(stack, load_model(tiny_model_file))
+    assert np.abs(result.data[1].compute().astype(int) - expected[1]).max() <= 1
+    np.testing.assert_allclose(pixel_edges(result), pixel_edges(source))
+
+
+def test_big_results_stream_into_a_zarr_file(make_napari_viewer, tiny_model_file, synchronous,
+                                             tmp_path):
+    from napari_srgan.model_files import load_model
+    from napari_srgan.plugin import upscale_widget as module
+    from napari_srgan.upscale import upscale
+
+    viewer = make_napari_viewer()
+    image = np.random.default_rng(2).integers(0, 4000, (150, 140)).astype(np.uint16)
+    source = viewer.add_image(image, name="big", scale=(0.2, 0.2))
+    widget = open_upscale_widget(viewer)
+    widget.reset_choices()
+    widget.image.value = source
+    widget.model.value = "tiny-rgb"
+    widget.memory_limit = 1000  # pretend the result does not fit in memory
+    errors = []
+    original, module.show_error = module.show_error, errors.append
+    try:
+        widget.start()
+    finally:
+        module.show_error = original
+    assert "choose a zarr file" in errors[0] and len(viewer.layers) == 1
+    widget.zarr_path.value = tmp_path / "big-x4.zarr"
+    widget.start()
+    result = viewer.layers["big x4"]
+    assert result.multiscale and result.data[0].shape == (600, 560)  # written with a pyramid
+    np.testing.assert_array_equal(np.asarray(result.data[0]),
+                                  upscale(image, load_model(tiny_model_file)))
+    np.testing.assert_allclose(pixel_edges(result), pixel_edges(source))
+    viewer.layers.clear()
+    [reopened] = viewer.open(str(tmp_path / "big-x4.zarr"), plugin="napari-srgan")
+    assert reopened.name == "big x4" and tuple(reopened.scale) == pytest.approx((0.05, 0.05))

@@ -71,6 +71,23 @@ def _open_zarr(path: Path) -> ImageFile:
     return ImageFile(data, False, tuple(scale), tuple(translate), unit, provenance)
 
 
+def open_pyramid(path: str | os.PathLike) -> tuple[list[da.Array], ImageFile]:
+    """All resolution levels of an OME-Zarr store as dask arrays (napari's multiscale input),
+    in napari's layout (a colour axis written by this package moves back to the end), and the
+    full-resolution level's metadata."""
+    image = _open_zarr(Path(path))
+    group = zarr.open_group(str(path), mode="r")
+    multiscales = group.attrs.get("multiscales") or group.attrs.get("ome", {}).get("multiscales")
+    levels = [da.from_zarr(group[d["path"]]) for d in multiscales[0]["datasets"]]
+    if image.provenance.get("layer", {}).get("rgb"):
+        levels = [da.moveaxis(level, -3, -1) for level in levels]
+        scale, translate = list(image.scale), list(image.translate)
+        del scale[-3], translate[-3]
+        image.rgb, image.scale, image.translate = True, tuple(scale), tuple(translate)
+    image.data = levels[0]
+    return levels, image
+
+
 def _axes(ndim: int, unit: str | None) -> list[dict]:
     names = ["t", "c", "z", "y", "x"][5 - ndim :]
     kinds = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
@@ -136,6 +153,7 @@ class OmeZarrWriter:
             translate.insert(len(translate) - 2, 0.0)
         self.scale, self.translate, self.unit = scale, translate, unit
         self.provenance = dict(provenance or {})
+        self.provenance["layer"] = {**self.provenance.get("layer", {}), "rgb": rgb}
         self.group = zarr.open_group(str(self.temporary), mode="w", zarr_format=2)
         chunks = (1,) * (len(stored) - 2) + (CHUNK, CHUNK)
         if rgb:

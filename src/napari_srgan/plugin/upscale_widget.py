@@ -2,24 +2,40 @@
 
 from __future__ import annotations
 
+import math
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import napari
 import numpy as np
-from magicgui.widgets import ComboBox, Container, Label, PushButton, SpinBox, create_widget
+import psutil
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    Label,
+    PushButton,
+    SpinBox,
+    create_widget,
+)
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
 from ..devices import DEVICE_CHOICES
+from ..file_upscale import UpscaleSettings, upscale_to_zarr
 from ..geometry import upscaled_placement
 from ..image_io import PROVENANCE_KEY
+from ..lazy import upscale_lazy
 from ..model_files import ModelFileError, load_model, read_metadata
 from ..model_registry import available_models, resolve_model
 from ..provenance import provenance
 from ..tiling import Cancelled
-from ..upscale import check_image, upscale
+from ..upscale import ImageLayout, check_image, upscale
+from ..zarr_io import is_zarr
 from .background import BackgroundJob, run_job
 from .model_list import follow_model_list
+from .reader import read_zarr_layer
+from .writer import length_unit
 
 if TYPE_CHECKING:
     from napari.layers import Image
@@ -53,6 +69,15 @@ def output_layer_options(layer: Image, metadata: dict) -> dict:
     return options
 
 
+#: Result modes: computed into memory, lazily as the user browses, or streamed into OME-Zarr.
+RESULT_MODES = ("auto", "in memory", "lazy (dask)", "zarr file")
+
+
+def is_lazy(data) -> bool:
+    """Data napari reads lazily (dask, zarr...): anything that is not an in-memory numpy array."""
+    return not isinstance(data, np.ndarray)
+
+
 class UpscaleWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
@@ -62,6 +87,12 @@ class UpscaleWidget(Container):
         self.tile = SpinBox(label="Tile", value=0, min=0, max=4096, step=8)
         self.tile.tooltip = "Tile size in input pixels; 0 picks the largest that fits in memory"
         self.device = ComboBox(label="Device", choices=DEVICE_CHOICES, value="auto")
+        self.result_mode = ComboBox(label="Result", choices=RESULT_MODES, value="auto")
+        self.result_mode.tooltip = (
+            "auto: in memory when it fits; lazily (planes computed as you browse) for dask/zarr "
+            "layers and big stacks; big single images need a zarr file"
+        )
+        self.zarr_path = FileEdit(label="Zarr file", mode="w", filter="*.zarr", value="")
         self.info = Label(value="")
         self.run_button = PushButton(text="Upscale 4x")
         self.cancel_button = PushButton(text="Cancel", enabled=False)
@@ -73,11 +104,15 @@ class UpscaleWidget(Container):
                 self.info,
                 self.tile,
                 self.device,
+                self.result_mode,
+                self.zarr_path,
                 self.run_button,
                 self.cancel_button,
                 self.status,
             ]
         )
+        #: Results bigger than this (bytes) are not computed into memory in "auto" mode.
+        self.memory_limit = psutil.virtual_memory().available // 4
         self.model.changed.connect(self._show_model_info)
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
@@ -99,6 +134,31 @@ class UpscaleWidget(Container):
         warning = " — UNTRAINED" if not card.trained else ""
         self.info.value = f"{kind}, {card.degradation} degradation{warning}"
 
+    def _mode(self, layer: Image, layout: ImageLayout) -> str:
+        """The result mode to use; raises ValueError when none fits."""
+        mode = self.result_mode.value
+        if mode == "auto":
+            output_bytes = math.prod(layout.output_shape()) * np.dtype(layer.dtype).itemsize
+            big = output_bytes > self.memory_limit
+            if big and layout.plane_count == 1:
+                mode = "zarr file" if self._zarr_target() else ""
+                if not mode:
+                    raise ValueError(
+                        f"the result ({output_bytes / 2**30:.1f} GiB) is too big for memory: "
+                        "choose a zarr file to write it to"
+                    )
+            elif big or is_lazy(layer.data):
+                mode = "lazy (dask)"
+            else:
+                mode = "in memory"
+        if mode == "zarr file" and not self._zarr_target():
+            raise ValueError("choose where to write the zarr file (a path ending in .zarr)")
+        return mode
+
+    def _zarr_target(self) -> Path | None:
+        path = Path(self.zarr_path.value) if str(self.zarr_path.value) not in ("", ".") else None
+        return path if path is not None and is_zarr(path) else None
+
     def start(self, *_args) -> None:
         layer = self.image.value
         if layer is None or not isinstance(layer, napari.layers.Image):
@@ -111,27 +171,53 @@ class UpscaleWidget(Container):
             return
         try:
             layout = check_image(layer.data, layer.rgb)
-        except ValueError as error:
+            mode = self._mode(layer, layout)
+            model_path = resolve_model(self.model.value)
+        except (ValueError, ModelFileError) as error:
             show_error(f"napari-srgan: {error}")
             return
-        model_name, tile, device = self.model.value, self.tile.value or None, self.device.value
+        if mode == "lazy (dask)":
+            self._add_lazy(layer, model_path)
+            return
+        tile, device, target = self.tile.value or None, self.device.value, self._zarr_target()
         self._set_running(True)
         self._progress = progress(total=0, desc=f"Upscaling {layer.name}")
 
         def work(job: BackgroundJob):
-            model = load_model(resolve_model(model_name))
+            model = load_model(model_path)
             if not model.card.trained:
                 job.relay.report.emit(("warning", f"model {model.card.name} is untrained"))
+            record = provenance(model, source=layer.name)
+
+            def report(done: int, total: int) -> None:
+                job.relay.report.emit(("progress", done, total))
+
+            if mode == "zarr file":
+                options = output_layer_options(layer, record)
+                upscale_to_zarr(
+                    layer.data,
+                    model,
+                    target,
+                    layout=layout,
+                    scale=options["scale"],
+                    translate=options["translate"],
+                    unit=length_unit(layer.units),
+                    record={**record, "layer": {"name": options["name"]}},
+                    settings=UpscaleSettings(tile=tile, device=device),
+                    progress=report,
+                    should_stop=job.stop_flag.is_set,
+                )
+                return layer, target, record
             result = upscale(
                 np.asarray(layer.data),
                 model,
                 rgb=layout.rgb,
                 tile=tile,
                 device=device,
-                progress=lambda done, total: job.relay.report.emit(("progress", done, total)),
+                progress=report,
                 should_stop=job.stop_flag.is_set,
             )
-            return layer, result, provenance(model, source=layer.name)
+            return layer, result, record
 
         self.job = run_job(
             work,
@@ -141,6 +227,21 @@ class UpscaleWidget(Container):
             on_finished=lambda: self._set_running(False),
             owner=self.native,
         )
+
+    def _add_lazy(self, layer: Image, model_path: Path) -> None:
+        """A dask-backed result: nothing is computed until napari shows a plane."""
+        model = load_model(model_path)
+        result = upscale_lazy(
+            layer.data,
+            model_path,
+            rgb=layer.rgb,
+            tile=self.tile.value or None,
+            device="cpu" if self.device.value == "auto" else self.device.value,
+        )
+        self._viewer.add_image(
+            result, **output_layer_options(layer, provenance(model, source=layer.name))
+        )
+        self.status.value = f"lazy: {layer.name} x4 (computed as you browse)"
 
     def cancel(self, *_args) -> None:
         if self.job is not None:
@@ -158,7 +259,13 @@ class UpscaleWidget(Container):
 
     def _on_returned(self, value) -> None:
         layer, result, metadata = value
-        self._viewer.add_image(result, **output_layer_options(layer, metadata))
+        if isinstance(result, Path):  # written to OME-Zarr: open it lazily, as a pyramid
+            [(data, options, _)] = read_zarr_layer(str(result))
+            options.pop("multiscale", None)
+            display = output_layer_options(layer, metadata)
+            self._viewer.add_image(data, **{**display, **options, "name": display["name"]})
+        else:
+            self._viewer.add_image(result, **output_layer_options(layer, metadata))
         self.status.value = f"done: {layer.name} x4"
 
     def _on_errored(self, error: Exception) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from ..image_io import PROVENANCE_KEY, write_tiff
 
 
-def _length_unit(units) -> str | None:
+def length_unit(units) -> str | None:
     """The OME unit symbol of the layer's x axis, if it is a length (pint units in napari)."""
     if not units:
         return None
@@ -24,7 +24,7 @@ def write_image_layer(path: str, data, meta: dict) -> list[str]:
         rgb=bool(meta.get("rgb", False)),
         scale=tuple(meta.get("scale", ())) or None,
         translate=tuple(meta.get("translate", ())) or None,
-        unit=_length_unit(meta.get("units")),
+        unit=length_unit(meta.get("units")),
         name=meta.get("name"),
         provenance=provenance,
     )
