@@ -257,8 +257,9 @@ def test_dask_layers_get_a_lazy_result(make_napari_viewer, tiny_model_file, sync
     np.testing.assert_allclose(pixel_edges(result), pixel_edges(source))
 
 
-def test_big_results_stream_into_a_zarr_file(make_napari_viewer, tiny_model_file, synchronous,
-                                             tmp_path):
+def test_big_results_stream_into_a_zarr_file(
+    make_napari_viewer, tiny_model_file, synchronous, tmp_path
+):
     from napari_srgan.model_files import load_model
     from napari_srgan.plugin import upscale_widget as module
     from napari_srgan.upscale import upscale
@@ -282,8 +283,9 @@ def test_big_results_stream_into_a_zarr_file(make_napari_viewer, tiny_model_file
     widget.start()
     result = viewer.layers["big x4"]
     assert result.multiscale and result.data[0].shape == (600, 560)  # written with a pyramid
-    np.testing.assert_array_equal(np.asarray(result.data[0]),
-                                  upscale(image, load_model(tiny_model_file)))
+    np.testing.assert_array_equal(
+        np.asarray(result.data[0]), upscale(image, load_model(tiny_model_file))
+    )
     np.testing.assert_allclose(pixel_edges(result), pixel_edges(source))
     viewer.layers.clear()
     [reopened] = viewer.open(str(tmp_path / "big-x4.zarr"), plugin="napari-srgan")

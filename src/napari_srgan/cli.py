@@ -275,9 +275,7 @@ def train_command(args: argparse.Namespace) -> None:
             input_skip=args.input_skip,
         )
     else:
-        base = args.base or (
-            DEFAULT_MODEL if images[0].rgb or hr_files[0][1].rgb else DEFAULT_GREY_MODEL
-        )
+        base = args.base or (DEFAULT_MODEL if hr_files[0][1].rgb else DEFAULT_GREY_MODEL)
     config = TrainingConfig(
         patch_size=args.patch,
         batch_size=args.batch,

@@ -35,6 +35,15 @@ class UpscaleSettings:
     #: dask.distributed scheduler address ("tcp://host:8786") computes blocks with dask.
     scheduler: str | None = None
 
+    def engine_options(self) -> dict:
+        """Keyword arguments for :func:`napari_srgan.upscale.upscale`."""
+        return {
+            "tile": self.tile,
+            "batch_size": self.batch_size,
+            "device": self.device,
+            "precision": self.precision,
+        }
+
 
 @contextlib.contextmanager
 def dask_scheduler(scheduler: str) -> Iterator[None]:
@@ -104,13 +113,10 @@ def upscale_to_zarr(
                 data,
                 model,
                 rgb=layout.rgb,
-                tile=settings.tile,
-                batch_size=settings.batch_size,
-                device=settings.device,
-                precision=settings.precision,
                 out=writer.level0,
                 progress=progress,
                 should_stop=should_stop,
+                **settings.engine_options(),
             )
         else:
             if model.path is None:
@@ -186,11 +192,8 @@ def upscale_file(
             np.asarray(image.data),
             model,
             rgb=layout.rgb,
-            tile=settings.tile,
-            batch_size=settings.batch_size,
-            device=settings.device,
-            precision=settings.precision,
             progress=progress,
+            **settings.engine_options(),
         )
         write_image(
             output,

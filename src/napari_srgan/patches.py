@@ -16,7 +16,7 @@ import torch
 
 from .degradations import Bicubic, Degradation
 from .models import SCALE
-from .normalization import IntensityRange, NormalizationSpec, intensity_range
+from .normalization import IntensityRange, NormalizationSpec, intensity_range, regular_subsample
 from .upscale import ImageLayout, InvalidImageError, check_image
 
 #: HR pixels of real context read around each patch before synthesising LR, so the LR matches
@@ -79,8 +79,6 @@ def _range(data, layout: ImageLayout, spec: NormalizationSpec) -> IntensityRange
 
 def _check_finite(data, name: str) -> None:
     if np.dtype(data.dtype).kind == "f":
-        from .normalization import regular_subsample
-
         sample = data if isinstance(data, np.ndarray) else regular_subsample(data)
         if not np.isfinite(sample).all():
             raise InvalidImageError(f"{name}: the image contains NaN or infinite values")

@@ -1,0 +1,29 @@
+"""The core stays importable without Qt or napari (CLI, servers, dask workers)."""
+
+import pkgutil
+import subprocess
+import sys
+
+import napari_srgan
+
+CORE = sorted(
+    f"napari_srgan.{info.name}"
+    for info in pkgutil.iter_modules(napari_srgan.__path__)
+    if info.name != "plugin"
+)
+
+
+def test_core_modules_import_no_qt_and_no_napari():
+    code = (
+        "import sys\n"
+        f"for name in {CORE!r}:\n"
+        "    __import__(name)\n"
+        "loaded = [m for m in sys.modules if m.split('.')[0] in "
+        "('napari', 'qtpy', 'PyQt5', 'PyQt6', 'PySide2', 'PySide6', 'magicgui', 'vispy')]\n"
+        "print(loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
+    assert len(CORE) > 10
