@@ -192,3 +192,23 @@ def test_reduced_precision_is_close(rng):
     assert np.abs(full - bf16).mean() < 2
     with pytest.raises(ValueError, match="precision"):
         upscale(image, model, precision="fp8")
+
+
+def test_big_tiff_is_read_by_chunks_into_zarr(tmp_path, grey_file, rng):
+    """A (tiled) TIFF opens as a zarr view when the output is streamed: only tiles are read."""
+    from napari_srgan.image_io import write_tiff
+    from napari_srgan.model_files import load_model
+
+    data = rng.integers(0, 4000, (130, 120)).astype(np.uint16)
+    write_tiff(tmp_path / "in.tif", data, rgb=False, scale=(0.5, 0.5), unit="µm")
+    image = open_lazy(tmp_path / "in.tif")
+    assert isinstance(image.data, zarr.Array) and image.scale == (0.5, 0.5)
+    upscale_file(
+        tmp_path / "in.tif",
+        tmp_path / "out.zarr",
+        load_model(grey_file),
+        settings=UpscaleSettings(tile=64),
+    )
+    result = open_lazy(tmp_path / "out.zarr")
+    np.testing.assert_array_equal(result.data[:], upscale(data, load_model(grey_file), tile=64))
+    assert result.scale == (0.125, 0.125) and result.unit == "micrometer"
