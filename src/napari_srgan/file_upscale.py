@@ -13,6 +13,7 @@ import dask
 import dask.array as da
 import numpy as np
 
+from .atomic_files import check_writable
 from .geometry import upscaled_placement
 from .image_io import PLAIN_SUFFIXES, TIFF_SUFFIXES, ImageFile, read_image, write_image
 from .lazy import upscale_lazy
@@ -76,8 +77,7 @@ def open_input(path: Path, stream: bool) -> ImageFile:
 def check_output(path: Path) -> None:
     if not (is_zarr(path) or path.suffix.lower() in TIFF_SUFFIXES + PLAIN_SUFFIXES):
         raise ValueError(f"unknown output format {path.suffix!r}; use .tif, .png, .jpg or .zarr")
-    if not path.parent.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {path.parent}")
+    check_writable(path.parent)
 
 
 def upscale_to_zarr(

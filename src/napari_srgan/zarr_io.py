@@ -17,6 +17,7 @@ import numpy as np
 import tifffile
 import zarr
 
+from .atomic_files import check_writable
 from .image_io import PROVENANCE_KEY, ImageFile, tiff_metadata
 
 #: Output chunks on the two image axes: a good size for napari tiles and for compression.
@@ -137,10 +138,7 @@ class OmeZarrWriter:
         provenance: dict | None = None,
     ) -> None:
         self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"output folder does not exist: {self.path.parent}")
-        if not os.access(self.path.parent, os.W_OK):
-            raise PermissionError(f"output folder is not writable: {self.path.parent}")
+        check_writable(self.path.parent)
         self.temporary = self.path.with_name(f".{self.path.name}.partial")
         shutil.rmtree(self.temporary, ignore_errors=True)
         self.rgb = rgb
