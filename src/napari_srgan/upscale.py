@@ -167,26 +167,29 @@ def is_out_of_memory(error: BaseException) -> bool:
     )
 
 
-def precision_forward(
+#: Devices where channels-last tensors make convolutions faster (oneDNN, cuDNN tensor cores).
+CHANNELS_LAST_DEVICES = ("cpu", "cuda")
+
+
+def device_forward(
     forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device, precision: str
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Autocast to fp16 / bf16 (``"auto"``: fp16 on CUDA, fp32 elsewhere) and channels-last
-    tensors on CUDA, where tensor cores want them."""
+    """Channels-last tensors where that is faster, and autocast to fp16 / bf16 (``"auto"``:
+    fp16 on CUDA, fp32 elsewhere)."""
     if precision not in ("auto", "fp32", "fp16", "bf16"):
         raise ValueError(f"precision must be auto, fp32, fp16 or bf16, not {precision!r}")
     if precision == "auto":
         precision = "fp16" if device.type == "cuda" else "fp32"
-    if precision == "fp32":
-        return forward
-    dtype = torch.float16 if precision == "fp16" else torch.bfloat16
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    channels_last = device.type in CHANNELS_LAST_DEVICES
 
-    def autocast_forward(x: torch.Tensor) -> torch.Tensor:
-        if device.type == "cuda":
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=dtype):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             return forward(x).float()
 
-    return autocast_forward
+    return run
 
 
 def upscale(
@@ -219,9 +222,9 @@ def upscale(
     intensity = intensity or colour_range(data, layout, model.card.normalization)
     target = choose_device(device)
     generator.to(target).eval()
-    if target.type == "cuda":
+    if target.type in CHANNELS_LAST_DEVICES:
         generator.to(memory_format=torch.channels_last)
-    forward = precision_forward(
+    forward = device_forward(
         channel_adapter(generator, layout.channels, layout.has_alpha), target, precision
     )
     tile = tile or auto_tile_size(config, target, batch_size)
