@@ -101,7 +101,13 @@ class TrainWidget(Container):
         )
         self.validation_layer = ComboBox(
             label="Validation",
-            choices=lambda w: [("(hold out 10% of the first HR layer)", None), *images(w)],
+            choices=lambda w: [("(hold out rows of the first HR layer)", None), *images(w)],
+        )
+        self.validation_fraction = FloatSpinBox(
+            label="Held-out fraction", value=0.1, min=0.02, max=0.5, step=0.02
+        )
+        self.validation_fraction.tooltip = (
+            "bottom fraction of the first HR layer kept for validation (without a validation layer)"
         )
         self.degradation = ComboBox(label="Degradation", choices=["bicubic", "crappifier"])
         self.degradation.tooltip = (
@@ -130,6 +136,7 @@ class TrainWidget(Container):
                 self.hr_layers,
                 self.lr_layer,
                 self.validation_layer,
+                self.validation_fraction,
                 self.degradation,
                 self.base_model,
                 self.steps,
@@ -203,6 +210,7 @@ class TrainWidget(Container):
             base_model=self.base_model.value,
             degradation=Crappifier() if self.degradation.value == "crappifier" else Bicubic(),
             validation=[(validation.data, validation.rgb)] if validation is not None else (),
+            validation_fraction=self.validation_fraction.value,
             checkpoint=output.with_suffix(".ckpt"),
             resume=resume,
             description=f"fine-tuned in napari on {', '.join(layer.name for layer in layers)}",
