@@ -30,6 +30,7 @@ from .losses import (
 from .models import Discriminator, DiscriminatorConfig, Generator
 from .patches import PatchSampler
 from .torch_safety import guard_triton
+from .upscale import CHANNELS_LAST_DEVICES
 from .validation import ValidationImage, evaluate
 
 CHECKPOINT_FORMAT = 1
@@ -176,7 +177,13 @@ class Trainer:
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         torch.manual_seed(config.seed)
-        self.generator = generator.to(self.device).train()
+        # Channels-last convolutions are ~25% faster with oneDNN (CPU) and cuDNN (tensor cores).
+        self.memory_format = (
+            torch.channels_last
+            if self.device.type in CHANNELS_LAST_DEVICES
+            else torch.contiguous_format
+        )
+        self.generator = generator.to(self.device, memory_format=self.memory_format).train()
         self.ema = AveragedModel(
             self.generator, avg_fn=_ema_average(config.ema_decay), use_buffers=True
         )
@@ -201,7 +208,7 @@ class Trainer:
         channels = self.generator.config.out_channels
         self.discriminator = Discriminator(
             DiscriminatorConfig(in_channels=channels, channels=config.discriminator_channels)
-        ).to(self.device)
+        ).to(self.device, memory_format=self.memory_format)
         self.optimizer_d = torch.optim.Adam(
             self.discriminator.parameters(), lr=config.adversarial_learning_rate, betas=config.betas
         )
@@ -273,7 +280,10 @@ class Trainer:
         config = self.config
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate
-        lr, hr = (t.to(self.device) for t in self.sampler.batch(config.batch_size))
+        lr, hr = (
+            t.to(self.device, memory_format=self.memory_format)
+            for t in self.sampler.batch(config.batch_size)
+        )
         sr = self._forward(lr)
         losses: dict[str, torch.Tensor] = {}
         if self.stage == "content":
