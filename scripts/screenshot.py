@@ -29,9 +29,10 @@ def main() -> None:
     result = viewer.layers[f"{source.name} x4"]
     # input on the left, result on the right (one input pixel = 4 result pixels in world units)
     result.translate = (result.translate[0], result.translate[1] + source.data.shape[1] + 8)
-    viewer.text_overlay.visible = True
-    viewer.text_overlay.text = "left: 128x128 input (nearest)    right: 4x result (512x512)"
-    viewer.text_overlay.font_size = 12
+    overlay = viewer.canvas.overlays.text
+    overlay.visible = True
+    overlay.text = "left: 128x128 input (nearest)    right: 4x result (512x512)"
+    overlay.font_size = 12
     viewer.reset_view()
     get_qapp().processEvents()
     OUTPUT.parent.mkdir(exist_ok=True)

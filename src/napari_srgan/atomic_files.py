@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -30,8 +31,9 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Pat
     path = Path(path)
     directory = path.parent
     check_writable(directory)
-    handle, temp_name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    # Not mkstemp: its files are private (0600); results should get the usual umask permissions.
+    temp_name = str(directory / f".{path.name}.{secrets.token_hex(6)}.tmp")
+    os.close(os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
         write(temp_name)
         with open(temp_name, "rb+") as stream:
