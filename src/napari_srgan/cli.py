@@ -100,6 +100,24 @@ def _add_train(commands) -> None:
     parser.add_argument("--pixel-loss", choices=["l1", "mse"], default="l1")
     parser.add_argument("--relativistic", action="store_true", help="relativistic average GAN loss")
     parser.add_argument("--degradation", choices=["bicubic", "crappifier"], default="bicubic")
+    from .degradations import Crappifier
+
+    defaults = Crappifier()
+    for name, unit in [
+        ("blur-sigma", "HR pixels"),
+        ("photons", "photons at intensity 1"),
+        ("read-noise", "sigma on the 0-1 scale"),
+    ]:
+        attribute = name.replace("-", "_")
+        parser.add_argument(
+            f"--{name}",
+            type=float,
+            nargs=2,
+            metavar=("LOW", "HIGH"),
+            default=getattr(defaults, attribute),
+            help=f"crappifier: range of the {attribute.replace('_', ' ')} ({unit}); each patch "
+            f"draws uniformly (default {getattr(defaults, attribute)})",
+        )
     parser.add_argument(
         "--val", nargs="+", help="validation images (default: hold out part of the first HR image)"
     )
@@ -303,7 +321,9 @@ def train_command(args: argparse.Namespace) -> None:
         else NormalizationSpec("percentile", 0.1, 99.9)
         if args.normalization
         else None,
-        degradation=Crappifier() if args.degradation == "crappifier" else Bicubic(),
+        degradation=Crappifier(tuple(args.blur_sigma), tuple(args.photons), tuple(args.read_noise))
+        if args.degradation == "crappifier"
+        else Bicubic(),
         validation=[(f.data, f.rgb) for _, f in _read_all(args.val)] if args.val else (),
         validation_fraction=args.val_fraction,
         validation_crop=args.val_crop or None,
