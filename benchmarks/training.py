@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import time
 
 import torch
 
@@ -34,6 +35,38 @@ def main() -> None:
         f"| {args.steps} | {seconds:.2f} | {1 / seconds:.3f} | {16 * 96 * 96 / seconds:,.0f} "
         f"| {quality.psnr:.2f} | {quality.ssim:.4f} | {bicubic.psnr:.2f} |"
     )
+    widget = widget_defaults_seconds_per_step()
+    print(
+        f"\nTrain widget defaults (fine-tune the bundled model, batch 8 of 64x64): {widget:.2f} "
+        f"s/step, so its default 1000 steps take about {1000 * widget / 60:.0f} minutes here."
+    )
+
+
+def widget_defaults_seconds_per_step(steps: int = 20) -> float:
+    """Seconds per step of the Train widget's defaults, fine-tuning the bundled RGB model."""
+    from napari_srgan.model_files import load_model
+    from napari_srgan.model_registry import DEFAULT_MODEL, resolve_model
+    from napari_srgan.normalization import NormalizationSpec
+    from napari_srgan.patches import PatchSampler
+    from napari_srgan.training import Trainer, TrainingConfig
+
+    model = load_model(resolve_model(DEFAULT_MODEL))
+    sampler = PatchSampler(
+        photo_training_images()[:20],
+        patch_size=64,
+        channels=3,
+        normalization=NormalizationSpec(),
+        skip_small=True,
+    )
+    config = TrainingConfig(
+        patch_size=64, batch_size=8, pretrain_steps=2, learning_rate=1e-4, device="cpu"
+    )
+    trainer = Trainer(model.generator.train(), sampler, config)
+    trainer.run()  # warm-up: oneDNN picks its kernels
+    config.pretrain_steps += steps
+    started = time.perf_counter()
+    trainer.run()
+    return (time.perf_counter() - started) / steps
 
 
 if __name__ == "__main__":
