@@ -13,8 +13,8 @@ from pathlib import Path
 
 os.environ["NAPARI_SRGAN_SYNCHRONOUS"] = "1"
 
-import napari  # noqa: E402
-from napari.qt import get_qapp  # noqa: E402
+import napari
+from napari.qt import get_qapp
 
 OUTPUT = Path(__file__).resolve().parents[1] / "docs" / "screenshot.png"
 

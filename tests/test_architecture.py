@@ -9,7 +9,7 @@ import napari_srgan
 CORE = sorted(
     f"napari_srgan.{info.name}"
     for info in pkgutil.iter_modules(napari_srgan.__path__)
-    if info.name != "plugin"
+    if info.name not in ("plugin", "__main__")  # __main__ runs the CLI when imported
 )
 
 

@@ -13,7 +13,7 @@ from napari_srgan.image_io import read_image, write_tiff
 
 def cli(*args, check=True):
     result = subprocess.run(
-        [sys.executable, "-m", "napari_srgan.cli", *map(str, args)],
+        [sys.executable, "-m", "napari_srgan", *map(str, args)],
         capture_output=True,
         text=True,
         timeout=300,

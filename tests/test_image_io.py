@@ -1,8 +1,10 @@
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
 
 from napari_srgan import image_io
+from napari_srgan.evaluation import image_files
 from napari_srgan.image_io import read_image, write_image, write_tiff
 
 
@@ -59,3 +61,14 @@ def test_formats_that_cannot_hold_the_data_are_refused(tmp_path):
         write_image(tmp_path / "x.gif", np.zeros((4, 4), np.uint8), rgb=False)
     with pytest.raises(FileNotFoundError, match="output folder does not exist"):
         write_image(tmp_path / "missing" / "x.png", np.zeros((4, 4), np.uint8), rgb=False)
+
+
+def test_training_folders_may_hold_lossless_webp(tmp_path, rng):
+    """WebP (lossless) is read like PNG and found in image folders (training data, CLI)."""
+    data = rng.integers(0, 255, (9, 11, 3)).astype(np.uint8)
+    iio.imwrite(tmp_path / "photo.webp", data, lossless=True)
+    (tmp_path / "notes.txt").write_text("not an image")
+    assert image_files([tmp_path]) == [tmp_path / "photo.webp"]
+    image = read_image(tmp_path / "photo.webp")
+    np.testing.assert_array_equal(image.data, data)
+    assert image.rgb

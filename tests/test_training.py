@@ -171,7 +171,7 @@ def test_sigkill_loses_at_most_one_checkpoint_interval(tmp_path):
     command = [
         sys.executable,
         "-m",
-        "napari_srgan.cli",
+        "napari_srgan",
         "train",
         "--hr",
         str(image_path),

@@ -397,7 +397,3 @@ def models_command(args: argparse.Namespace) -> None:
             print(f"{name:<28} {config.in_channels}ch {card.degradation:<10} {path}{state}")
         except ModelFileError as error:
             print(f"{name:<28} unreadable: {error}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -19,7 +19,7 @@ from .metrics import Quality, sr_quality
 from .model_files import SRModel
 from .upscale import upscale
 
-IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
 
 def image_files(paths: Sequence[str | Path]) -> list[Path]:

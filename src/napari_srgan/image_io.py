@@ -46,7 +46,7 @@ def _spatial_axes_count(data: np.ndarray, rgb: bool) -> int:
 
 
 def read_image(path: str | os.PathLike) -> ImageFile:
-    """Read PNG / JPEG / BMP / TIFF (plain, ImageJ or OME, with pixel sizes)."""
+    """Read PNG / JPEG / BMP / WebP / TIFF (plain, ImageJ or OME, with pixel sizes)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such image file: {path}")

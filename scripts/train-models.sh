@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Train a bundled model with the project's own CLI (docs/models.md gives the runs behind the
+# shipped weights). Seeded; resumable from runs/<model>.ckpt.
+#   scripts/train-models.sh rgb|em STEPS [DATA_DIR] [OUT_DIR]
+# DATA_DIR defaults to ../shared/data, OUT_DIR to the package's weights folder, checkpoints go
+# to $CHECKPOINT_DIR (default runs/).
+set -euo pipefail
+kind=$1 steps=$2 data=${3:-../shared/data} out=${4:-src/napari_srgan/weights}
+checkpoints=${CHECKPOINT_DIR:-runs}
+mkdir -p "$checkpoints"
+common=(--from-scratch --no-batch-norm --input-skip --pixel-loss mse --learning-rate 2e-4
+        --steps "$steps" --patch 96 --batch 16 --seed 0 --checkpoint-every 500 --resume
+        --no-download --half)
+case $kind in
+rgb)
+  python -m napari_srgan train --hr "$data/train/T91" "$data/train/BSD200" \
+    --val "$data/val/Set5" --val-crop 0 --validate-every 1000 \
+    --out "$out/srresnet-rgb-x4.safetensors" --checkpoint "$checkpoints"/srresnet-rgb-x4.ckpt "${common[@]}" \
+    --description "SRResNet-style 4x RGB photo model (no BN, bicubic input skip, MSE), napari-srgan default"
+  ;;
+em)
+  em=$data/microscopy/em_isbi2012_train  # slices 0-23 train, 24-29 are held out
+  slices() { for i in $(seq "$1" "$2"); do ls "$em/$i".*; done; }
+  python -m napari_srgan train --hr $(slices 0 23) --val $(slices 24 29) --val-crop 256 \
+    --validate-every 1000 --grey-model --degradation crappifier --normalization percentile \
+    --blur-sigma 0.5 1.5 --photons 5 100 --read-noise 0 0.03 \
+    --out "$out/srresnet-em-grey-x4.safetensors" --checkpoint "$checkpoints"/srresnet-em-grey-x4.ckpt \
+    "${common[@]}" \
+    --description "SRResNet-style 4x grey model for noisy, low-light microscopy (crappifier: blur, 5-100 photons shot noise, read noise), EM slices 0-23"
+  ;;
+*) echo "usage: $0 rgb|em STEPS [DATA_DIR] [OUT_DIR]" >&2; exit 2 ;;
+esac
