@@ -18,6 +18,7 @@ import time
 
 import torch
 
+from napari_srgan.devices import cpu_has_native_bf16
 from napari_srgan.models import SCALE, GeneratorConfig
 
 WORKER = r"""
@@ -28,6 +29,7 @@ from napari_srgan.models import Generator, GeneratorConfig
 from napari_srgan.upscale import upscale
 
 size, tile, repeat, channels = (int(a) for a in sys.argv[1:5])
+precision = sys.argv[5]
 torch.manual_seed(0)
 model = SRModel(Generator(GeneratorConfig(batch_norm=False, input_skip=True)).eval(),
                 ModelCard("benchmark"))
@@ -36,7 +38,8 @@ image = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)
 times = []
 for _ in range(repeat):
     started = time.perf_counter()
-    upscale(image, model, tile=None if tile < 0 else tile or size, device="cpu")
+    upscale(image, model, tile=None if tile < 0 else tile or size, device="cpu",
+            precision=precision)
     times.append(time.perf_counter() - started)
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"seconds": min(times), "peak_mb": peak}))
@@ -66,9 +69,9 @@ def _best_time(module: torch.nn.Module, x: torch.Tensor, repeat: int) -> float:
     return min(times)
 
 
-def run(size: int, tile: int, repeat: int, channels: int) -> dict:
+def run(size: int, tile: int, repeat: int, channels: int, precision: str = "fp32") -> dict:
     result = subprocess.run(
-        [sys.executable, "-c", WORKER, str(size), str(tile), str(repeat), str(channels)],
+        [sys.executable, "-c", WORKER, *map(str, (size, tile, repeat, channels, precision))],
         capture_output=True,
         text=True,
         check=True,
@@ -84,6 +87,8 @@ def tiling_table(size: int, tiles: list[int], repeat: int, channels: int) -> Non
     rows = [("untiled", run(size, 0, repeat, channels))]
     rows += [(f"tile {tile}", run(size, tile, repeat, channels)) for tile in tiles]
     rows.append(("auto tile (from free memory)", run(size, -1, repeat, channels)))
+    if cpu_has_native_bf16():  # what --precision auto picks on such a CPU
+        rows.append(("auto tile, bf16 autocast", run(size, -1, repeat, channels, "bf16")))
     untiled = rows[0][1]["seconds"]
     megapixels = (size * SCALE) ** 2 / 1e6
     kind = "RGB" if channels == 3 else "grey"

@@ -13,6 +13,7 @@ import torch
 import zarr
 
 from conftest import tiny_model
+from napari_srgan import devices
 from napari_srgan.file_upscale import UpscaleSettings, upscale_file
 from napari_srgan.lazy import upscale_lazy
 from napari_srgan.model_files import save_model
@@ -194,6 +195,22 @@ def test_reduced_precision_is_close(rng):
     assert np.abs(full - bf16).mean() < 2
     with pytest.raises(ValueError, match="precision"):
         upscale(image, model, precision="fp8")
+
+
+@pytest.mark.parametrize(("native_bf16", "expected"), [(True, "bf16"), (False, "fp32")])
+def test_auto_precision_uses_bf16_only_on_cpus_that_have_it(
+    monkeypatch, rng, native_bf16, expected
+):
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: native_bf16)
+    assert devices.auto_precision(torch.device("cpu")) == expected
+    assert devices.auto_precision(torch.device("cuda")) == "fp16"
+    assert devices.auto_precision(torch.device("mps")) == "fp32"
+    model = tiny_model(1)
+    image = rng.integers(0, 255, (20, 24)).astype(np.uint8)
+    np.testing.assert_array_equal(
+        upscale(image, model, device="cpu", precision="auto"),
+        upscale(image, model, device="cpu", precision=expected),
+    )
 
 
 def test_big_tiff_is_read_by_chunks_into_zarr(tmp_path, grey_file, rng):

@@ -44,7 +44,7 @@ def _add_upscale(commands) -> None:
         "--precision",
         choices=["fp32", "fp16", "bf16", "auto"],
         default="fp32",
-        help="autocast precision (auto: fp16 on CUDA)",
+        help="autocast precision; auto: fp16 on CUDA, bf16 on CPUs with native bf16 (about 2x faster), else fp32",
     )
     parser.add_argument(
         "--scheduler",

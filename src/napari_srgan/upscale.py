@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .devices import auto_tile_size, choose_device
+from .devices import auto_precision, auto_tile_size, choose_device
 from .model_files import SRModel
 from .models import SCALE
 from .normalization import IntensityRange, NormalizationSpec, intensity_range
@@ -174,12 +174,12 @@ CHANNELS_LAST_DEVICES = ("cpu", "cuda")
 def device_forward(
     forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device, precision: str
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """Channels-last tensors where that is faster, and autocast to fp16 / bf16 (``"auto"``:
-    fp16 on CUDA, fp32 elsewhere)."""
+    """Channels-last tensors where that is faster, and autocast to fp16 / bf16 (``"auto"``: see
+    :func:`~napari_srgan.devices.auto_precision`)."""
     if precision not in ("auto", "fp32", "fp16", "bf16"):
         raise ValueError(f"precision must be auto, fp32, fp16 or bf16, not {precision!r}")
     if precision == "auto":
-        precision = "fp16" if device.type == "cuda" else "fp32"
+        precision = auto_precision(device)
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
     channels_last = device.type in CHANNELS_LAST_DEVICES
 
