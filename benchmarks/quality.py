@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from _common import data_dir, load_set
-from napari_srgan.degradations import Bicubic, Crappifier
+from napari_srgan.degradations import Bicubic, degradation_from_dict
 from napari_srgan.evaluation import bicubic_baseline, evaluate_images, make_lr, mean_quality
 from napari_srgan.image_io import read_image
 from napari_srgan.model_files import load_model
@@ -68,9 +68,7 @@ def photo_table(models) -> None:
 
 def em_table(model) -> None:
     images = em_slices(EM_TEST_SLICES)
-    degradation = Crappifier(
-        **{k: tuple(v) for k, v in model.card.training["degradation"].items() if k != "kind"}
-    )
+    degradation = degradation_from_dict(model.card.training["degradation"])
     print(
         f"\nEM slices {EM_TEST_SLICES.start}-{EM_TEST_SLICES.stop - 1} (held out), "
         f"model {model.card.name}, PSNR (dB) / SSIM on grey, 4-pixel border"
@@ -102,9 +100,8 @@ def figure(models, path: Path) -> None:
         ("photo (Set14 zebra)", photo, [m for m in models if m.config.in_channels == 3], Bicubic())
     ]
     if grey_models:
-        training = grey_models[0].card.training["degradation"]
-        crappifier = Crappifier(**{k: tuple(v) for k, v in training.items() if k != "kind"})
-        cases.append(("EM (slice 27, crappified LR)", em, grey_models, crappifier))
+        degradation = degradation_from_dict(grey_models[0].card.training["degradation"])
+        cases.append(("EM (slice 27, crappified LR)", em, grey_models, degradation))
     columns = 3 + max(len(c[2]) for c in cases)
     fig, axes = plt.subplots(len(cases), columns, figsize=(2.4 * columns, 2.6 * len(cases)))
     axes = np.atleast_2d(axes)

@@ -18,7 +18,7 @@ from napari_srgan.file_upscale import UpscaleSettings, upscale_file
 from napari_srgan.lazy import upscale_lazy
 from napari_srgan.model_files import save_model
 from napari_srgan.upscale import upscale
-from napari_srgan.zarr_io import open_lazy
+from napari_srgan.zarr_io import open_lazy, open_pyramid
 
 
 @pytest.fixture
@@ -231,3 +231,12 @@ def test_big_tiff_is_read_by_chunks_into_zarr(tmp_path, grey_file, rng):
     result = open_lazy(tmp_path / "out.zarr")
     np.testing.assert_array_equal(result.data[:], upscale(data, load_model(grey_file), tile=64))
     assert result.scale == (0.125, 0.125) and result.unit == "micrometer"
+
+
+def test_a_plain_zarr_array_opens_as_a_one_level_pyramid(tmp_path, rng):
+    """The reader claims every *.zarr: a bare array (no OME metadata) opens too."""
+    data = rng.integers(0, 255, (20, 30)).astype(np.uint8)
+    zarr.create_array(tmp_path / "plain.zarr", shape=data.shape, dtype=data.dtype)[:] = data
+    levels, image = open_pyramid(tmp_path / "plain.zarr")
+    assert len(levels) == 1 and image.scale == (1.0, 1.0) and not image.rgb
+    np.testing.assert_array_equal(levels[0].compute(), data)

@@ -18,6 +18,7 @@ from .geometry import upscaled_placement
 from .image_io import PLAIN_SUFFIXES, TIFF_SUFFIXES, ImageFile, read_image, write_image
 from .lazy import upscale_lazy
 from .model_files import SRModel
+from .models import SCALE
 from .provenance import provenance
 from .tiling import check_tile_size
 from .upscale import ImageLayout, check_image, upscale
@@ -126,7 +127,7 @@ def upscale_to_zarr(
                 model.path,
                 rgb=layout.rgb,
                 tile=settings.tile,
-                device=settings.device if settings.device != "auto" else "cpu",
+                device=settings.device,
             )
             if layout.rgb:
                 result = da.moveaxis(result, -1, -3)
@@ -204,4 +205,6 @@ def upscale_file(
             unit=image.unit,
             provenance=record,
         )
-    return FileResult(output, (layout.height, layout.width), (layout.height * 4, layout.width * 4))
+    return FileResult(
+        output, (layout.height, layout.width), (layout.height * SCALE, layout.width * SCALE)
+    )

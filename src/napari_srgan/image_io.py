@@ -41,8 +41,16 @@ class ImageFile:
     provenance: dict = field(default_factory=dict)
 
 
-def _spatial_axes_count(data: np.ndarray, rgb: bool) -> int:
-    return data.ndim - (1 if rgb else 0)
+def unit_name(unit: str) -> str:
+    """A length unit's full name ("micrometer"), as OME-Zarr and napari (pint) spell it, for
+    the symbols OME-TIFF and ImageJ use."""
+    return {"µm": "micrometer", "um": "micrometer", "nm": "nanometer", "mm": "millimeter"}.get(
+        unit, unit
+    )
+
+
+def _spatial_axes_count(shape: tuple[int, ...], rgb: bool) -> int:
+    return len(shape) - (1 if rgb else 0)
 
 
 def read_image(path: str | os.PathLike) -> ImageFile:
@@ -58,7 +66,7 @@ def read_image(path: str | os.PathLike) -> ImageFile:
     except Exception as error:
         raise ValueError(f"cannot read {path} as an image: {error}") from None
     rgb = guess_rgb(data.shape)
-    count = _spatial_axes_count(data, rgb)
+    count = _spatial_axes_count(data.shape, rgb)
     return ImageFile(data, rgb, (1.0,) * count, (0.0,) * count)
 
 
@@ -77,7 +85,7 @@ def _read_tiff(path: Path, load: bool = True) -> ImageFile:
     except (tifffile.TiffFileError, OSError, ValueError, IndexError) as error:
         raise ValueError(f"cannot read {path} as a TIFF: {error}") from None
     rgb = bool(photometric == tifffile.PHOTOMETRIC.RGB and guess_rgb(shape))
-    count = len(shape) - (1 if rgb else 0)
+    count = _spatial_axes_count(shape, rgb)
     scale = [1.0] * count
     translate = [0.0] * count
     if pixel_size is not None:
@@ -130,7 +138,7 @@ def write_tiff(
     (which also keeps the layer's full scale, translate and name)."""
     path = Path(path)
     data = np.asarray(data)
-    count = _spatial_axes_count(data, rgb)
+    count = _spatial_axes_count(data.shape, rgb)
     scale = tuple(scale or (1.0,) * count)
     translate = tuple(translate or (0.0,) * count)
     spatial = "TZCYX"[5 - count :] if count <= 5 else None

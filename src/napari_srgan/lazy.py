@@ -66,9 +66,11 @@ def upscale_lazy(
     """The 4x result of ``data`` (numpy, zarr or dask) as a dask array of the same dtype.
 
     Leading axes are chunked one plane at a time, so a napari layer of this array computes a
-    plane when the slider reaches it.
+    plane when the slider reaches it. ``device="auto"`` means the CPU here: several dask
+    workers would otherwise contend for one GPU's memory; name ``"cuda"`` to use it.
     """
     model_path = str(Path(model_path))
+    device = "cpu" if device == "auto" else device
     config, card = read_metadata(model_path)
     layout = check_image(data, rgb)
     margin = config.tile_margin

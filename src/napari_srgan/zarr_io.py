@@ -18,7 +18,7 @@ import tifffile
 import zarr
 
 from .atomic_files import check_writable
-from .image_io import PROVENANCE_KEY, ImageFile, tiff_metadata
+from .image_io import PROVENANCE_KEY, ImageFile, tiff_metadata, unit_name
 
 #: Output chunks on the two image axes: a good size for napari tiles and for compression.
 CHUNK = 512
@@ -47,19 +47,32 @@ def open_lazy(path: str | os.PathLike) -> ImageFile:
 
 
 def _open_zarr(path: Path) -> ImageFile:
+    return _zarr_image(_open_node(path), path)
+
+
+def _open_node(path: Path):
     try:
-        node = zarr.open(str(path), mode="r")
+        return zarr.open(str(path), mode="r")
     except Exception as error:
         raise ValueError(f"cannot open {path} as zarr: {error}") from None
+
+
+def _multiscales(group: zarr.Group, path: Path) -> dict:
+    """The first OME-Zarr multiscale of ``group`` (NGFF 0.4, or 0.5's ``ome`` key)."""
+    multiscales = group.attrs.get("multiscales") or group.attrs.get("ome", {}).get("multiscales")
+    if not multiscales:
+        raise ValueError(f"{path} is a zarr group without OME-Zarr multiscales metadata")
+    return multiscales[0]
+
+
+def _zarr_image(node, path: Path) -> ImageFile:
+    """A plain zarr array, or the full-resolution level of an OME-Zarr group, with metadata."""
     provenance = dict(node.attrs.get(PROVENANCE_KEY, {}))
     if isinstance(node, zarr.Array):
         rgb = node.ndim >= 3 and node.shape[-1] in (3, 4)
         count = node.ndim - rgb
         return ImageFile(node, rgb, (1.0,) * count, (0.0,) * count, None, provenance)
-    multiscales = node.attrs.get("multiscales") or node.attrs.get("ome", {}).get("multiscales")
-    if not multiscales:
-        raise ValueError(f"{path} is a zarr group without OME-Zarr multiscales metadata")
-    first = multiscales[0]
+    first = _multiscales(node, path)
     dataset = first["datasets"][0]
     data = node[dataset["path"]]
     scale, translate = [1.0] * data.ndim, [0.0] * data.ndim
@@ -75,11 +88,14 @@ def _open_zarr(path: Path) -> ImageFile:
 def open_pyramid(path: str | os.PathLike) -> tuple[list[da.Array], ImageFile]:
     """All resolution levels of an OME-Zarr store as dask arrays (napari's multiscale input),
     in napari's layout (a colour axis written by this package moves back to the end), and the
-    full-resolution level's metadata."""
-    image = _open_zarr(Path(path))
-    group = zarr.open_group(str(path), mode="r")
-    multiscales = group.attrs.get("multiscales") or group.attrs.get("ome", {}).get("multiscales")
-    levels = [da.from_zarr(group[d["path"]]) for d in multiscales[0]["datasets"]]
+    full-resolution level's metadata. A plain zarr array is a pyramid of one level."""
+    path = Path(path)
+    node = _open_node(path)
+    image = _zarr_image(node, path)
+    if isinstance(node, zarr.Array):
+        levels = [da.from_zarr(node)]
+    else:
+        levels = [da.from_zarr(node[d["path"]]) for d in _multiscales(node, path)["datasets"]]
     if image.provenance.get("layer", {}).get("rgb"):
         levels = [da.moveaxis(level, -3, -1) for level in levels]
         scale, translate = list(image.scale), list(image.translate)
@@ -96,15 +112,9 @@ def _axes(ndim: int, unit: str | None) -> list[dict]:
     for name in names:
         axis = {"name": name, "type": kinds[name]}
         if kinds[name] == "space" and unit:
-            axis["unit"] = _ngff_unit(unit)
+            axis["unit"] = unit_name(unit)
         axes.append(axis)
     return axes
-
-
-def _ngff_unit(unit: str) -> str:
-    return {"µm": "micrometer", "um": "micrometer", "nm": "nanometer", "mm": "millimeter"}.get(
-        unit, unit
-    )
 
 
 class ChannelsFirst:
@@ -164,13 +174,10 @@ class OmeZarrWriter:
         datasets = []
         for level in range(levels):
             factor = 2**level
-            level_scale = [s * factor for s in self.scale]
-            level_translate = list(self.translate)
+            level_scale, level_translate = list(self.scale), list(self.translate)
             for axis in (-2, -1):  # pixel centres of a 2x2 mean sit between the originals
                 level_scale[axis] = self.scale[axis] * factor
                 level_translate[axis] = self.translate[axis] + (factor - 1) / 2 * self.scale[axis]
-            for axis in range(len(level_scale) - 2):
-                level_scale[axis] = self.scale[axis]
             datasets.append(
                 {
                     "path": str(level),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..image_io import PROVENANCE_KEY, TIFF_SUFFIXES, ImageFile, read_image
+from ..image_io import PROVENANCE_KEY, TIFF_SUFFIXES, ImageFile, read_image, unit_name
 from ..zarr_io import is_zarr, open_pyramid
 
 
@@ -27,7 +27,7 @@ def layer_options(image: ImageFile) -> dict:
         "metadata": {PROVENANCE_KEY: image.provenance} if image.provenance else {},
     }
     if image.unit:
-        options["units"] = image.unit.replace("µm", "micrometer")
+        options["units"] = unit_name(image.unit)
     name = image.provenance.get("layer", {}).get("name")
     if name:
         options["name"] = name

@@ -236,7 +236,7 @@ class UpscaleWidget(Container):
             model_path,
             rgb=layer.rgb,
             tile=self.tile.value or None,
-            device="cpu" if self.device.value == "auto" else self.device.value,
+            device=self.device.value,
         )
         self._viewer.add_image(
             result, **output_layer_options(layer, provenance(model, source=layer.name))
