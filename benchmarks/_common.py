@@ -8,14 +8,15 @@ from pathlib import Path
 
 import torch
 
-from napari_srgan.evaluation import evaluate_images, image_files, mean_quality
-from napari_srgan.image_io import read_image
-from napari_srgan.metrics import Quality
-from napari_srgan.model_files import ModelCard, SRModel
-from napari_srgan.models import Generator, GeneratorConfig
-from napari_srgan.normalization import NormalizationSpec
-from napari_srgan.patches import PatchSampler, TrainingImage
-from napari_srgan.training import Trainer, TrainingConfig
+from napari_srgan.io.images import read_image
+from napari_srgan.models.files import native_model
+from napari_srgan.models.interface import ModelCard
+from napari_srgan.models.normalization import NormalizationSpec
+from napari_srgan.models.srresnet import Generator, GeneratorConfig
+from napari_srgan.training.evaluation import evaluate_images, image_files, mean_quality
+from napari_srgan.training.metrics import Quality
+from napari_srgan.training.patches import PatchSampler, TrainingImage
+from napari_srgan.training.trainer import Trainer, TrainingConfig
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -57,6 +58,6 @@ def short_run(
     started = time.perf_counter()
     trainer.run()
     seconds = (time.perf_counter() - started) / steps
-    model = SRModel(trainer.model.eval(), ModelCard("benchmark", normalization=spec))
+    model = native_model(trainer.model.eval(), ModelCard("benchmark", normalization=spec))
     quality, bicubic = mean_quality(evaluate_images(model, load_set("Set5"), device="cpu"))
     return seconds, quality, bicubic

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 
 from _common import photo_training_images, short_run
-from napari_srgan.models import Generator, GeneratorConfig, parameter_count
+from napari_srgan.models.srresnet import Generator, GeneratorConfig, parameter_count
 
 VARIANTS = {
     "paper SRResNet (BN, MSE)": (GeneratorConfig(batch_norm=True), "mse"),

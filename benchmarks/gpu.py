@@ -18,10 +18,10 @@ import time
 import numpy as np
 import torch
 
-from napari_srgan.model_files import load_model
-from napari_srgan.model_registry import DEFAULT_MODEL, resolve_model
-from napari_srgan.models import SCALE
-from napari_srgan.upscale import upscale
+from napari_srgan.engine.upscale import upscale
+from napari_srgan.models.files import load_model
+from napari_srgan.models.registry import DEFAULT_MODEL, resolve_model
+from napari_srgan.models.srresnet import SCALE
 
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -58,7 +58,7 @@ def main() -> None:
         sys.exit("benchmarks/gpu.py needs a CUDA GPU; none is visible to torch")
     model = load_model(resolve_model(DEFAULT_MODEL))
     image = np.random.default_rng(0).integers(0, 256, (args.size, args.size, 3)).astype(np.uint8)
-    gflop = 2 * model.config.macs_per_input_pixel * args.size**2 / 1e9
+    gflop = 2 * model.network.config.macs_per_input_pixel * args.size**2 / 1e9
     megapixels = (args.size * SCALE) ** 2 / 1e6
     runs = [("untiled", None, "fp32")] + [(f"tile {t}", t, "fp32") for t in args.tiles]
     runs += [(f"tile {args.tiles[-1]}", args.tiles[-1], p) for p in ("fp16", "bf16")]

@@ -18,20 +18,21 @@ import time
 
 import torch
 
-from napari_srgan.devices import cpu_has_native_bf16
-from napari_srgan.models import SCALE, GeneratorConfig
+from napari_srgan.engine.devices import cpu_has_native_bf16
+from napari_srgan.models.srresnet import SCALE, GeneratorConfig
 
 WORKER = r"""
 import json, resource, sys, time
 import numpy as np, torch
-from napari_srgan.model_files import ModelCard, SRModel
-from napari_srgan.models import Generator, GeneratorConfig
-from napari_srgan.upscale import upscale
+from napari_srgan.models.files import native_model
+from napari_srgan.models.interface import ModelCard
+from napari_srgan.models.srresnet import Generator, GeneratorConfig
+from napari_srgan.engine.upscale import upscale
 
 size, tile, repeat, channels = (int(a) for a in sys.argv[1:5])
 precision = sys.argv[5]
 torch.manual_seed(0)
-model = SRModel(Generator(GeneratorConfig(batch_norm=False, input_skip=True)).eval(),
+model = native_model(Generator(GeneratorConfig(batch_norm=False, input_skip=True)).eval(),
                 ModelCard("benchmark"))
 shape = (size, size, 3) if channels == 3 else (size, size)
 image = np.random.default_rng(0).integers(0, 256, shape).astype(np.uint8)

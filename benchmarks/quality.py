@@ -16,12 +16,17 @@ from pathlib import Path
 import numpy as np
 
 from _common import data_dir, load_set
-from napari_srgan.degradations import Bicubic, degradation_from_dict
-from napari_srgan.evaluation import bicubic_baseline, evaluate_images, make_lr, mean_quality
-from napari_srgan.image_io import read_image
-from napari_srgan.model_files import load_model
-from napari_srgan.model_registry import bundled_model_dir
-from napari_srgan.upscale import upscale
+from napari_srgan.engine.upscale import upscale
+from napari_srgan.io.images import read_image
+from napari_srgan.models.files import load_model
+from napari_srgan.models.registry import bundled_model_dir
+from napari_srgan.training.degradations import Bicubic, degradation_from_dict
+from napari_srgan.training.evaluation import (
+    bicubic_baseline,
+    evaluate_images,
+    make_lr,
+    mean_quality,
+)
 
 PUBLISHED = [  # Y-PSNR / SSIM, 4x (Ledig et al. 2017, Table 2; bicubic as they report it)
     ("bicubic (published)", 28.43, 0.8109, 25.99, 0.7027),
@@ -95,10 +100,8 @@ def figure(models, path: Path) -> None:
 
     photo = dict(load_set("Set14"))["zebra.png"][100:228, 200:328]
     em = em_slices([27])[0][1][192:320, 192:320]
-    grey_models = [m for m in models if m.config.in_channels == 1]
-    cases = [
-        ("photo (Set14 zebra)", photo, [m for m in models if m.config.in_channels == 3], Bicubic())
-    ]
+    grey_models = [m for m in models if m.in_channels == 1]
+    cases = [("photo (Set14 zebra)", photo, [m for m in models if m.in_channels == 3], Bicubic())]
     if grey_models:
         degradation = degradation_from_dict(grey_models[0].card.training["degradation"])
         cases.append(("EM (slice 27, crappified LR)", em, grey_models, degradation))
@@ -140,8 +143,8 @@ def main() -> None:
     parser.add_argument("--figure", type=Path, help="also write the side-by-side figure here")
     args = parser.parse_args()
     models = bundled_models()
-    photo = [m for m in models if m.config.in_channels == 3]
-    grey = [m for m in models if m.config.in_channels == 1]
+    photo = [m for m in models if m.in_channels == 3]
+    grey = [m for m in models if m.in_channels == 1]
     if photo:
         photo_table(photo)
     for model in grey:

@@ -26,15 +26,16 @@ import numpy as np
 import torch
 
 from inference import tiling_table
-from napari_srgan.model_files import ModelCard, save_model
-from napari_srgan.models import Generator, GeneratorConfig
-from napari_srgan.normalization import NormalizationSpec
+from napari_srgan.models.files import save_model
+from napari_srgan.models.interface import ModelCard
+from napari_srgan.models.normalization import NormalizationSpec
+from napari_srgan.models.srresnet import Generator, GeneratorConfig
 
 ZARR_WORKER = r"""
 import json, resource, sys, time
 import numpy as np, zarr
-from napari_srgan.file_upscale import UpscaleSettings, upscale_file
-from napari_srgan.model_files import load_model
+from napari_srgan.engine.file_upscale import UpscaleSettings, upscale_file
+from napari_srgan.models.files import load_model
 size, folder, model = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 source = zarr.open_array(folder + "/in.zarr", mode="w", shape=(size, size), dtype="u2",
                          chunks=(512, 512))
@@ -95,7 +96,7 @@ def scheduler_table(model: Path, size: int) -> None:
     import dask.array as da
     import distributed
 
-    from napari_srgan.lazy import upscale_lazy
+    from napari_srgan.engine.lazy import upscale_lazy
 
     image = np.random.default_rng(0).integers(0, 4000, (size, size)).astype(np.uint16)
     lazy = upscale_lazy(da.from_array(image, chunks=(256, 256)), model, tile=128, block=256)

@@ -16,7 +16,7 @@ import time
 import torch
 
 from _common import photo_training_images, short_run
-from napari_srgan.models import GeneratorConfig
+from napari_srgan.models.srresnet import GeneratorConfig
 
 
 def main() -> None:
@@ -44,11 +44,11 @@ def main() -> None:
 
 def widget_defaults_seconds_per_step(steps: int = 20) -> float:
     """Seconds per step of the Train widget's defaults, fine-tuning the bundled RGB model."""
-    from napari_srgan.model_files import load_model
-    from napari_srgan.model_registry import DEFAULT_MODEL, resolve_model
-    from napari_srgan.normalization import NormalizationSpec
-    from napari_srgan.patches import PatchSampler
-    from napari_srgan.training import Trainer, TrainingConfig
+    from napari_srgan.models.files import load_model
+    from napari_srgan.models.normalization import NormalizationSpec
+    from napari_srgan.models.registry import DEFAULT_MODEL, resolve_model
+    from napari_srgan.training.patches import PatchSampler
+    from napari_srgan.training.trainer import Trainer, TrainingConfig
 
     model = load_model(resolve_model(DEFAULT_MODEL))
     sampler = PatchSampler(
@@ -61,7 +61,7 @@ def widget_defaults_seconds_per_step(steps: int = 20) -> float:
     config = TrainingConfig(
         patch_size=64, batch_size=8, pretrain_steps=2, learning_rate=1e-4, device="cpu"
     )
-    trainer = Trainer(model.generator.train(), sampler, config)
+    trainer = Trainer(model.network.train(), sampler, config)
     trainer.run()  # warm-up: oneDNN picks its kernels
     config.pretrain_steps += steps
     started = time.perf_counter()

@@ -12,10 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_srgan.model_files import ModelCard, SRModel, save_model
-from napari_srgan.model_registry import MODEL_DIR_ENV
-from napari_srgan.models import Generator, GeneratorConfig
-from napari_srgan.normalization import NormalizationSpec
+from napari_srgan.models.files import native_model, save_model
+from napari_srgan.models.interface import ModelCard, SRModel
+from napari_srgan.models.normalization import NormalizationSpec
+from napari_srgan.models.registry import MODEL_DIR_ENV
+from napari_srgan.models.srresnet import Generator, GeneratorConfig
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -50,7 +51,7 @@ def tiny_generator(channels: int = 3, seed: int = 0, **options) -> Generator:
 def tiny_model(channels: int = 3, mode: str = "dtype", **options) -> SRModel:
     spec = NormalizationSpec(mode) if mode == "dtype" else NormalizationSpec(mode, 1.0, 99.0)
     card = ModelCard(f"tiny-{channels}ch", trained=False, normalization=spec)
-    return SRModel(tiny_generator(channels, **options), card)
+    return native_model(tiny_generator(channels, **options), card)
 
 
 @pytest.fixture
@@ -69,8 +70,8 @@ def tiny_model_file(user_models) -> Path:
     input, yet every layer of the network contributes."""
     model = tiny_model(3, batch_norm=False, input_skip=True)
     torch.manual_seed(0)
-    torch.nn.init.normal_(model.generator.tail.weight, std=1e-3)
-    return save_model(user_models / "tiny-rgb.safetensors", model.generator, model.card)
+    torch.nn.init.normal_(model.network.tail.weight, std=1e-3)
+    return save_model(user_models / "tiny-rgb.safetensors", model.network, model.card)
 
 
 @pytest.fixture

@@ -7,9 +7,10 @@ import sys
 import napari_srgan
 
 CORE = sorted(
-    f"napari_srgan.{info.name}"
-    for info in pkgutil.iter_modules(napari_srgan.__path__)
-    if info.name not in ("plugin", "__main__")  # __main__ runs the CLI when imported
+    info.name
+    for info in pkgutil.walk_packages(napari_srgan.__path__, "napari_srgan.")
+    # __main__ runs the CLI when imported; plugin is the napari layer
+    if info.name.split(".")[1] not in ("plugin", "__main__")
 )
 
 

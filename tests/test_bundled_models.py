@@ -8,12 +8,12 @@ import pytest
 from skimage import data
 
 from conftest import shared_data
-from napari_srgan.degradations import degradation_from_dict
-from napari_srgan.evaluation import evaluate_images, mean_quality
-from napari_srgan.image_io import read_image
-from napari_srgan.model_files import load_model
-from napari_srgan.model_registry import DEFAULT_GREY_MODEL, DEFAULT_MODEL, bundled_model_dir
-from napari_srgan.models import parameter_count
+from napari_srgan.io.images import read_image
+from napari_srgan.models.files import load_model
+from napari_srgan.models.registry import DEFAULT_GREY_MODEL, DEFAULT_MODEL, bundled_model_dir
+from napari_srgan.models.srresnet import parameter_count
+from napari_srgan.training.degradations import degradation_from_dict
+from napari_srgan.training.evaluation import evaluate_images, mean_quality
 
 #: Minimum PSNR gain over bicubic (dB) on the fixed crops below; the measured gains are in the
 #: comments (docs/models.md has the full benchmark).
@@ -35,8 +35,8 @@ def test_model_cards_are_complete(name, channels, degradation):
     model = bundled(name)
     card = model.card
     assert card.name == name and card.trained and card.scale == 4
-    assert model.config.in_channels == channels and card.degradation == degradation
-    assert parameter_count(model.generator) <= 1.6e6
+    assert model.network.config.in_channels == channels and card.degradation == degradation
+    assert parameter_count(model.network) <= 1.6e6
     training = card.training
     assert training["steps"] >= 1000 and training["training_time_s"] > 0
     assert training["machine"] and training["final_losses"] and training["data"]

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_srgan.image_io import read_image, write_tiff
+from napari_srgan.io.images import read_image, write_tiff
 
 
 def cli(*args, check=True):

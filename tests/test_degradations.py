@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from conftest import shared_data
-from napari_srgan.degradations import (
+from napari_srgan.io.images import read_image
+from napari_srgan.training.degradations import (
     Bicubic,
     Crappifier,
     bicubic_downscale,
@@ -11,8 +12,7 @@ from napari_srgan.degradations import (
     degradation_from_dict,
     resize_matrix,
 )
-from napari_srgan.evaluation import evaluate_images, image_files
-from napari_srgan.image_io import read_image
+from napari_srgan.training.evaluation import evaluate_images, image_files
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), [(96, 24), (24, 96), (13, 52), (7, 3)])
@@ -43,8 +43,8 @@ def test_set5_bicubic_baseline_matches_the_published_number():
     the published bicubic Set5 x4 PSNR of 28.43 dB; with an identity "model" this is a protocol
     check, so it runs the bicubic branch of evaluate_images only."""
     images = [(p.name, read_image(p).data) for p in image_files([shared_data("val", "Set5")])]
-    from napari_srgan.degradations import modcrop
-    from napari_srgan.evaluation import _quality, bicubic_baseline, make_lr
+    from napari_srgan.training.degradations import modcrop
+    from napari_srgan.training.evaluation import _quality, bicubic_baseline, make_lr
 
     scores = []
     for _, hr in images:

@@ -3,9 +3,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_srgan import image_io
-from napari_srgan.evaluation import image_files
-from napari_srgan.image_io import read_image, write_image, write_tiff
+from napari_srgan.io import images as image_io
+from napari_srgan.io.images import read_image, write_image, write_tiff
+from napari_srgan.training.evaluation import image_files
 
 
 def test_rgb_round_trip_with_provenance(tmp_path, rng):

@@ -6,19 +6,19 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import tiny_model
-from napari_srgan.model_files import ModelFileError, load_model, read_metadata, save_model
-from napari_srgan.model_registry import available_models, resolve_model
-from napari_srgan.models import Generator, GeneratorConfig
-from napari_srgan.upscale import upscale
+from napari_srgan.engine.upscale import upscale
+from napari_srgan.models.files import ModelFileError, load_model, read_metadata, save_model
+from napari_srgan.models.registry import available_models, resolve_model
+from napari_srgan.models.srresnet import Generator, GeneratorConfig
 
 
 @pytest.mark.parametrize("half", [False, True])
 def test_round_trip_keeps_weights_config_and_card(tmp_path, half, rng):
     model = tiny_model(3)
     model.card.metrics = {"Set5": {"psnr_y": 30.1}}
-    path = save_model(tmp_path / "m.safetensors", model.generator, model.card, half=half)
+    path = save_model(tmp_path / "m.safetensors", model.network, model.card, half=half)
     loaded = load_model(path)
-    assert loaded.config == model.config
+    assert loaded.network.config == model.network.config
     assert loaded.card == model.card
     image = rng.integers(0, 255, (12, 12, 3)).astype(np.uint8)
     difference = np.abs(upscale(image, loaded).astype(int) - upscale(image, model).astype(int))
@@ -48,9 +48,9 @@ def test_foreign_safetensors_file(tmp_path):
 def test_weights_that_do_not_fit_the_stated_architecture(tmp_path):
     """A file whose metadata claims 16 features but holds 8-feature weights names the problem."""
     model = tiny_model(3)
-    path = save_model(tmp_path / "m.safetensors", model.generator, model.card)
+    path = save_model(tmp_path / "m.safetensors", model.network, model.card)
     wide = Generator(GeneratorConfig(channels=16, residual_blocks=1))
-    tensors = {k: v.contiguous() for k, v in model.generator.state_dict().items()}
+    tensors = {k: v.contiguous() for k, v in model.network.state_dict().items()}
     save_file(
         tensors,
         str(tmp_path / "bad.safetensors"),
@@ -62,7 +62,7 @@ def test_weights_that_do_not_fit_the_stated_architecture(tmp_path):
     )
     with pytest.raises(ModelFileError, match=r"head.0.weight has shape \(8, 3, 9, 9\)"):
         load_model(tmp_path / "bad.safetensors")
-    assert load_model(path).config.channels == 8
+    assert load_model(path).network.config.channels == 8
 
 
 def test_registry_lists_user_models_and_resolves_names(tiny_model_file):

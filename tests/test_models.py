@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from conftest import tiny_generator
-from napari_srgan.models import (
+from napari_srgan.models.srresnet import (
     SCALE,
     Discriminator,
     DiscriminatorConfig,

@@ -9,7 +9,7 @@ import pytest
 
 napari = pytest.importorskip("napari")
 
-from napari_srgan.image_io import PROVENANCE_KEY  # noqa: E402
+from napari_srgan.io.images import PROVENANCE_KEY  # noqa: E402
 from napari_srgan.plugin.background import SYNCHRONOUS_ENV  # noqa: E402
 
 
@@ -200,15 +200,15 @@ GUARD_SCRIPT = textwrap.dedent(
     viewer = napari.Viewer(show=True)
     viewer.add_image(np.random.rand(64, 64))
     get_qapp().processEvents()
-    from napari_srgan.torch_safety import llvm_loaded
+    from napari_srgan.engine.torch_safety import llvm_loaded
     assert "triton" not in sys.modules
     print("llvm", llvm_loaded())
     from napari_srgan.plugin.train_widget import TrainWidget  # the plugin, as napari loads it
     import torch
-    from napari_srgan.models import Generator, GeneratorConfig
-    from napari_srgan.normalization import NormalizationSpec
-    from napari_srgan.patches import PatchSampler, TrainingImage
-    from napari_srgan.training import Trainer, TrainingConfig
+    from napari_srgan.models.srresnet import Generator, GeneratorConfig
+    from napari_srgan.models.normalization import NormalizationSpec
+    from napari_srgan.training.patches import PatchSampler, TrainingImage
+    from napari_srgan.training.trainer import Trainer, TrainingConfig
 
     sampler = PatchSampler([TrainingImage(np.random.rand(64, 64).astype(np.float32))],
                            patch_size=32, channels=1, normalization=NormalizationSpec())
@@ -238,8 +238,8 @@ def test_training_after_a_canvas_exists_does_not_crash():
 def test_dask_layers_get_a_lazy_result(make_napari_viewer, tiny_model_file, synchronous):
     import dask.array as da
 
-    from napari_srgan.model_files import load_model
-    from napari_srgan.upscale import upscale
+    from napari_srgan.engine.upscale import upscale
+    from napari_srgan.models.files import load_model
 
     viewer = make_napari_viewer()
     stack = np.random.default_rng(1).integers(0, 255, (3, 40, 50, 3)).astype(np.uint8)
@@ -260,9 +260,9 @@ def test_dask_layers_get_a_lazy_result(make_napari_viewer, tiny_model_file, sync
 def test_big_results_stream_into_a_zarr_file(
     make_napari_viewer, tiny_model_file, synchronous, tmp_path
 ):
-    from napari_srgan.model_files import load_model
+    from napari_srgan.engine.upscale import upscale
+    from napari_srgan.models.files import load_model
     from napari_srgan.plugin import upscale_widget as module
-    from napari_srgan.upscale import upscale
 
     viewer = make_napari_viewer()
     image = np.random.default_rng(2).integers(0, 4000, (150, 140)).astype(np.uint16)

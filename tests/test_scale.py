@@ -13,18 +13,18 @@ import torch
 import zarr
 
 from conftest import tiny_model
-from napari_srgan import devices
-from napari_srgan.file_upscale import UpscaleSettings, upscale_file
-from napari_srgan.lazy import upscale_lazy
-from napari_srgan.model_files import save_model
-from napari_srgan.upscale import upscale
-from napari_srgan.zarr_io import open_lazy, open_pyramid
+from napari_srgan.engine import devices
+from napari_srgan.engine.file_upscale import UpscaleSettings, upscale_file
+from napari_srgan.engine.lazy import upscale_lazy
+from napari_srgan.engine.upscale import upscale
+from napari_srgan.io.zarr_files import open_lazy, open_pyramid
+from napari_srgan.models.files import save_model
 
 
 @pytest.fixture
 def grey_file(tmp_path):
     model = tiny_model(1, mode="percentile", residual_blocks=2)
-    return save_model(tmp_path / "grey.safetensors", model.generator, model.card)
+    return save_model(tmp_path / "grey.safetensors", model.network, model.card)
 
 
 def zarr_image(path, data, chunks):
@@ -34,7 +34,7 @@ def zarr_image(path, data, chunks):
 
 
 def test_zarr_to_ome_zarr_equals_in_memory(tmp_path, grey_file, rng):
-    from napari_srgan.model_files import load_model
+    from napari_srgan.models.files import load_model
 
     model = load_model(grey_file)
     data = rng.integers(0, 4000, (2, 150, 170)).astype(np.uint16)
@@ -55,7 +55,7 @@ def test_zarr_to_ome_zarr_equals_in_memory(tmp_path, grey_file, rng):
 
 
 def test_dask_result_equals_in_memory_result(grey_file, rng):
-    from napari_srgan.model_files import load_model
+    from napari_srgan.models.files import load_model
 
     data = rng.random((2, 130, 150)).astype(np.float32)
     expected = upscale(data, load_model(grey_file), tile=60)
@@ -73,7 +73,7 @@ def test_dask_result_equals_in_memory_result(grey_file, rng):
 
 def test_local_cluster_with_two_workers(grey_file, rng):
     distributed = pytest.importorskip("distributed")
-    from napari_srgan.model_files import load_model
+    from napari_srgan.models.files import load_model
 
     data = rng.integers(0, 255, (140, 120)).astype(np.uint8)
     expected = upscale(data, load_model(grey_file), tile=64)
@@ -110,7 +110,7 @@ def test_cli_scheduler_option_writes_zarr(tmp_path, grey_file, rng):
         check=True,
         capture_output=True,
     )
-    from napari_srgan.model_files import load_model
+    from napari_srgan.models.files import load_model
 
     result = open_lazy(tmp_path / "out.zarr").data[:]
     expected = upscale(data, load_model(grey_file), tile=48)
@@ -120,8 +120,8 @@ def test_cli_scheduler_option_writes_zarr(tmp_path, grey_file, rng):
 MEMORY_SCRIPT = """
 import resource, sys
 import numpy as np, zarr
-from napari_srgan.file_upscale import UpscaleSettings, upscale_file
-from napari_srgan.model_files import load_model
+from napari_srgan.engine.file_upscale import UpscaleSettings, upscale_file
+from napari_srgan.models.files import load_model
 size, folder, model = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 source = zarr.open_array(folder + "/in.zarr", mode="w", shape=(size, size), dtype="u2",
                          chunks=(256, 256))
@@ -175,8 +175,8 @@ def test_out_of_memory_halves_the_tile_and_recomputes(caplog, rng):
     model = tiny_model(3)
     image = rng.integers(0, 255, (2, 90, 100, 3)).astype(np.uint8)
     expected = upscale(image, model, tile=40)
-    wrapper = RunsOutOfMemory(model.generator, limit=45)
-    model.generator = wrapper
+    wrapper = RunsOutOfMemory(model.network, limit=45)
+    model.network = wrapper
     with caplog.at_level(logging.WARNING):
         result = upscale(image, model, tile=160)
     np.testing.assert_array_equal(result, expected)  # the same as running with 40 px tiles
@@ -215,8 +215,8 @@ def test_auto_precision_uses_bf16_only_on_cpus_that_have_it(
 
 def test_big_tiff_is_read_by_chunks_into_zarr(tmp_path, grey_file, rng):
     """A (tiled) TIFF opens as a zarr view when the output is streamed: only tiles are read."""
-    from napari_srgan.image_io import write_tiff
-    from napari_srgan.model_files import load_model
+    from napari_srgan.io.images import write_tiff
+    from napari_srgan.models.files import load_model
 
     data = rng.integers(0, 4000, (130, 120)).astype(np.uint16)
     write_tiff(tmp_path / "in.tif", data, rgb=False, scale=(0.5, 0.5), unit="µm")

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from napari_srgan.tiling import Cancelled, axis_spans
-from napari_srgan.upscale import upscale
+from napari_srgan.engine.tiling import Cancelled, axis_spans
+from napari_srgan.engine.upscale import upscale
 
 
 @pytest.mark.parametrize("length", [1, 17, 40, 101])
@@ -22,7 +22,7 @@ def test_kept_spans_partition_the_axis(length, tile):
 
 
 def test_tile_smaller_than_the_overlap_is_refused(rgb_model):
-    margin = rgb_model.config.tile_margin
+    margin = rgb_model.network.config.tile_margin
     image = np.zeros((64, 64, 3), np.uint8)
     with pytest.raises(ValueError, match=f"at least {2 * margin + 1}"):
         upscale(image, rgb_model, tile=2 * margin)
@@ -31,7 +31,7 @@ def test_tile_smaller_than_the_overlap_is_refused(rgb_model):
 def whole_image_forward(model, unit_image: np.ndarray) -> np.ndarray:
     tensor = torch.from_numpy(unit_image).permute(2, 0, 1)[None]
     with torch.no_grad():
-        return model.generator(tensor)[0].permute(1, 2, 0).numpy()
+        return model.network(tensor)[0].permute(1, 2, 0).numpy()
 
 
 @pytest.mark.parametrize("shape", [(37, 53), (64, 29), (90, 91)])
@@ -45,7 +45,7 @@ def test_tiled_output_equals_whole_image_output(shape, options, rng):
     # Floats in [0, 1] under "dtype" normalisation use the image's min/max; undo it exactly.
     low, high = image.min(), image.max()
     expected = whole_image_forward(model, (image - low) / (high - low)) * (high - low) + low
-    margin = model.config.tile_margin
+    margin = model.network.config.tile_margin
     for tile, batch in [(2 * margin + 6, 1), (40, 3), (57, 2), (max(shape), 1)]:
         result = upscale(image, model, tile=tile, batch_size=batch, device="cpu")
         assert result.shape == (shape[0] * 4, shape[1] * 4, 3)

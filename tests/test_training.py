@@ -11,12 +11,14 @@ import torch
 from skimage import data
 
 from conftest import tiny_generator
-from napari_srgan.degradations import Crappifier, bicubic_downscale
-from napari_srgan.model_files import load_model
-from napari_srgan.models import GeneratorConfig
-from napari_srgan.normalization import NormalizationSpec
-from napari_srgan.patches import PatchSampler, TrainingImage
-from napari_srgan.training import (
+from napari_srgan.engine.upscale import InvalidImageError
+from napari_srgan.models.files import load_model
+from napari_srgan.models.normalization import NormalizationSpec
+from napari_srgan.models.srresnet import GeneratorConfig
+from napari_srgan.training.degradations import Crappifier, bicubic_downscale
+from napari_srgan.training.job import TrainingJob, run_training
+from napari_srgan.training.patches import PatchSampler, TrainingImage
+from napari_srgan.training.trainer import (
     CheckpointSaved,
     Notice,
     StepReport,
@@ -24,8 +26,6 @@ from napari_srgan.training import (
     TrainingConfig,
     ValidationReport,
 )
-from napari_srgan.training_job import TrainingJob, run_training
-from napari_srgan.upscale import InvalidImageError
 
 TINY = GeneratorConfig(channels=8, residual_blocks=1)
 
@@ -97,9 +97,9 @@ def test_content_training_beats_the_untrained_model_and_bicubic(tmp_path):
 
 
 def untrained_psnr(job: TrainingJob) -> float:
-    from napari_srgan.models import Generator
-    from napari_srgan.training_job import _validation_set
-    from napari_srgan.validation import evaluate
+    from napari_srgan.models.srresnet import Generator
+    from napari_srgan.training.job import _validation_set
+    from napari_srgan.training.validation import evaluate
 
     validation = _validation_set(job, NormalizationSpec(), 1)
     return evaluate(Generator(job.generator_config), validation, torch.device("cpu")).psnr

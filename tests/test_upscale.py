@@ -3,8 +3,8 @@ import pytest
 import zarr
 
 from conftest import tiny_model
-from napari_srgan.normalization import NormalizationSpec, intensity_range
-from napari_srgan.upscale import InvalidImageError, upscale
+from napari_srgan.engine.upscale import InvalidImageError, upscale
+from napari_srgan.models.normalization import NormalizationSpec, intensity_range
 
 
 @pytest.mark.parametrize(

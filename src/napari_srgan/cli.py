@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import __version__
+from napari_srgan import __version__
 
 
 class CommandError(Exception):
@@ -100,7 +100,7 @@ def _add_train(commands) -> None:
     parser.add_argument("--pixel-loss", choices=["l1", "mse"], default="l1")
     parser.add_argument("--relativistic", action="store_true", help="relativistic average GAN loss")
     parser.add_argument("--degradation", choices=["bicubic", "crappifier"], default="bicubic")
-    from .degradations import Crappifier
+    from napari_srgan.training.degradations import Crappifier
 
     defaults = Crappifier()
     for name, unit in [
@@ -168,9 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .model_files import ModelFileError
-    from .tiling import Cancelled
-    from .upscale import InvalidImageError
+    from napari_srgan.engine.tiling import Cancelled
+    from napari_srgan.engine.upscale import InvalidImageError
+    from napari_srgan.models.files import ModelFileError
 
     try:
         handler = {
@@ -192,8 +192,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _load(name):
-    from .model_files import load_model
-    from .model_registry import resolve_model
+    from napari_srgan.models.files import load_model
+    from napari_srgan.models.registry import resolve_model
 
     return load_model(resolve_model(name))
 
@@ -206,8 +206,8 @@ def _warn_if_untrained(model) -> None:
 def upscale_command(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from .devices import choose_device
-    from .file_upscale import UpscaleSettings, check_output, upscale_file
+    from napari_srgan.engine.devices import choose_device
+    from napari_srgan.engine.file_upscale import UpscaleSettings, check_output, upscale_file
 
     check_output(args.output)  # before the (slow) model load
     choose_device(args.device)
@@ -247,8 +247,8 @@ def upscale_command(args: argparse.Namespace) -> None:
 
 
 def _read_all(paths) -> list:
-    from .evaluation import image_files
-    from .image_io import read_image
+    from napari_srgan.io.images import read_image
+    from napari_srgan.training.evaluation import image_files
 
     return [(path, read_image(path)) for path in image_files(paths)]
 
@@ -256,13 +256,19 @@ def _read_all(paths) -> list:
 def train_command(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from .degradations import Bicubic, Crappifier
-    from .model_registry import DEFAULT_GREY_MODEL, DEFAULT_MODEL
-    from .models import GeneratorConfig
-    from .normalization import NormalizationSpec
-    from .patches import TrainingImage
-    from .training import CheckpointSaved, Notice, StepReport, TrainingConfig, ValidationReport
-    from .training_job import TrainingJob, run_training, user_model_path
+    from napari_srgan.models.normalization import NormalizationSpec
+    from napari_srgan.models.registry import DEFAULT_GREY_MODEL, DEFAULT_MODEL
+    from napari_srgan.models.srresnet import GeneratorConfig
+    from napari_srgan.training.degradations import Bicubic, Crappifier
+    from napari_srgan.training.job import TrainingJob, run_training, user_model_path
+    from napari_srgan.training.patches import TrainingImage
+    from napari_srgan.training.trainer import (
+        CheckpointSaved,
+        Notice,
+        StepReport,
+        TrainingConfig,
+        ValidationReport,
+    )
 
     hr_files = _read_all(args.hr)
     lr_files = _read_all(args.lr) if args.lr else []
@@ -357,8 +363,8 @@ def train_command(args: argparse.Namespace) -> None:
 
 
 def evaluate_command(args: argparse.Namespace) -> None:
-    from .degradations import Bicubic, Crappifier
-    from .evaluation import evaluate_images, mean_quality
+    from napari_srgan.training.degradations import Bicubic, Crappifier
+    from napari_srgan.training.evaluation import evaluate_images, mean_quality
 
     images = [(path.name, f.data) for path, f in _read_all(args.hr)]
     degradation = Crappifier() if args.degradation == "crappifier" else Bicubic()
@@ -378,8 +384,8 @@ def evaluate_command(args: argparse.Namespace) -> None:
 
 
 def sample_command(args: argparse.Namespace) -> None:
-    from .image_io import write_image
-    from .samples import low_resolution_sample
+    from napari_srgan.io.images import write_image
+    from napari_srgan.samples import low_resolution_sample
 
     image, description = low_resolution_sample(args.name)
     write_image(args.output, image, rgb=image.ndim == 3)
@@ -387,8 +393,8 @@ def sample_command(args: argparse.Namespace) -> None:
 
 
 def models_command(args: argparse.Namespace) -> None:
-    from .model_files import ModelFileError, read_metadata
-    from .model_registry import available_models
+    from napari_srgan.models.files import ModelFileError, read_metadata
+    from napari_srgan.models.registry import available_models
 
     for name, path in available_models().items():
         try:

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from skimage import data
 
-from .degradations import bicubic_downscale, modcrop
+from napari_srgan.training.degradations import bicubic_downscale, modcrop
 
 #: name -> (scikit-image loader, what it shows)
 SAMPLES: dict[str, tuple[Callable[[], np.ndarray], str]] = {

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from ..image_io import PROVENANCE_KEY, TIFF_SUFFIXES, ImageFile, read_image, unit_name
-from ..zarr_io import is_zarr, open_pyramid
+from napari_srgan.io.images import PROVENANCE_KEY, TIFF_SUFFIXES, ImageFile, read_image, unit_name
+from napari_srgan.io.zarr_files import is_zarr, open_pyramid
 
 
 def get_reader(path: str | list[str]) -> Callable | None:

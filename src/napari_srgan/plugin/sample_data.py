@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..samples import low_resolution_sample
+from napari_srgan.samples import low_resolution_sample
 
 
 def _layer(key: str, name: str) -> list[tuple]:

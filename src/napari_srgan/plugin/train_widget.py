@@ -1,6 +1,6 @@
 """The "Train" dock widget: fine-tune a generator on image layers with a live loss/PSNR plot.
 
-All training happens in the core (:func:`napari_srgan.training_job.run_training`) on a worker
+All training happens in the core (:func:`napari_srgan.training.job.run_training`) on a worker
 thread; this widget only turns layers into a job and reports into a plot, a preview layer and a
 progress bar.
 """
@@ -26,10 +26,13 @@ from matplotlib.figure import Figure
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..degradations import Bicubic, Crappifier
-from ..model_registry import DEFAULT_MODEL, available_models
-from ..patches import TrainingImage
-from ..training import (
+from napari_srgan.models.registry import DEFAULT_MODEL, available_models
+from napari_srgan.plugin.background import BackgroundJob, run_job
+from napari_srgan.plugin.model_list import follow_model_list, model_list
+from napari_srgan.training.degradations import Bicubic, Crappifier
+from napari_srgan.training.job import TrainingJob, TrainingOutcome, run_training, user_model_path
+from napari_srgan.training.patches import TrainingImage
+from napari_srgan.training.trainer import (
     CheckpointSaved,
     Notice,
     StepReport,
@@ -37,9 +40,6 @@ from ..training import (
     TrainingEvent,
     ValidationReport,
 )
-from ..training_job import TrainingJob, TrainingOutcome, run_training, user_model_path
-from .background import BackgroundJob, run_job
-from .model_list import follow_model_list, model_list
 
 PREVIEW_LAYER = "srgan training preview"
 #: Redraw the loss plot at most this often (seconds): drawing is slow next to a training step.

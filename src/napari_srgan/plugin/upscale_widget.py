@@ -21,21 +21,21 @@ from magicgui.widgets import (
 from napari.utils import progress
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from ..devices import DEVICE_CHOICES
-from ..file_upscale import UpscaleSettings, upscale_to_zarr
-from ..geometry import upscaled_placement
-from ..image_io import PROVENANCE_KEY
-from ..lazy import upscale_lazy
-from ..model_files import ModelFileError, load_model, read_metadata
-from ..model_registry import available_models, resolve_model
-from ..provenance import provenance
-from ..tiling import Cancelled
-from ..upscale import ImageLayout, check_image, upscale
-from ..zarr_io import is_zarr
-from .background import BackgroundJob, run_job
-from .model_list import follow_model_list
-from .reader import read_zarr_layer
-from .writer import length_unit
+from napari_srgan.engine.devices import DEVICE_CHOICES
+from napari_srgan.engine.file_upscale import UpscaleSettings, upscale_to_zarr
+from napari_srgan.engine.geometry import upscaled_placement
+from napari_srgan.engine.lazy import upscale_lazy
+from napari_srgan.engine.provenance import provenance
+from napari_srgan.engine.tiling import Cancelled
+from napari_srgan.engine.upscale import ImageLayout, check_image, upscale
+from napari_srgan.io.images import PROVENANCE_KEY
+from napari_srgan.io.zarr_files import is_zarr
+from napari_srgan.models.files import ModelFileError, load_model, read_metadata
+from napari_srgan.models.registry import available_models, resolve_model
+from napari_srgan.plugin.background import BackgroundJob, run_job
+from napari_srgan.plugin.model_list import follow_model_list
+from napari_srgan.plugin.reader import read_zarr_layer
+from napari_srgan.plugin.writer import length_unit
 
 if TYPE_CHECKING:
     from napari.layers import Image
@@ -134,11 +134,11 @@ class UpscaleWidget(Container):
         warning = " — UNTRAINED" if not card.trained else ""
         self.info.value = f"{kind}, {card.degradation} degradation{warning}"
 
-    def _mode(self, layer: Image, layout: ImageLayout) -> str:
+    def _mode(self, layer: Image, layout: ImageLayout, scale: int) -> str:
         """The result mode to use; raises ValueError when none fits."""
         mode = self.result_mode.value
         if mode == "auto":
-            output_bytes = math.prod(layout.output_shape()) * np.dtype(layer.dtype).itemsize
+            output_bytes = math.prod(layout.output_shape(scale)) * np.dtype(layer.dtype).itemsize
             big = output_bytes > self.memory_limit
             if big and layout.plane_count == 1:
                 mode = "zarr file" if self._zarr_target() else ""
@@ -171,8 +171,9 @@ class UpscaleWidget(Container):
             return
         try:
             layout = check_image(layer.data, layer.rgb)
-            mode = self._mode(layer, layout)
             model_path = resolve_model(self.model.value)
+            _config, card = read_metadata(model_path)
+            mode = self._mode(layer, layout, card.scale)
         except (ValueError, ModelFileError) as error:
             show_error(f"napari-srgan: {error}")
             return

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..image_io import PROVENANCE_KEY, write_tiff
+from napari_srgan.io.images import PROVENANCE_KEY, write_tiff
 
 
 def length_unit(units) -> str | None:

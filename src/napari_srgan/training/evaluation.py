@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .degradations import Bicubic, Degradation, bicubic_upscale, modcrop
-from .metrics import Quality, sr_quality
-from .model_files import SRModel
-from .upscale import upscale
+from napari_srgan.engine.upscale import upscale
+from napari_srgan.models.interface import SRModel
+from napari_srgan.training.degradations import Bicubic, Degradation, bicubic_upscale, modcrop
+from napari_srgan.training.metrics import Quality, sr_quality
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 

@@ -17,8 +17,8 @@ import numpy as np
 import tifffile
 import zarr
 
-from .atomic_files import check_writable
-from .image_io import PROVENANCE_KEY, ImageFile, tiff_metadata, unit_name
+from napari_srgan.io.atomic_files import check_writable
+from napari_srgan.io.images import PROVENANCE_KEY, ImageFile, tiff_metadata, unit_name
 
 #: Output chunks on the two image axes: a good size for napari tiles and for compression.
 CHUNK = 512

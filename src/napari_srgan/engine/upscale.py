@@ -14,12 +14,12 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from .devices import auto_precision, auto_tile_size, choose_device
-from .model_files import SRModel
-from .models import SCALE
-from .normalization import IntensityRange, NormalizationSpec, intensity_range
-from .tiling import check_tile_size, plane_tiles, run_tiles
-from .torch_safety import guard_triton
+from napari_srgan.engine.devices import auto_precision, auto_tile_size, choose_device
+from napari_srgan.engine.tiling import check_tile_size, plane_tiles, run_tiles
+from napari_srgan.engine.torch_safety import guard_triton
+from napari_srgan.io.images import guess_rgb
+from napari_srgan.models.interface import SRModel
+from napari_srgan.models.normalization import IntensityRange, NormalizationSpec, intensity_range
 
 log = logging.getLogger(__name__)
 
@@ -65,14 +65,9 @@ class ImageLayout:
     def plane_count(self) -> int:
         return math.prod(self.leading_shape)
 
-    def output_shape(self) -> tuple[int, ...]:
+    def output_shape(self, scale: int) -> tuple[int, ...]:
         tail = (self.shape[-1],) if self.rgb else ()
-        return (*self.leading_shape, self.height * SCALE, self.width * SCALE, *tail)
-
-
-def guess_rgb(shape: tuple[int, ...]) -> bool:
-    """napari's convention: a last axis of 3 or 4 after at least two spatial axes is colour."""
-    return len(shape) >= 3 and shape[-1] in (3, 4)
+        return (*self.leading_shape, self.height * scale, self.width * scale, *tail)
 
 
 def check_image(data, rgb: bool | None = None) -> ImageLayout:
@@ -125,7 +120,7 @@ def _alpha_from_unit(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def channel_adapter(
-    generator: torch.nn.Module, data_channels: int, has_alpha: bool
+    model: SRModel, data_channels: int, has_alpha: bool
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """A forward function for ``data_channels`` (+ alpha) inputs through ``generator``.
 
@@ -133,7 +128,7 @@ def channel_adapter(
     outputs is kept. RGB data through a grey model: each colour is upscaled as its own plane.
     Alpha never goes through the network: it is upscaled bicubically and clipped to [0, 1].
     """
-    model_channels = generator.config.in_channels
+    generator, model_channels, scale = model.network, model.in_channels, model.scale
 
     def forward_colour(x: torch.Tensor) -> torch.Tensor:
         if data_channels == model_channels:
@@ -142,7 +137,7 @@ def channel_adapter(
             return generator(x.expand(-1, 3, -1, -1)).mean(dim=1, keepdim=True)
         if model_channels == 1:
             b, c, h, w = x.shape
-            return generator(x.reshape(b * c, 1, h, w)).reshape(b, c, h * SCALE, w * SCALE)
+            return generator(x.reshape(b * c, 1, h, w)).reshape(b, c, h * scale, w * scale)
         raise InvalidImageError(
             f"a {model_channels}-channel model cannot upscale {data_channels}-channel images"
         )
@@ -153,7 +148,7 @@ def channel_adapter(
     def forward_with_alpha(x: torch.Tensor) -> torch.Tensor:
         colour = forward_colour(x[:, :data_channels])
         alpha = F.interpolate(
-            x[:, data_channels:], scale_factor=SCALE, mode="bicubic", align_corners=False
+            x[:, data_channels:], scale_factor=scale, mode="bicubic", align_corners=False
         )
         return torch.cat([colour, alpha.clamp(0.0, 1.0)], dim=1)
 
@@ -175,7 +170,7 @@ def device_forward(
     forward: Callable[[torch.Tensor], torch.Tensor], device: torch.device, precision: str
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """Channels-last tensors where that is faster, and autocast to fp16 / bf16 (``"auto"``: see
-    :func:`~napari_srgan.devices.auto_precision`)."""
+    :func:`~napari_srgan.engine.devices.auto_precision`)."""
     if precision not in ("auto", "fp32", "fp16", "bf16"):
         raise ValueError(f"precision must be auto, fp32, fp16 or bf16, not {precision!r}")
     if precision == "auto":
@@ -212,24 +207,24 @@ def upscale(
     tiles is in memory at a time. Leading axes (Z, T, C...) are processed plane by plane.
     ``intensity`` overrides the range from the model card (e.g. one range for a whole dataset).
     ``progress(done, total)`` counts tiles; ``should_stop()`` returning True raises
-    :class:`~napari_srgan.tiling.Cancelled`. When the device runs out of memory, the tile size is
+    :class:`~napari_srgan.engine.tiling.Cancelled`. When the device runs out of memory, the tile size is
     halved and the plane is computed again from scratch (no partial result is reused).
     """
     guard_triton()
     layout = check_image(data, rgb)
-    generator = model.generator
-    config = model.config
+    generator = model.network
+    halo = model.card.halo
     intensity = intensity or colour_range(data, layout, model.card.normalization)
     target = choose_device(device)
     generator.to(target).eval()
     if target.type in CHANNELS_LAST_DEVICES:
         generator.to(memory_format=torch.channels_last)
     forward = device_forward(
-        channel_adapter(generator, layout.channels, layout.has_alpha), target, precision
+        channel_adapter(model, layout.channels, layout.has_alpha), target, precision
     )
-    tile = tile or auto_tile_size(config, target, batch_size)
-    check_tile_size(tile, config.tile_margin)
-    output_shape = layout.output_shape()
+    tile = tile or auto_tile_size(model, target, batch_size)
+    check_tile_size(tile, halo)
+    output_shape = layout.output_shape(model.scale)
     if out is None:
         out = np.empty(output_shape, dtype=intensity.dtype)
     elif tuple(out.shape) != output_shape:
@@ -239,7 +234,7 @@ def upscale(
     for index, plane in enumerate(planes):
         reader = PlaneReader(data, plane, layout, intensity)
         while True:
-            tiles = plane_tiles(layout.height, layout.width, tile, config.tile_margin)
+            tiles = plane_tiles(layout.height, layout.width, tile, halo)
             total = done + len(tiles) * (len(planes) - index)
             finished_in_plane = 0
 
@@ -255,7 +250,7 @@ def upscale(
                     reader.read,
                     forward,
                     reader.writer(out),
-                    scale=SCALE,
+                    scale=model.scale,
                     batch_size=batch_size,
                     device=target,
                     on_batch=count,
@@ -263,7 +258,7 @@ def upscale(
                 )
                 break
             except RuntimeError as error:
-                smaller = max(tile // 2, 2 * config.tile_margin + 1)
+                smaller = max(tile // 2, 2 * halo + 1)
                 if not is_out_of_memory(error) or smaller == tile:
                     raise
                 if target.type == "cuda":

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .degradations import Degradation, bicubic_upscale, modcrop
-from .metrics import sr_quality
+from napari_srgan.training.degradations import Degradation, bicubic_upscale, modcrop
+from napari_srgan.training.metrics import sr_quality
 
 
 @dataclass(frozen=True)

@@ -18,20 +18,20 @@ import numpy as np
 import torch
 from torch.optim.swa_utils import AveragedModel
 
-from .atomic_files import atomic_write
-from .devices import choose_device
-from .losses import (
+from napari_srgan.engine.devices import choose_device
+from napari_srgan.engine.torch_safety import guard_triton
+from napari_srgan.engine.upscale import CHANNELS_LAST_DEVICES
+from napari_srgan.io.atomic_files import atomic_write
+from napari_srgan.models.srresnet import Discriminator, DiscriminatorConfig, Generator
+from napari_srgan.training.losses import (
     PerceptualLoss,
     discriminator_loss,
     generator_adversarial_loss,
     load_vgg19_features,
     pixel_loss,
 )
-from .models import Discriminator, DiscriminatorConfig, Generator
-from .patches import PatchSampler
-from .torch_safety import guard_triton
-from .upscale import CHANNELS_LAST_DEVICES
-from .validation import ValidationImage, evaluate
+from napari_srgan.training.patches import PatchSampler
+from napari_srgan.training.validation import ValidationImage, evaluate
 
 CHECKPOINT_FORMAT = 1
 

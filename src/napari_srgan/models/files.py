@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .atomic_files import atomic_write
-from .models import SCALE, Generator, GeneratorConfig
-from .normalization import NormalizationSpec
+from napari_srgan.io.atomic_files import atomic_write
+from napari_srgan.models.interface import ModelCard, SRModel
+from napari_srgan.models.srresnet import SCALE, Generator, GeneratorConfig
 
 FORMAT_KEY = "napari_srgan_format"
 FORMAT_VERSION = "1"
@@ -26,48 +25,6 @@ FORMAT_VERSION = "1"
 
 class ModelFileError(ValueError):
     """A weight file is missing, unreadable, or does not fit the architecture it claims."""
-
-
-@dataclass
-class ModelCard:
-    """What a user needs to know about a model; stored as JSON in the file's metadata."""
-
-    name: str
-    description: str = ""
-    #: False for a randomly initialised placeholder; the UI and CLI warn about such models.
-    trained: bool = True
-    scale: int = SCALE
-    normalization: NormalizationSpec = field(default_factory=NormalizationSpec)
-    #: How the low-resolution training inputs were made ("bicubic", "crappifier", "paired").
-    degradation: str = "bicubic"
-    #: Free-form provenance: data, steps, wall time, machine, losses, base model, command.
-    training: dict = field(default_factory=dict)
-    #: Validation metrics, e.g. {"Set5": {"psnr_y": 30.1, "ssim_y": 0.86}}.
-    metrics: dict = field(default_factory=dict)
-
-    def to_json(self) -> str:
-        values = asdict(self)
-        values["normalization"] = self.normalization.to_dict()
-        return json.dumps(values, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelCard:
-        values = json.loads(text)
-        values["normalization"] = NormalizationSpec(**values.get("normalization", {}))
-        return cls(**values)
-
-
-@dataclass
-class SRModel:
-    """A generator ready to run, with the card that says how to feed it."""
-
-    generator: Generator
-    card: ModelCard
-    path: Path | None = None
-
-    @property
-    def config(self) -> GeneratorConfig:
-        return self.generator.config
 
 
 def save_model(
@@ -78,6 +35,7 @@ def save_model(
     ``half`` stores fp16 weights (half the size; inference upcasts them to fp32 on load).
     """
     path = Path(path)
+    card = describe_network(card, generator.config)
     tensors = {
         name: (t.detach().half() if half and t.is_floating_point() else t.detach())
         .cpu()
@@ -113,7 +71,31 @@ def read_metadata(path: str | os.PathLike) -> tuple[GeneratorConfig, ModelCard]:
         card = ModelCard.from_json(metadata["model_card"])
     except (KeyError, TypeError, ValueError) as error:
         raise ModelFileError(f"{path} has broken model metadata: {error}") from None
-    return config, card
+    return config, describe_network(card, config, path)
+
+
+def describe_network(
+    card: ModelCard, config: GeneratorConfig, path: Path | None = None
+) -> ModelCard:
+    """The card with what the architecture fixes (scale, channels, theoretical halo) filled in;
+    a card that contradicts its network is refused."""
+    facts = {
+        "scale": SCALE,
+        "in_channels": config.in_channels,
+        "out_channels": config.out_channels,
+        "theoretical_halo": config.tile_margin,
+        "architecture": "srresnet",
+    }
+    defaults = ModelCard(card.name)
+    for name, value in facts.items():
+        stated = getattr(card, name)
+        if stated != value and stated != getattr(defaults, name):
+            raise ModelFileError(
+                f"{path or card.name}: the model card says {name} {stated}, "
+                f"but the network has {value}"
+            )
+        setattr(card, name, value)
+    return card
 
 
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SRModel:
@@ -129,7 +111,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
     _check_fits(path, generator, tensors)
     generator.load_state_dict({name: t.float() for name, t in tensors.items()})
     generator.to(device).eval()
-    return SRModel(generator, card, path)
+    return native_model(generator, card, path)
+
+
+def native_model(generator: Generator, card: ModelCard, path: Path | None = None) -> SRModel:
+    """An SRResNet generator as an :class:`SRModel`, its card completed from the network."""
+    return SRModel(generator, describe_network(card, generator.config, path), path)
 
 
 def _check_fits(path: Path, generator: Generator, tensors: dict[str, torch.Tensor]) -> None:

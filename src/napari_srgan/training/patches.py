@@ -14,10 +14,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .degradations import Bicubic, Degradation
-from .models import SCALE
-from .normalization import IntensityRange, NormalizationSpec, intensity_range, regular_subsample
-from .upscale import ImageLayout, InvalidImageError, check_image
+from napari_srgan.engine.upscale import ImageLayout, InvalidImageError, check_image
+from napari_srgan.models.normalization import (
+    IntensityRange,
+    NormalizationSpec,
+    intensity_range,
+    regular_subsample,
+)
+from napari_srgan.models.srresnet import SCALE
+from napari_srgan.training.degradations import Bicubic, Degradation
 
 #: HR pixels of real context read around each patch before synthesising LR, so the LR matches
 #: what degrading the whole image would give (bicubic x4 reaches 8 HR pixels, blur a few more).

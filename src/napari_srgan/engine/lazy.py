@@ -16,10 +16,10 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from .model_files import SRModel, load_model, read_metadata
-from .models import SCALE
-from .normalization import IntensityRange
-from .upscale import check_image, colour_range, upscale
+from napari_srgan.engine.upscale import check_image, colour_range, upscale
+from napari_srgan.models.files import load_model, read_metadata
+from napari_srgan.models.interface import SRModel
+from napari_srgan.models.normalization import IntensityRange
 
 #: Image-axis chunk size of the input blocks when the input's own chunks are unsuitable.
 BLOCK = 512
@@ -37,6 +37,7 @@ def _upscale_block(
     rgb: bool,
     spatial: tuple[int, int],
     margin: int,
+    scale: int,
     intensity: IntensityRange,
     tile: int | None,
     device: str,
@@ -47,8 +48,8 @@ def _upscale_block(
     location, counts = block_info[None]["chunk-location"], block_info[None]["num-chunks"]
     trim = [slice(None)] * result.ndim
     for axis in spatial:
-        start = margin * SCALE if location[axis] > 0 else 0
-        stop = -margin * SCALE if location[axis] < counts[axis] - 1 else None
+        start = margin * scale if location[axis] > 0 else 0
+        stop = -margin * scale if location[axis] < counts[axis] - 1 else None
         trim[axis] = slice(start, stop)
     return result[tuple(trim)]
 
@@ -71,9 +72,9 @@ def upscale_lazy(
     """
     model_path = str(Path(model_path))
     device = "cpu" if device == "auto" else device
-    config, card = read_metadata(model_path)
+    _config, card = read_metadata(model_path)
     layout = check_image(data, rgb)
-    margin = config.tile_margin
+    margin, scale = card.halo, card.scale
     source = data if isinstance(data, da.Array) else da.from_array(data, chunks="auto")
     y_axis = source.ndim - (3 if layout.rgb else 2)
     spatial = (y_axis, y_axis + 1)
@@ -92,7 +93,7 @@ def upscale_lazy(
         boundary={axis: "none" for axis in spatial},
     )
     out_chunks = tuple(
-        tuple(size * SCALE for size in sizes) if axis in spatial else sizes
+        tuple(size * scale for size in sizes) if axis in spatial else sizes
         for axis, sizes in enumerate(source.chunks)
     )
     return overlapped.map_blocks(
@@ -101,6 +102,7 @@ def upscale_lazy(
         rgb=layout.rgb,
         spatial=spatial,
         margin=margin,
+        scale=scale,
         intensity=intensity,
         tile=tile,
         device=device,

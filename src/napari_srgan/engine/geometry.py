@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from .models import SCALE
+from napari_srgan.models.srresnet import SCALE
 
 
 def upscaled_placement(

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torchvision.transforms.functional import gaussian_blur
 
-from .models import SCALE
+from napari_srgan.models.srresnet import SCALE
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:

@@ -16,8 +16,7 @@ import imageio.v3 as iio
 import numpy as np
 import tifffile
 
-from .atomic_files import atomic_write
-from .upscale import guess_rgb
+from napari_srgan.io.atomic_files import atomic_write
 
 #: Private TIFF tag (in the 65000+ reusable range) holding the provenance JSON.
 PROVENANCE_TAG = 65420
@@ -39,6 +38,11 @@ class ImageFile:
     #: A length unit for the spatial axes (e.g. "µm"), or None if the file does not say.
     unit: str | None = None
     provenance: dict = field(default_factory=dict)
+
+
+def guess_rgb(shape: tuple[int, ...]) -> bool:
+    """napari's convention: a last axis of 3 or 4 after at least two spatial axes is colour."""
+    return len(shape) >= 3 and shape[-1] in (3, 4)
 
 
 def unit_name(unit: str) -> str:

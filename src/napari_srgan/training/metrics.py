@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from .models import SCALE
+from napari_srgan.models.srresnet import SCALE
 
 _BT601 = np.array([65.481, 128.553, 24.966]) / 255.0
 

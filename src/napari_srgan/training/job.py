@@ -12,16 +12,22 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .degradations import Bicubic, Degradation
-from .devices import choose_device
-from .model_files import ModelCard, load_model, save_model
-from .model_registry import resolve_model, user_model_dir
-from .models import Generator, GeneratorConfig
-from .normalization import NormalizationSpec
-from .patches import PatchSampler, TrainingImage, held_out_rows, to_model_channels
-from .training import Notice, Trainer, TrainingConfig, TrainingEvent
-from .upscale import InvalidImageError
-from .validation import ValidationImage, make_validation_image
+from napari_srgan.engine.devices import choose_device
+from napari_srgan.engine.upscale import InvalidImageError
+from napari_srgan.models.files import load_model, save_model
+from napari_srgan.models.interface import ModelCard
+from napari_srgan.models.normalization import NormalizationSpec
+from napari_srgan.models.registry import resolve_model, user_model_dir
+from napari_srgan.models.srresnet import Generator, GeneratorConfig
+from napari_srgan.training.degradations import Bicubic, Degradation
+from napari_srgan.training.patches import (
+    PatchSampler,
+    TrainingImage,
+    held_out_rows,
+    to_model_channels,
+)
+from napari_srgan.training.trainer import Notice, Trainer, TrainingConfig, TrainingEvent
+from napari_srgan.training.validation import ValidationImage, make_validation_image
 
 #: Held-out validation needs at least this many HR rows.
 MIN_VALIDATION_ROWS = 32
@@ -74,7 +80,7 @@ def _starting_point(job: TrainingJob) -> tuple[Generator, NormalizationSpec, str
     if job.base_model is not None:
         base = load_model(resolve_model(job.base_model))
         spec = job.normalization or base.card.normalization
-        return base.generator, spec, base.card.name
+        return base.network, spec, base.card.name
     config = job.generator_config or GeneratorConfig()
     return (
         Generator(config),

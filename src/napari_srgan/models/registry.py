@@ -11,7 +11,7 @@ from pathlib import Path
 
 import platformdirs
 
-from .model_files import ModelFileError
+from napari_srgan.models.files import ModelFileError
 
 #: The model used when none is named: the bundled RGB photo model.
 DEFAULT_MODEL = "srresnet-rgb-x4"
@@ -23,7 +23,7 @@ SUFFIX = ".safetensors"
 
 
 def bundled_model_dir() -> Path:
-    return Path(__file__).parent / "weights"
+    return Path(__file__).parent.parent / "weights"
 
 
 def user_model_dir() -> Path:

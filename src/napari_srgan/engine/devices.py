@@ -7,7 +7,7 @@ import math
 import psutil
 import torch
 
-from .models import GeneratorConfig
+from napari_srgan.models.interface import SRModel
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 #: Largest automatic tile (input pixels per side); larger tiles gain little and block cancelling.
@@ -60,23 +60,27 @@ def free_memory_bytes(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
-def bytes_per_input_pixel(config: GeneratorConfig, bytes_per_value: int = 4) -> int:
+def bytes_per_input_pixel(model: SRModel, bytes_per_value: int = 4) -> int:
     """Peak activation memory per input pixel of an inference pass.
 
-    The peak is in the second upsampling block: its 4C-channel output at 2x (16C values per
-    input pixel), the shuffled copy at 4x (16C) and the PReLU output (16C) live together.
+    For the native SRResNet the peak is in the second upsampling block: its 4C-channel output
+    at 2x (16C values per input pixel), the shuffled copy at 4x (16C) and the PReLU output (16C)
+    live together. Other architectures get a conservative estimate of 64 features at the
+    output resolution.
     """
-    return 3 * 16 * config.channels * bytes_per_value + 64 * config.in_channels
+    config = getattr(model.network, "config", None)
+    features = getattr(config, "channels", 64)
+    return 3 * 16 * features * bytes_per_value + 64 * model.in_channels
 
 
-def auto_tile_size(config: GeneratorConfig, device: torch.device, batch_size: int = 1) -> int:
+def auto_tile_size(model: SRModel, device: torch.device, batch_size: int = 1) -> int:
     """The largest square tile (a multiple of 8, at most :data:`MAX_AUTO_TILE`) whose activations
     fit in a fraction of the device's free memory, never smaller than the overlap needs."""
     budget = free_memory_bytes(device) * MEMORY_FRACTION.get(device.type, 0.25) / batch_size
-    side = int(math.sqrt(budget / bytes_per_input_pixel(config))) // 8 * 8
-    return max(minimum_tile_size(config), min(side, MAX_AUTO_TILE))
+    side = int(math.sqrt(budget / bytes_per_input_pixel(model))) // 8 * 8
+    return max(minimum_tile_size(model), min(side, MAX_AUTO_TILE))
 
 
-def minimum_tile_size(config: GeneratorConfig) -> int:
+def minimum_tile_size(model: SRModel) -> int:
     """A tile must keep some pixels after the overlap on both sides is trimmed."""
-    return 2 * config.tile_margin + 8
+    return 2 * model.card.halo + 8

@@ -13,16 +13,15 @@ import dask
 import dask.array as da
 import numpy as np
 
-from .atomic_files import check_writable
-from .geometry import upscaled_placement
-from .image_io import PLAIN_SUFFIXES, TIFF_SUFFIXES, ImageFile, read_image, write_image
-from .lazy import upscale_lazy
-from .model_files import SRModel
-from .models import SCALE
-from .provenance import provenance
-from .tiling import check_tile_size
-from .upscale import ImageLayout, check_image, upscale
-from .zarr_io import OmeZarrWriter, is_zarr, open_lazy
+from napari_srgan.engine.geometry import upscaled_placement
+from napari_srgan.engine.lazy import upscale_lazy
+from napari_srgan.engine.provenance import provenance
+from napari_srgan.engine.tiling import check_tile_size
+from napari_srgan.engine.upscale import ImageLayout, check_image, upscale
+from napari_srgan.io.atomic_files import check_writable
+from napari_srgan.io.images import PLAIN_SUFFIXES, TIFF_SUFFIXES, ImageFile, read_image, write_image
+from napari_srgan.io.zarr_files import OmeZarrWriter, is_zarr, open_lazy
+from napari_srgan.models.interface import SRModel
 
 SCHEDULERS = ("threads", "processes", "synchronous")
 
@@ -38,7 +37,7 @@ class UpscaleSettings:
     scheduler: str | None = None
 
     def engine_options(self) -> dict:
-        """Keyword arguments for :func:`napari_srgan.upscale.upscale`."""
+        """Keyword arguments for :func:`napari_srgan.engine.upscale.upscale`."""
         return {
             "tile": self.tile,
             "batch_size": self.batch_size,
@@ -100,7 +99,7 @@ def upscale_to_zarr(
     dtype = np.dtype(data.dtype)
     writer = OmeZarrWriter(
         output,
-        layout.output_shape(),
+        layout.output_shape(model.scale),
         dtype,
         rgb=layout.rgb,
         scale=scale,
@@ -169,7 +168,7 @@ def upscale_file(
     image = open_input(source, stream=is_zarr(output))
     layout = check_image(image.data, image.rgb if rgb is None else rgb)
     if settings.tile is not None:
-        check_tile_size(settings.tile, model.config.tile_margin)
+        check_tile_size(settings.tile, model.card.halo)
     spatial = [len(image.scale) - 2, len(image.scale) - 1]
     scale, translate = upscaled_placement(image.scale, image.translate, spatial)
     record = provenance(model, source=str(source))
@@ -206,5 +205,7 @@ def upscale_file(
             provenance=record,
         )
     return FileResult(
-        output, (layout.height, layout.width), (layout.height * SCALE, layout.width * SCALE)
+        output,
+        (layout.height, layout.width),
+        (layout.height * model.scale, layout.width * model.scale),
     )

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from . import __version__
-from .model_files import SRModel
-from .models import SCALE
+from napari_srgan import __version__
+from napari_srgan.models.interface import SRModel
+from napari_srgan.models.srresnet import SCALE
 
 
 def provenance(model: SRModel, *, source: str) -> dict:

@@ -1,0 +1,1 @@
+"""Super-resolution networks, their weight files and the registry of installed models."""

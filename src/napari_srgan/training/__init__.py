@@ -1,0 +1,1 @@
+"""Training and evaluation: patches, degradations, losses, the loop, benchmarks."""
