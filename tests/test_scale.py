@@ -240,3 +240,47 @@ def test_a_plain_zarr_array_opens_as_a_one_level_pyramid(tmp_path, rng):
     levels, image = open_pyramid(tmp_path / "plain.zarr")
     assert len(levels) == 1 and image.scale == (1.0, 1.0) and not image.rgb
     np.testing.assert_array_equal(levels[0].compute(), data)
+
+
+@pytest.mark.parametrize("factor", [1, 2, 3, 4, 8])
+def test_upscaled_placement_centres_output_pixels_on_their_input_pixel(factor):
+    from napari_srgan.engine.geometry import upscaled_placement
+
+    scale, translate = upscaled_placement((5.0, 2.0, 0.5), (7.0, 1.0, 3.0), [1, 2], factor=factor)
+    assert scale == (5.0, 2.0 / factor, 0.5 / factor) and translate[0] == 7.0
+    for axis, (s_in, t_in) in ((1, (2.0, 1.0)), (2, (0.5, 3.0))):
+        outputs = translate[axis] + np.arange(3 * factor) * scale[axis]
+        # the mean of the `factor` output centres of input pixel i is the input pixel's centre
+        centres = outputs.reshape(3, factor).mean(axis=1)
+        np.testing.assert_allclose(centres, t_in + np.arange(3) * s_in)
+        # and they span exactly that input pixel's extent
+        first = outputs[0] - scale[axis] / 2
+        assert first == pytest.approx(t_in - s_in / 2)
+
+
+@pytest.mark.parametrize("factor", [2, 3])
+def test_file_zarr_and_lazy_paths_use_the_models_scale(tmp_path, rng, factor):
+    from napari_srgan.io.images import read_image, write_tiff
+
+    model = tiny_model(1, mode="percentile", scale=factor)
+    path = save_model(tmp_path / f"x{factor}.safetensors", model.network, model.card)
+    data = rng.integers(0, 4000, (41, 37)).astype(np.uint16)
+    write_tiff(tmp_path / "in.tif", data, rgb=False, scale=(0.5, 0.5), unit="µm")
+    expected = upscale(data, model)
+    assert expected.shape == (41 * factor, 37 * factor)
+    for output in ("out.tif", "out.zarr"):
+        result = upscale_file(tmp_path / "in.tif", tmp_path / output, model)
+        assert result.output_shape == (41 * factor, 37 * factor)
+        image = (
+            open_lazy(tmp_path / output)
+            if output.endswith("zarr")
+            else read_image(tmp_path / output)
+        )
+        np.testing.assert_array_equal(np.asarray(image.data[:]), expected)
+        assert image.scale == pytest.approx((0.5 / factor, 0.5 / factor))
+        shift = -(factor - 1) / (2 * factor) * 0.5
+        assert image.translate == pytest.approx((shift, shift))
+        assert image.provenance["scale"] == factor
+    lazy = upscale_lazy(da.from_array(data, chunks=(20, 20)), path, tile=48)
+    assert lazy.shape == (41 * factor, 37 * factor)
+    assert np.abs(lazy.compute().astype(int) - expected.astype(int)).max() <= 1

@@ -1,3 +1,5 @@
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -65,3 +67,36 @@ def test_stop_flag_cancels_and_progress_counts(rgb_model):
 
     with pytest.raises(Cancelled):
         upscale(image, rgb_model, tile=40, should_stop=stop_after_two)
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3, 8])
+def test_any_integer_scale_tiles_exactly(scale, rng):
+    """1x (restoration), 2x, 3x and 8x generators: right shape, and tiled == one forward pass
+    with the theoretical overlap of that architecture."""
+    model = tiny_model(3, scale=scale, batch_norm=False, input_skip=True)
+    assert model.scale == scale and model.card.theoretical_halo == model.network.config.tile_margin
+    image = rng.random((29, 34, 3), dtype=np.float32)
+    low, high = image.min(), image.max()
+    expected = whole_image_forward(model, (image - low) / (high - low)) * (high - low) + low
+    assert expected.shape == (29 * scale, 34 * scale, 3)
+    halo = model.card.halo
+    result = upscale(image, model, tile=2 * halo + 5, batch_size=2, device="cpu")
+    assert np.abs(result - expected).max() <= 1e-4
+
+
+@pytest.mark.parametrize("scale", [1, 2, 3, 4, 8])
+def test_receptive_radius_bounds_the_reach_of_an_input_pixel(scale):
+    """Changing one input pixel changes no output pixel whose centre is further away than the
+    stated receptive radius (in input pixels), and does change some near it."""
+    model = tiny_model(1, scale=scale, residual_blocks=1)
+    config = model.network.config
+    size = 2 * math.ceil(config.receptive_radius) + 9
+    base = torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(0))
+    poked = base.clone()
+    poked[..., size // 2, size // 2] += 1.0
+    with torch.no_grad():
+        changed = (model.network(poked) - model.network(base)).abs()[0, 0] > 0
+    rows = np.nonzero(changed.any(dim=1).numpy())[0]
+    centres = (rows + 0.5) / scale - 0.5  # output pixel centres in input pixel coordinates
+    reach = np.abs(centres - size // 2).max()
+    assert 0 < reach <= config.receptive_radius

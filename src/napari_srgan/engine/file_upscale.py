@@ -94,7 +94,7 @@ def upscale_to_zarr(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ) -> Path:
-    """Write the 4x result of ``data`` to an OME-Zarr store; ``scale`` / ``translate`` are the
+    """Write the upscaled result of ``data`` to an OME-Zarr store; ``scale`` / ``translate`` are the
     result's. Memory stays at a few tiles (or dask blocks) whatever the image size."""
     dtype = np.dtype(data.dtype)
     writer = OmeZarrWriter(
@@ -170,7 +170,7 @@ def upscale_file(
     if settings.tile is not None:
         check_tile_size(settings.tile, model.card.halo)
     spatial = [len(image.scale) - 2, len(image.scale) - 1]
-    scale, translate = upscaled_placement(image.scale, image.translate, spatial)
+    scale, translate = upscaled_placement(image.scale, image.translate, spatial, factor=model.scale)
     record = provenance(model, source=str(source))
     if before_work is not None:
         before_work()

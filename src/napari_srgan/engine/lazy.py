@@ -1,4 +1,4 @@
-"""A lazy 4x result as a dask array: computed block by block, on any dask scheduler.
+"""A lazy upscaled result as a dask array: computed block by block, on any dask scheduler.
 
 Each block is read with ``margin`` extra input pixels on every side that has a neighbour (dask's
 ``overlap`` with ``boundary="none"``), upscaled by the in-memory engine with one intensity range
@@ -64,7 +64,7 @@ def upscale_lazy(
     device: str = "cpu",
     block: int = BLOCK,
 ) -> da.Array:
-    """The 4x result of ``data`` (numpy, zarr or dask) as a dask array of the same dtype.
+    """The upscaled result of ``data`` (numpy, zarr or dask) as a dask array of the same dtype.
 
     Leading axes are chunked one plane at a time, so a napari layer of this array computes a
     plane when the slider reaches it. ``device="auto"`` means the CPU here: several dask

@@ -6,7 +6,6 @@ from datetime import UTC, datetime
 
 from napari_srgan import __version__
 from napari_srgan.models.interface import SRModel
-from napari_srgan.models.srresnet import SCALE
 
 
 def provenance(model: SRModel, *, source: str) -> dict:
@@ -16,7 +15,7 @@ def provenance(model: SRModel, *, source: str) -> dict:
         "model": card.name,
         "model_trained": card.trained,
         "model_file": str(model.path) if model.path else None,
-        "scale": SCALE,
+        "scale": model.scale,
         "source": source,
         "normalization": card.normalization.to_dict(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),

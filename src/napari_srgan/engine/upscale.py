@@ -1,4 +1,4 @@
-"""Upscale an image or stack of any dtype and shape 4x with a generator, tile by tile.
+"""Upscale an image or stack of any dtype and shape by the model's factor, tile by tile.
 
 This is the one entry point shared by the napari widget, the CLI and the dask path.
 """
@@ -201,7 +201,7 @@ def upscale(
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
 ):
-    """Upscale ``data`` 4x and return an array of the same dtype (``out`` if given).
+    """Upscale ``data`` by ``model.scale`` and return an array of the same dtype (``out`` if given).
 
     ``data`` may be numpy, memmap, zarr or dask: tiles are read by slicing, so only one batch of
     tiles is in memory at a time. Leading axes (Z, T, C...) are processed plane by plane.

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 
 from napari_srgan.io.atomic_files import atomic_write
 from napari_srgan.models.interface import ModelCard, SRModel
-from napari_srgan.models.srresnet import SCALE, Generator, GeneratorConfig
+from napari_srgan.models.srresnet import Generator, GeneratorConfig
 
 FORMAT_KEY = "napari_srgan_format"
 FORMAT_VERSION = "1"
@@ -80,7 +80,7 @@ def describe_network(
     """The card with what the architecture fixes (scale, channels, theoretical halo) filled in;
     a card that contradicts its network is refused."""
     facts = {
-        "scale": SCALE,
+        "scale": config.scale,
         "in_channels": config.in_channels,
         "out_channels": config.out_channels,
         "theoretical_halo": config.tile_margin,

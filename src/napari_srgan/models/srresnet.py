@@ -13,13 +13,15 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-#: The upscaling factor of every generator in this package (two PixelShuffle x2 stages).
+#: The default upscaling factor (two PixelShuffle x2 stages); the bundled models are 4x.
 SCALE = 4
+#: Upscaling factors a generator can be built for, and their PixelShuffle stages.
+UPSAMPLE_STAGES = {1: (), 2: (2,), 3: (3,), 4: (2, 2), 8: (2, 2, 2)}
 
 
 @dataclass(frozen=True)
 class GeneratorConfig:
-    """Architecture of a 4x SRResNet / SRGAN generator.
+    """Architecture of an SRResNet / SRGAN generator (4x as in the paper; 1x, 2x, 3x, 8x too).
 
     ``batch_norm=True, residual_scale=1, input_skip=False`` is the paper's SRResNet. Dropping batch
     norm (EDSR) and adding a bicubic upsampled copy of the input to the output (so the network
@@ -34,8 +36,14 @@ class GeneratorConfig:
     batch_norm: bool = True
     residual_scale: float = 1.0
     input_skip: bool = False
+    #: Output pixels per input pixel: 1 (restoration), 2, 3, 4 (the paper) or 8.
+    scale: int = SCALE
 
     def __post_init__(self) -> None:
+        if self.scale not in UPSAMPLE_STAGES:
+            raise ValueError(
+                f"GeneratorConfig.scale must be one of {sorted(UPSAMPLE_STAGES)}, got {self.scale}"
+            )
         for name in ("in_channels", "out_channels", "channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"GeneratorConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -59,13 +67,21 @@ class GeneratorConfig:
         return asdict(self)
 
     @property
+    def stages(self) -> tuple[int, ...]:
+        """The PixelShuffle factor of each upsampling block."""
+        return UPSAMPLE_STAGES[self.scale]
+
+    @property
     def receptive_radius(self) -> float:
         """How far (in input pixels, centre to centre) an output pixel can see: 4 for the 9x9
-        head, 2 per residual block, 1 for the trunk's closing conv, 1 for the first upsampling
-        conv, 0.5 for the second (at 2x), 1 for the 9x9 tail (at 4x), plus 0.375 by which the
-        two pixel shuffles move output pixel centres away from their source pixel's centre.
-        (The bicubic input skip reaches only 2 pixels.)"""
-        return 4 + 2 * self.residual_blocks + 1 + 1 + 0.5 + 1 + 0.375
+        head, 2 per residual block, 1 for the trunk's closing conv, 1 pixel of the current
+        resolution for each upsampling conv (1, then 0.5 at 2x for 4x), 4 output pixels for the
+        9x9 tail, plus (s - 1) / 2s by which the pixel shuffles move output pixel centres away
+        from their source pixel's centre (0.375 at 4x). (The bicubic input skip reaches only 2.)"""
+        upsampling = sum(1 / math.prod(self.stages[:i]) for i in range(len(self.stages)))
+        tail = 4 / self.scale
+        shift = (self.scale - 1) / (2 * self.scale)
+        return 4 + 2 * self.residual_blocks + 1 + upsampling + tail + shift
 
     @property
     def tile_margin(self) -> int:
@@ -78,8 +94,11 @@ class GeneratorConfig:
         c = self.channels
         head = 81 * self.in_channels * c
         trunk = (2 * self.residual_blocks + 1) * 9 * c * c
-        upsample = 9 * c * 4 * c * (1 + 4)
-        tail = 81 * c * self.out_channels * SCALE * SCALE
+        upsample = sum(
+            9 * c * factor * factor * c * math.prod(self.stages[:i]) ** 2
+            for i, factor in enumerate(self.stages)
+        )
+        tail = 81 * c * self.out_channels * self.scale * self.scale
         return head + trunk + upsample + tail
 
 
@@ -102,12 +121,12 @@ class ResidualBlock(nn.Module):
 
 
 class UpsampleBlock(nn.Module):
-    """conv to 4x channels, PixelShuffle x2, PReLU."""
+    """conv to factor² x channels, PixelShuffle x factor, PReLU."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, factor: int = 2) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels * 4, 3, padding=1)
-        self.shuffle = nn.PixelShuffle(2)
+        self.conv = nn.Conv2d(channels, channels * factor * factor, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(factor)
         self.act = nn.PReLU(channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -115,7 +134,8 @@ class UpsampleBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """The SRGAN / SRResNet 4x generator. Input and output are in [0, 1] (roughly)."""
+    """The SRGAN / SRResNet generator (``config.scale``, 4x by default). Input and output are in
+    [0, 1] (roughly)."""
 
     def __init__(self, config: GeneratorConfig | None = None) -> None:
         super().__init__()
@@ -132,7 +152,7 @@ class Generator(nn.Module):
             nn.Conv2d(c, c, 3, padding=1, bias=not config.batch_norm),
             nn.BatchNorm2d(c) if config.batch_norm else nn.Identity(),
         )
-        self.upsample = nn.Sequential(UpsampleBlock(c), UpsampleBlock(c))
+        self.upsample = nn.Sequential(*(UpsampleBlock(c, factor) for factor in config.stages))
         self.tail = nn.Conv2d(c, config.out_channels, 9, padding=4)
         if config.input_skip:
             # Residual learning: an untrained network returns plain bicubic upscaling.
@@ -144,7 +164,12 @@ class Generator(nn.Module):
         features = features + self.trunk_tail(self.trunk(features))
         out = self.tail(self.upsample(features))
         if self.config.input_skip:
-            out = out + F.interpolate(x, scale_factor=SCALE, mode="bicubic", align_corners=False)
+            scale = self.config.scale
+            out = out + (
+                x
+                if scale == 1
+                else F.interpolate(x, scale_factor=scale, mode="bicubic", align_corners=False)
+            )
         return out
 
 

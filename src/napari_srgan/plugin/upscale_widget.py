@@ -46,11 +46,13 @@ def model_choices(_widget=None) -> list[str]:
 
 
 def output_layer_options(layer: Image, metadata: dict) -> dict:
-    """Name, placement and display settings for the upscaled copy of ``layer``."""
+    """Name, placement and display settings for the upscaled copy of ``layer``; the factor is
+    the model's, from its provenance record ``metadata``."""
     spatial = [layer.ndim - 2, layer.ndim - 1]
-    scale, translate = upscaled_placement(layer.scale, layer.translate, spatial)
+    factor = int(metadata["scale"])
+    scale, translate = upscaled_placement(layer.scale, layer.translate, spatial, factor=factor)
     options = {
-        "name": f"{layer.name} x4",
+        "name": f"{layer.name} x{factor}",
         "scale": scale,
         "translate": translate,
         "rgb": layer.rgb,
@@ -242,7 +244,7 @@ class UpscaleWidget(Container):
         self._viewer.add_image(
             result, **output_layer_options(layer, provenance(model, source=layer.name))
         )
-        self.status.value = f"lazy: {layer.name} x4 (computed as you browse)"
+        self.status.value = f"lazy: {layer.name} x{model.scale} (computed as you browse)"
 
     def cancel(self, *_args) -> None:
         if self.job is not None:
@@ -267,7 +269,7 @@ class UpscaleWidget(Container):
             self._viewer.add_image(data, **{**display, **options, "name": display["name"]})
         else:
             self._viewer.add_image(result, **output_layer_options(layer, metadata))
-        self.status.value = f"done: {layer.name} x4"
+        self.status.value = f"done: {layer.name} x{metadata['scale']}"
 
     def _on_errored(self, error: Exception) -> None:
         if isinstance(error, Cancelled):
