@@ -35,6 +35,8 @@ class UpscaleSettings:
     #: None streams tiles in this process; "threads", "processes", "synchronous" or a
     #: dask.distributed scheduler address ("tcp://host:8786") computes blocks with dask.
     scheduler: str | None = None
+    #: Average the 8 flips and rotations (self-ensemble): a little sharper, 8x the time.
+    ensemble: bool = False
 
     def engine_options(self) -> dict:
         """Keyword arguments for :func:`napari_srgan.engine.upscale.upscale`."""
@@ -43,6 +45,7 @@ class UpscaleSettings:
             "batch_size": self.batch_size,
             "device": self.device,
             "precision": self.precision,
+            "ensemble": self.ensemble,
         }
 
 
@@ -127,6 +130,7 @@ def upscale_to_zarr(
                 rgb=layout.rgb,
                 tile=settings.tile,
                 device=settings.device,
+                ensemble=settings.ensemble,
             )
             if layout.rgb:
                 result = da.moveaxis(result, -1, -3)

@@ -41,10 +41,13 @@ def _upscale_block(
     intensity: IntensityRange,
     tile: int | None,
     device: str,
+    ensemble: bool = False,
     block_info=None,
 ) -> np.ndarray:
     model = _worker_model(model_path, device)
-    result = upscale(block, model, rgb=rgb, tile=tile, device=device, intensity=intensity)
+    result = upscale(
+        block, model, rgb=rgb, tile=tile, device=device, intensity=intensity, ensemble=ensemble
+    )
     location, counts = block_info[None]["chunk-location"], block_info[None]["num-chunks"]
     trim = [slice(None)] * result.ndim
     for axis in spatial:
@@ -63,6 +66,7 @@ def upscale_lazy(
     tile: int | None = None,
     device: str = "cpu",
     block: int = BLOCK,
+    ensemble: bool = False,
 ) -> da.Array:
     """The upscaled result of ``data`` (numpy, zarr or dask) as a dask array of the same dtype.
 
@@ -106,6 +110,7 @@ def upscale_lazy(
         intensity=intensity,
         tile=tile,
         device=device,
+        ensemble=ensemble,
         chunks=out_chunks,
         dtype=intensity.dtype,
         meta=np.empty((0,) * source.ndim, dtype=intensity.dtype),

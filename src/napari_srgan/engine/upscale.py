@@ -15,6 +15,7 @@ import torch
 from torch.nn import functional as F
 
 from napari_srgan.engine.devices import auto_precision, auto_tile_size, choose_device
+from napari_srgan.engine.ensemble import self_ensemble
 from napari_srgan.engine.tiling import check_tile_size, plane_tiles, run_tiles
 from napari_srgan.engine.torch_safety import guard_triton
 from napari_srgan.io.images import guess_rgb
@@ -200,6 +201,7 @@ def upscale(
     out=None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    ensemble: bool = False,
 ):
     """Upscale ``data`` by ``model.scale`` and return an array of the same dtype (``out`` if given).
 
@@ -209,6 +211,8 @@ def upscale(
     ``progress(done, total)`` counts tiles; ``should_stop()`` returning True raises
     :class:`~napari_srgan.engine.tiling.Cancelled`. When the device runs out of memory, the tile size is
     halved and the plane is computed again from scratch (no partial result is reused).
+    ``ensemble`` averages the 8 flips and rotations of every tile (8x the time; see
+    :mod:`~napari_srgan.engine.ensemble`).
     """
     guard_triton()
     layout = check_image(data, rgb)
@@ -222,6 +226,8 @@ def upscale(
     forward = device_forward(
         channel_adapter(model, layout.channels, layout.has_alpha), target, precision
     )
+    if ensemble:
+        forward = self_ensemble(forward)
     tile = tile or auto_tile_size(model, target, batch_size)
     check_tile_size(tile, halo)
     output_shape = layout.output_shape(model.scale)

@@ -158,14 +158,95 @@ class Crappifier:
         return {"kind": "crappifier", **asdict(self)}
 
 
-Degradation = Bicubic | Crappifier
+def _uniform(count: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
+    """``count`` uniform draws in float64, from ``generator`` on its own device."""
+    source = generator.device if generator is not None else device
+    return torch.rand(count, generator=generator, device=source, dtype=torch.float64).to(device)
+
+
+def batched_blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur of each ``(b, c, h, w)`` sample with its own sigma (0: unchanged), as two
+    grouped 1-D convolutions with reflected borders: one kernel launch for the whole batch."""
+    batch, channels, height, width = images.shape
+    radius = max(math.ceil(3 * float(sigmas.max())), 1)
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=torch.float64)
+    safe = sigmas.to(torch.float64).clamp(min=1e-6)[:, None]
+    kernels = torch.exp(-0.5 * (offsets[None] / safe) ** 2)
+    kernels = torch.where(sigmas[:, None] > 0, kernels, (offsets == 0).to(torch.float64)[None])
+    kernels = (kernels / kernels.sum(dim=1, keepdim=True)).to(images.dtype)
+    kernels = kernels.repeat_interleave(channels, dim=0)  # (b*c, k)
+    flat = images.reshape(1, batch * channels, height, width)
+    flat = torch.nn.functional.pad(flat, (radius, radius, radius, radius), mode="reflect")
+    flat = torch.nn.functional.conv2d(flat, kernels[:, None, None, :], groups=batch * channels)
+    flat = torch.nn.functional.conv2d(flat, kernels[:, None, :, None], groups=batch * channels)
+    return flat.reshape(batch, channels, height, width)
+
+
+@dataclass(frozen=True)
+class Mixture:
+    """A mixture of degradations, for one model that works on clean and noisy data alike.
+
+    Each sample independently gets, with probability ``blur_probability``, a Gaussian blur
+    (sigma uniform in ``blur_sigma``, HR pixels); then x4 bicubic; then, with probability
+    ``noise_probability``, shot noise (photons at intensity 1 drawn log-uniformly from
+    ``photons``, so weak and strong noise are equally represented) plus Gaussian read noise
+    (sigma uniform in ``read_noise``, 0-1 scale). Samples with neither are plain bicubic LR.
+    Fully batched torch ops: runs on the training device, reproducible from ``generator``.
+    """
+
+    blur_probability: float = 0.5
+    blur_sigma: tuple[float, float] = (0.3, 1.5)
+    noise_probability: float = 0.6
+    photons: tuple[float, float] = (10.0, 1000.0)
+    read_noise: tuple[float, float] = (0.0, 0.1)
+
+    def __post_init__(self) -> None:
+        for name in ("blur_probability", "noise_probability"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"Mixture.{name} must be in [0, 1]")
+        for name in ("blur_sigma", "photons", "read_noise"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(
+                    f"Mixture.{name} must be a range 0 <= low <= high, got {low, high}"
+                )
+        if self.photons[0] <= 0:
+            raise ValueError("Mixture.photons must be positive")
+
+    def __call__(self, hr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        batch, device = hr.shape[0], hr.device
+        draws = _uniform(6 * batch, generator, device).reshape(6, batch)
+        blurred = draws[0] < self.blur_probability
+        sigma = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * draws[1]
+        sigma = torch.where(blurred, sigma, torch.zeros_like(sigma))
+        lr = bicubic_downscale(batched_blur(hr, sigma) if bool(blurred.any()) else hr)
+        noisy = draws[2] < self.noise_probability
+        log_low, log_high = math.log(self.photons[0]), math.log(self.photons[1])
+        shape = (batch,) + (1,) * (lr.dim() - 1)
+        photons = torch.exp(log_low + (log_high - log_low) * draws[3]).to(lr.dtype).reshape(shape)
+        read = (self.read_noise[0] + (self.read_noise[1] - self.read_noise[0]) * draws[4]).to(
+            lr.dtype
+        )
+        source = generator.device if generator is not None else device
+        rate = (lr.clamp(min=0) * photons).to(source)
+        shot = torch.poisson(rate, generator=generator).to(device) / photons
+        gauss = torch.randn(lr.shape, generator=generator, device=source, dtype=lr.dtype)
+        degraded = shot + gauss.to(device) * read.reshape(shape)
+        return torch.where(noisy.reshape(shape), degraded, lr)
+
+    def describe(self) -> dict:
+        return {"kind": "mixture", **asdict(self)}
+
+
+Degradation = Bicubic | Crappifier | Mixture
+DEGRADATIONS = {"bicubic": Bicubic, "crappifier": Crappifier, "mixture": Mixture}
 
 
 def degradation_from_dict(values: dict) -> Degradation:
     values = dict(values)
     kind = values.pop("kind", "bicubic")
-    if kind == "bicubic":
-        return Bicubic()
-    if kind == "crappifier":
-        return Crappifier(**{key: tuple(value) for key, value in values.items()})
-    raise ValueError(f"unknown degradation {kind!r}; choose 'bicubic' or 'crappifier'")
+    if kind not in DEGRADATIONS:
+        raise ValueError(f"unknown degradation {kind!r}; choose one of {', '.join(DEGRADATIONS)}")
+    return DEGRADATIONS[kind](
+        **{key: tuple(value) if isinstance(value, list) else value for key, value in values.items()}
+    )
