@@ -142,3 +142,4 @@ def test_models_and_evaluate_commands(tmp_path, tiny_model_file):
     cli("sample", "astronaut", tmp_path / "a.png")
     result = cli("evaluate", "--model", "tiny-rgb", "--hr", tmp_path)
     assert "| bicubic" in result.stdout and "| tiny-3ch" in result.stdout
+    assert "evaluating tiny-3ch: 1/1 images" in result.stderr

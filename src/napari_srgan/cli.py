@@ -12,6 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from napari_srgan import __version__
+from napari_srgan.training import degradation_defaults
+
+#: Output formats of a batch (kept here so building the parser imports no engine).
+BATCH_FORMATS = ("jpg", "png", "tif", "zarr")
 
 
 class CommandError(Exception):
@@ -20,17 +24,38 @@ class CommandError(Exception):
 
 def _add_upscale(commands) -> None:
     parser = commands.add_parser(
-        "upscale", help="upscale an image 4x", description="Upscale an image file 4x."
+        "upscale",
+        help="upscale images 4x (one file, several, or folders)",
+        description="Upscale an image file 4x, or many: several inputs or a folder go to an "
+        "output folder as <stem>_x<scale>.<format>. A file that fails is reported and the others "
+        "go on; the exit status is 2 if any failed.",
     )
-    parser.add_argument("input", type=Path, help="PNG, JPEG, BMP, TIFF image or .zarr store")
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        metavar="INPUT",
+        help="PNG, JPEG, BMP, WebP, TIFF image or .zarr store, or a folder of them",
+    )
     parser.add_argument(
         "output",
         type=Path,
-        help="output: .tif (pixel size and provenance), .png, .jpg, or .zarr (OME-Zarr, "
-        "streamed: for images larger than memory)",
+        metavar="OUTPUT",
+        help="one input: the output file, .tif (pixel size and provenance), .png, .jpg, or .zarr "
+        "(OME-Zarr, streamed: for images larger than memory), or an existing folder; several "
+        "inputs or a folder: the output folder (made if missing)",
     )
     parser.add_argument(
-        "--model", default=None, help="model name or .safetensors path (default: bundled)"
+        "--format",
+        choices=BATCH_FORMATS,
+        default="tif",
+        help="file format of results written into a folder (default: tif)",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="model name (see 'napari-srgan models') or .safetensors path (default: the bundled "
+        "RGB model for colour images, the grey one for grey images)",
     )
     parser.add_argument(
         "--tile",
@@ -110,9 +135,7 @@ def _add_train(commands) -> None:
         default="bicubic",
         help="how LR is made from HR; mixture: clean, blurred and noisy LR mixed per patch",
     )
-    from napari_srgan.training.degradations import Crappifier, Mixture
-
-    crappifier, mixture = Crappifier(), Mixture()
+    crappifier, mixture = degradation_defaults.CRAPPIFIER, degradation_defaults.MIXTURE
     for name, unit in [
         ("blur-sigma", "HR pixels"),
         ("photons", "photons at intensity 1"),
@@ -126,14 +149,14 @@ def _add_train(commands) -> None:
             metavar=("LOW", "HIGH"),
             default=None,
             help=f"crappifier/mixture: range of the {attribute.replace('_', ' ')} ({unit}) each "
-            f"patch draws from (default {getattr(crappifier, attribute)} / "
-            f"{getattr(mixture, attribute)})",
+            f"patch draws from (default {crappifier[attribute]} / "
+            f"{mixture[attribute]})",
         )
     for name in ("blur", "noise"):
         parser.add_argument(
             f"--{name}-probability",
             type=float,
-            default=getattr(mixture, f"{name}_probability"),
+            default=mixture[f"{name}_probability"],
             help=f"mixture: share of patches that get {name}",
         )
     parser.add_argument(
@@ -170,14 +193,26 @@ def _add_evaluate(commands) -> None:
     parser.add_argument("--device", default="auto")
 
 
+def _add_models(commands) -> None:
+    parser = commands.add_parser(
+        "models",
+        help="list installed models",
+        description="List the bundled and your own models (no ACTION: list them).",
+    )
+    actions = parser.add_subparsers(dest="models_action", metavar="ACTION")
+    actions.add_parser("list", help="list installed models (the default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="napari-srgan", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="napari-srgan", description=__doc__.splitlines()[0].replace("``", "")
+    )
     parser.add_argument("--version", action="version", version=f"napari-srgan {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
     _add_upscale(commands)
     _add_train(commands)
     _add_evaluate(commands)
-    commands.add_parser("models", help="list bundled and user models")
+    _add_models(commands)
     sample = commands.add_parser("sample", help="write a low-resolution sample image")
     sample.add_argument("name", help="astronaut, cell or ihc")
     sample.add_argument("output", type=Path, help="output image (.png or .tif)")
@@ -186,10 +221,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from napari_srgan.engine.tiling import Cancelled
-    from napari_srgan.engine.upscale import InvalidImageError
-    from napari_srgan.models.files import ModelFileError
-
     try:
         handler = {
             "upscale": upscale_command,
@@ -198,15 +229,26 @@ def main(argv: Sequence[str] | None = None) -> int:
             "models": models_command,
             "sample": sample_command,
         }[args.command]
-        handler(args)
-    except (CommandError, ModelFileError, InvalidImageError, ValueError, OSError) as error:
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"napari-srgan: error: {message}", file=sys.stderr)
+        return handler(args) or 0
+    except (CommandError, ValueError, OSError) as error:  # ModelFileError is a ValueError
+        print(f"napari-srgan: error: {_one_line(error)}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, Cancelled):
+    except _interruptions():
         print("napari-srgan: interrupted", file=sys.stderr)
         return 130
-    return 0
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _interruptions() -> tuple[type[BaseException], ...]:
+    """Ctrl-C, and the engine's cancellation (imported only once something has failed, so a
+    command that never touched the engine does not import torch for its error handling)."""
+    from napari_srgan.engine.tiling import Cancelled
+
+    return (KeyboardInterrupt, Cancelled)
 
 
 def _load(name):
@@ -221,15 +263,25 @@ def _warn_if_untrained(model) -> None:
         print(f"napari-srgan: warning: model {model.card.name!r} is untrained", file=sys.stderr)
 
 
-def upscale_command(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
+def upscale_command(args: argparse.Namespace) -> int:
     from napari_srgan.engine.devices import choose_device
-    from napari_srgan.engine.file_upscale import UpscaleSettings, check_output, upscale_file
+    from napari_srgan.engine.file_upscale import (
+        UpscaleSettings,
+        batch_output,
+        check_output,
+        input_is_rgb,
+    )
+    from napari_srgan.io.atomic_files import check_writable
+    from napari_srgan.models.registry import default_model
 
-    check_output(args.output)  # before the (slow) model load
+    sources, folder = _upscale_plan(args.inputs, args.output)
+    if folder is None:
+        check_output(args.output)  # before the (slow) model load
+    else:
+        if folder.exists() and not folder.is_dir():
+            raise CommandError(f"{folder} is a file; several inputs need an output folder")
+        check_writable(folder if folder.is_dir() else folder.parent)
     choose_device(args.device)
-    model = _load(args.model)
     settings = UpscaleSettings(
         tile=args.tile,
         batch_size=args.batch,
@@ -238,31 +290,92 @@ def upscale_command(args: argparse.Namespace) -> None:
         scheduler=args.scheduler,
         ensemble=args.ensemble,
     )
-    bar = tqdm(total=None, unit="tile", desc=args.input.name, file=sys.stderr, delay=3600)
+    loaded: dict[str, object] = {}
 
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
+    def model_for(source: Path):
+        """The named model, else the bundled one that fits the data (grey or RGB)."""
+        rgb = args.rgb
+        if args.model is None and rgb is None:
+            rgb = input_is_rgb(source)
+        name = args.model or default_model(rgb)
+        if name not in loaded:
+            loaded[name] = _load(name)
+        return loaded[name]
 
-    def start() -> None:  # input and settings are valid: say so, show the bar
-        _warn_if_untrained(model)
-        bar.delay = 0
+    if args.model is not None:
+        model_for(sources[0])  # a wrong model name stops the run before any file
+    if folder is None:
+        _upscale_one(sources[0], args.output, model_for(sources[0]), args.rgb, settings)
+        return 0
+    folder.mkdir(exist_ok=True)
+    failed: list[Path] = []
+    for index, source in enumerate(sources, 1):
+        label = f"[{index}/{len(sources)}] {source.name}"
+        try:
+            model = model_for(source)
+            output = batch_output(source, folder, model.scale, f".{args.format}")
+            _upscale_one(source, output, model, args.rgb, settings, label=label)
+        except (ValueError, OSError) as error:
+            failed.append(source)
+            print(f"napari-srgan: error: {source}: {_one_line(error)}", file=sys.stderr)
+    done = len(sources) - len(failed)
+    print(f"upscaled {done} of {len(sources)} files into {folder}", end="")
+    print(f"; {len(failed)} failed: {', '.join(p.name for p in failed)}" if failed else "")
+    return 2 if failed else 0
 
-    with bar:
+
+#: Models whose "untrained" warning was given (once per run, not once per file).
+_warned: list = []
+
+
+def _upscale_plan(inputs: list[Path], output: Path) -> tuple[list[Path], Path | None]:
+    """The input files, and the output folder (None: one input to the output file)."""
+    from napari_srgan.engine.file_upscale import folder_inputs
+    from napari_srgan.io.zarr_files import is_zarr
+
+    def is_folder(path: Path) -> bool:
+        return path.is_dir() and not is_zarr(path)
+
+    output_is_folder = is_folder(output) or not output.suffix
+    if len(inputs) == 1 and not is_folder(inputs[0]) and not output_is_folder:
+        return inputs, None
+    sources: list[Path] = []
+    for path in inputs:
+        sources += folder_inputs(path) if is_folder(path) else [path]
+    stems: dict[str, Path] = {}
+    for source in sources:
+        if source.stem in stems:
+            raise CommandError(
+                f"{stems[source.stem]} and {source} would both be written as "
+                f"{source.stem}_x<scale>; upscale them into separate folders"
+            )
+        stems[source.stem] = source
+    return sources, output
+
+
+def _upscale_one(source: Path, output: Path, model, rgb, settings, label: str = "") -> None:
+    from napari_srgan.engine.file_upscale import upscale_file
+    from napari_srgan.terminal import Progress
+
+    with Progress(label or source.name, "tile") as progress:
+
+        def start() -> None:  # input and settings are valid: warn once, show the progress
+            if model not in _warned:
+                _warn_if_untrained(model)
+                _warned.append(model)
+            progress.start()
+
         result = upscale_file(
-            args.input,
-            args.output,
+            source,
+            output,
             model,
-            rgb=args.rgb,
+            rgb=rgb,
             settings=settings,
-            progress=progress,
+            progress=progress.update,
             before_work=start,
         )
     (height, width), (out_height, out_width) = result.input_shape, result.output_shape
-    print(
-        f"{args.input} {height}x{width} -> {args.output} {out_height}x{out_width} "
-        f"with {model.card.name}"
-    )
+    print(f"{source} {height}x{width} -> {output} {out_height}x{out_width} with {model.card.name}")
 
 
 def _read_all(paths) -> list:
@@ -402,6 +515,7 @@ def train_command(args: argparse.Namespace) -> None:
 
 
 def evaluate_command(args: argparse.Namespace) -> None:
+    from napari_srgan.terminal import Progress
     from napari_srgan.training.degradations import Bicubic, Crappifier
     from napari_srgan.training.evaluation import evaluate_images, mean_quality
 
@@ -412,7 +526,15 @@ def evaluate_command(args: argparse.Namespace) -> None:
     for name in args.model:
         model = _load(name)
         _warn_if_untrained(model)
-        scores = evaluate_images(model, images, degradation=degradation, device=args.device)
+        with Progress(f"evaluating {model.card.name}", "image") as progress:
+            progress.update(0, len(images))
+            scores = evaluate_images(
+                model,
+                images,
+                degradation=degradation,
+                device=args.device,
+                progress=progress.update,
+            )
         quality, bicubic = mean_quality(scores)
         rows.append((model.card.name, quality))
     print(f"{len(images)} images, {args.degradation} x4, PSNR/SSIM on Y (RGB) or grey, 4-px border")
@@ -432,13 +554,39 @@ def sample_command(args: argparse.Namespace) -> None:
 
 
 def models_command(args: argparse.Namespace) -> None:
-    from napari_srgan.models.files import ModelFileError, read_metadata
-    from napari_srgan.models.registry import available_models
+    """List the installed models: torch-free (headers only), so it answers at once."""
+    from napari_srgan.models.headers import summarize
+    from napari_srgan.models.registry import (
+        BUNDLED_USES,
+        DEFAULT_GREY_MODEL,
+        DEFAULT_MODEL,
+        available_models,
+        bundled_model_dir,
+        user_model_dir,
+    )
 
+    bundled = bundled_model_dir()
+    marks = {DEFAULT_MODEL: "*", DEFAULT_GREY_MODEL: "+"}
+    header = ("", "name", "architecture", "scale", "ch", "degradation", "source", "licence")
+    rows, problems = [], []
     for name, path in available_models().items():
-        try:
-            config, card = read_metadata(path)
-            state = "" if card.trained else " (untrained)"
-            print(f"{name:<28} {config.in_channels}ch {card.degradation:<10} {path}{state}")
-        except ModelFileError as error:
-            print(f"{name:<28} unreadable: {error}")
+        location = "bundled" if path.parent == bundled else "user"
+        fallback = BUNDLED_USES.get(name, "") if location == "bundled" else ""
+        model = summarize(name, path, location=location, use_fallback=fallback)
+        if model.problem:
+            problems.append(f"  {name}: unreadable: {model.problem}")
+            continue
+        use = model.intended_use + ("" if model.trained else " (untrained)")
+        scale = f"x{model.scale}" if model.scale else "?"
+        channels = str(model.channels) if model.channels else "?"
+        cells = (model.architecture, scale, channels, model.degradation, model.source)
+        rows.append((marks.get(name, ""), name, *cells, model.license, use))
+    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
+    for row in [(*header, "for"), *rows]:
+        cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+        print("  ".join([*cells, row[-1]]).rstrip())
+    for line in problems:
+        print(line)
+    print("* default for RGB data, + default for grey data (when --model is not given)")
+    print(f"bundled models: {bundled}")
+    print(f"your models: {user_model_dir()} (set NAPARI_SRGAN_MODEL_DIR to move them)")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import dask
 import dask.array as da
+import imageio.v3 as iio
 import numpy as np
 
 from napari_srgan.engine.geometry import upscaled_placement
@@ -19,11 +20,21 @@ from napari_srgan.engine.provenance import provenance
 from napari_srgan.engine.tiling import check_tile_size
 from napari_srgan.engine.upscale import ImageLayout, check_image, upscale
 from napari_srgan.io.atomic_files import check_writable
-from napari_srgan.io.images import PLAIN_SUFFIXES, TIFF_SUFFIXES, ImageFile, read_image, write_image
+from napari_srgan.io.images import (
+    PLAIN_SUFFIXES,
+    TIFF_SUFFIXES,
+    ImageFile,
+    guess_rgb,
+    read_image,
+    tiff_metadata,
+    write_image,
+)
 from napari_srgan.io.zarr_files import OmeZarrWriter, is_zarr, open_lazy
 from napari_srgan.models.interface import SRModel
 
 SCHEDULERS = ("threads", "processes", "synchronous")
+#: What a folder contributes to a batch: image files (and OME-Zarr stores, by their suffix).
+INPUT_SUFFIXES = (*TIFF_SUFFIXES, *PLAIN_SUFFIXES, ".webp", ".zarr")
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,35 @@ def open_input(path: Path, stream: bool) -> ImageFile:
     if is_zarr(path) or (stream and path.suffix.lower() in TIFF_SUFFIXES):
         return open_lazy(path)
     return read_image(path)
+
+
+def folder_inputs(folder: Path) -> list[Path]:
+    """The images and OME-Zarr stores directly inside ``folder``, sorted by name."""
+    found = sorted(p for p in folder.iterdir() if p.suffix.lower() in INPUT_SUFFIXES)
+    if not found:
+        raise ValueError(f"no images in {folder} (looked for {', '.join(INPUT_SUFFIXES)})")
+    return found
+
+
+def batch_output(source: Path, folder: Path, scale: int, suffix: str) -> Path:
+    """``<stem>_x<scale><suffix>`` in ``folder``: results sort beside their inputs and never
+    replace them, even when written into the input folder."""
+    return folder / f"{source.stem}_x{scale}{suffix}"
+
+
+def input_is_rgb(path: Path) -> bool:
+    """Whether an input's last axis is colour, from its header where the format allows (to pick
+    the model before reading the pixels)."""
+    if is_zarr(path):
+        return open_lazy(path).rgb
+    if not path.is_file():
+        raise FileNotFoundError(f"no such image file: {path}")
+    if path.suffix.lower() in TIFF_SUFFIXES:
+        return tiff_metadata(path).rgb
+    try:
+        return guess_rgb(tuple(iio.improps(path).shape))
+    except Exception as error:
+        raise ValueError(f"cannot read {path} as an image: {error}") from None
 
 
 def check_output(path: Path) -> None:

@@ -16,15 +16,12 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from napari_srgan.io.atomic_files import atomic_write
+from napari_srgan.models.headers import ModelFileError
 from napari_srgan.models.interface import ModelCard, SRModel
 from napari_srgan.models.srresnet import Generator, GeneratorConfig
 
 FORMAT_KEY = "napari_srgan_format"
 FORMAT_VERSION = "1"
-
-
-class ModelFileError(ValueError):
-    """A weight file is missing, unreadable, or does not fit the architecture it claims."""
 
 
 def save_model(

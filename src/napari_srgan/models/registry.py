@@ -11,15 +11,25 @@ from pathlib import Path
 
 import platformdirs
 
-from napari_srgan.models.files import ModelFileError
+from napari_srgan.models.headers import ModelFileError
 
 #: The model used when none is named: the bundled RGB photo model.
 DEFAULT_MODEL = "srresnet-rgb-x4"
 #: The bundled 1-channel microscopy model (trained with the crappifier).
 DEFAULT_GREY_MODEL = "srresnet-em-grey-x4"
+#: What the bundled models are for (their cards predate the ``intended_use`` field).
+BUNDLED_USES = {
+    DEFAULT_MODEL: "RGB photos and natural images (bicubic-downscaled)",
+    DEFAULT_GREY_MODEL: "noisy, low-light grey microscopy (EM; blur, shot and read noise)",
+}
 #: Set this to keep user models somewhere other than the platform's user data folder.
 MODEL_DIR_ENV = "NAPARI_SRGAN_MODEL_DIR"
 SUFFIX = ".safetensors"
+
+
+def default_model(rgb: bool) -> str:
+    """The model used when none is named: the bundled one for data with or without colour."""
+    return DEFAULT_MODEL if rgb else DEFAULT_GREY_MODEL
 
 
 def bundled_model_dir() -> Path:

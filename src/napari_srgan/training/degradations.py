@@ -18,6 +18,7 @@ import torch
 from torchvision.transforms.functional import gaussian_blur
 
 from napari_srgan.models.srresnet import SCALE
+from napari_srgan.training.degradation_defaults import CRAPPIFIER, MIXTURE
 
 
 def _cubic(x: np.ndarray) -> np.ndarray:
@@ -102,9 +103,9 @@ class Crappifier:
     photons, more Poisson noise); ``read_noise`` is a Gaussian sigma on the [0, 1] scale.
     """
 
-    blur_sigma: tuple[float, float] = (0.5, 1.5)
-    photons: tuple[float, float] = (100.0, 1000.0)
-    read_noise: tuple[float, float] = (0.0, 0.02)
+    blur_sigma: tuple[float, float] = CRAPPIFIER["blur_sigma"]
+    photons: tuple[float, float] = CRAPPIFIER["photons"]
+    read_noise: tuple[float, float] = CRAPPIFIER["read_noise"]
 
     def __post_init__(self) -> None:
         for name in ("blur_sigma", "photons", "read_noise"):
@@ -194,11 +195,11 @@ class Mixture:
     Fully batched torch ops: runs on the training device, reproducible from ``generator``.
     """
 
-    blur_probability: float = 0.5
-    blur_sigma: tuple[float, float] = (0.3, 1.5)
-    noise_probability: float = 0.6
-    photons: tuple[float, float] = (10.0, 1000.0)
-    read_noise: tuple[float, float] = (0.0, 0.1)
+    blur_probability: float = MIXTURE["blur_probability"]
+    blur_sigma: tuple[float, float] = MIXTURE["blur_sigma"]
+    noise_probability: float = MIXTURE["noise_probability"]
+    photons: tuple[float, float] = MIXTURE["photons"]
+    read_noise: tuple[float, float] = MIXTURE["read_noise"]
 
     def __post_init__(self) -> None:
         for name in ("blur_probability", "noise_probability"):

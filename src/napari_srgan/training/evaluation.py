@@ -7,7 +7,7 @@ engine users run, and PSNR / SSIM are measured on Y (RGB) or grey with a 4-pixel
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,8 +70,10 @@ def evaluate_images(
     degradation: Degradation | None = None,
     device: str = "auto",
     tile: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> list[ImageScore]:
-    """Score ``model`` and bicubic on ``(name, hr)`` pairs of 8/16-bit images."""
+    """Score ``model`` and bicubic on ``(name, hr)`` pairs of 8/16-bit images;
+    ``progress(done, total)`` counts images."""
     degradation = degradation or Bicubic()
     scores = []
     for index, (name, hr) in enumerate(images):
@@ -83,6 +85,8 @@ def evaluate_images(
         lr = make_lr(hr, degradation, seed=index)
         sr = upscale(lr, model, rgb=hr.ndim == 3, device=device, tile=tile)
         scores.append(ImageScore(name, _quality(sr, hr), _quality(bicubic_baseline(lr), hr)))
+        if progress is not None:
+            progress(index + 1, len(images))
     return scores
 
 
