@@ -31,7 +31,7 @@ def test_help_version_and_models_import_nothing_heavy(tiny_model_file):
     assert result.returncode == 0, result.stderr
     assert "STATUS 0 HEAVY []" in result.stdout
     assert "napari-srgan 0." in result.stdout  # --version answered
-    assert "--blur-sigma LOW HIGH" in result.stdout and "(default (0.5, 1.5))" in result.stdout
+    assert "--blur-sigma LOW HIGH" in result.stdout and "(default (0.5, 1.5)" in result.stdout
 
 
 def test_models_lists_defaults_channels_degradation_and_use(tiny_model_file, user_models):

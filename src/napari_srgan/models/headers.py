@@ -84,7 +84,7 @@ def summarize(name: str, path: Path, *, location: str, use_fallback: str = "") -
         name,
         path,
         architecture=str(card.get("architecture", "srresnet")),
-        scale=card.get("scale", 4),
+        scale=network.get("scale", card.get("scale", 4)),
         channels=network.get("in_channels", card.get("in_channels")),
         degradation=str(card.get("degradation", "bicubic")),
         source=location if source == "native" else f"{location} ({source})",
