@@ -15,7 +15,6 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from torchvision.transforms.functional import gaussian_blur
 
 from napari_srgan.models.srresnet import SCALE
 from napari_srgan.training.degradation_defaults import CRAPPIFIER, MIXTURE
@@ -67,6 +66,8 @@ def bicubic_downscale(hr: torch.Tensor, factor: int = SCALE) -> torch.Tensor:
     height, width = hr.shape[-2:]
     if height % factor or width % factor:
         raise ValueError(f"HR size {height}x{width} is not a multiple of {factor}")
+    if factor == 1:
+        return hr
     return imresize(hr, height // factor, width // factor)
 
 
@@ -86,8 +87,10 @@ def modcrop(image: np.ndarray, factor: int = SCALE) -> np.ndarray:
 class Bicubic:
     """LR = antialiased bicubic x4 downscale of HR."""
 
-    def __call__(self, hr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        return bicubic_downscale(hr)
+    def __call__(
+        self, hr: torch.Tensor, generator: torch.Generator | None = None, factor: int = SCALE
+    ) -> torch.Tensor:
+        return bicubic_downscale(hr, factor)
 
     def describe(self) -> dict:
         return {"kind": "bicubic"}
@@ -117,43 +120,15 @@ class Crappifier:
         if self.photons[0] <= 0:
             raise ValueError("Crappifier.photons must be positive")
 
-    def __call__(self, hr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        batch = hr.shape[0]
-        blurred = torch.stack(
-            [self._blur(sample, self._draw(self.blur_sigma, generator)) for sample in hr]
-        )
-        lr = bicubic_downscale(blurred)
-        shape = (batch,) + (1,) * (lr.dim() - 1)
-        photons = (
-            torch.tensor(
-                [self._draw(self.photons, generator) for _ in range(batch)], dtype=lr.dtype
-            )
-            .reshape(shape)
-            .to(lr.device)
-        )
-        read_noise = (
-            torch.tensor(
-                [self._draw(self.read_noise, generator) for _ in range(batch)], dtype=lr.dtype
-            )
-            .reshape(shape)
-            .to(lr.device)
-        )
-        rate = lr.clamp(min=0) * photons
-        shot = torch.poisson(rate.cpu(), generator=generator).to(lr.device) / photons
-        read = torch.randn(lr.shape, generator=generator, dtype=lr.dtype).to(lr.device)
-        return shot + read * read_noise
+    def __call__(
+        self, hr: torch.Tensor, generator: torch.Generator | None = None, factor: int = SCALE
+    ) -> torch.Tensor:
+        batch, device = hr.shape[0], hr.device
+        draws = _uniform(3 * batch, generator, device).reshape(3, batch)
 
-    @staticmethod
-    def _draw(bounds: tuple[float, float], generator: torch.Generator | None) -> float:
-        low, high = bounds
-        return low + (high - low) * float(torch.rand((), generator=generator))
-
-    @staticmethod
-    def _blur(image: torch.Tensor, sigma: float) -> torch.Tensor:
-        if sigma <= 0:
-            return image
-        size = 2 * math.ceil(3 * sigma) + 1
-        return gaussian_blur(image, [size, size], [sigma, sigma])
+        lr = bicubic_downscale(batched_blur(hr, _between(self.blur_sigma, draws[0])), factor)
+        photons = _between(self.photons, draws[1])
+        return _add_noise(lr, photons, _between(self.read_noise, draws[2]), generator)
 
     def describe(self) -> dict:
         return {"kind": "crappifier", **asdict(self)}
@@ -163,6 +138,26 @@ def _uniform(count: int, generator: torch.Generator | None, device: torch.device
     """``count`` uniform draws in float64, from ``generator`` on its own device."""
     source = generator.device if generator is not None else device
     return torch.rand(count, generator=generator, device=source, dtype=torch.float64).to(device)
+
+
+def _between(bounds: tuple[float, float], draw: torch.Tensor) -> torch.Tensor:
+    return bounds[0] + (bounds[1] - bounds[0]) * draw
+
+
+def _add_noise(
+    lr: torch.Tensor,
+    photons: torch.Tensor,
+    read_noise: torch.Tensor,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """Poisson shot noise (``photons`` at intensity 1) plus Gaussian read noise, per sample."""
+    shape = (lr.shape[0],) + (1,) * (lr.dim() - 1)
+    photons = photons.to(lr.dtype).reshape(shape)
+    source = generator.device if generator is not None else lr.device
+    rate = (lr.clamp(min=0) * photons).to(source)
+    shot = torch.poisson(rate, generator=generator).to(lr.device) / photons
+    gauss = torch.randn(lr.shape, generator=generator, device=source, dtype=lr.dtype)
+    return shot + gauss.to(lr.device) * read_noise.to(lr.dtype).reshape(shape)
 
 
 def batched_blur(images: torch.Tensor, sigmas: torch.Tensor) -> torch.Tensor:
@@ -192,6 +187,7 @@ class Mixture:
     ``noise_probability``, shot noise (photons at intensity 1 drawn log-uniformly from
     ``photons``, so weak and strong noise are equally represented) plus Gaussian read noise
     (sigma uniform in ``read_noise``, 0-1 scale). Samples with neither are plain bicubic LR.
+    ``factor`` 1 makes restoration pairs on one pixel grid (blur and noise only).
     Fully batched torch ops: runs on the training device, reproducible from ``generator``.
     """
 
@@ -214,26 +210,19 @@ class Mixture:
         if self.photons[0] <= 0:
             raise ValueError("Mixture.photons must be positive")
 
-    def __call__(self, hr: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(
+        self, hr: torch.Tensor, generator: torch.Generator | None = None, factor: int = SCALE
+    ) -> torch.Tensor:
         batch, device = hr.shape[0], hr.device
-        draws = _uniform(6 * batch, generator, device).reshape(6, batch)
+        draws = _uniform(5 * batch, generator, device).reshape(5, batch)
         blurred = draws[0] < self.blur_probability
-        sigma = self.blur_sigma[0] + (self.blur_sigma[1] - self.blur_sigma[0]) * draws[1]
-        sigma = torch.where(blurred, sigma, torch.zeros_like(sigma))
-        lr = bicubic_downscale(batched_blur(hr, sigma) if bool(blurred.any()) else hr)
+        sigma = torch.where(blurred, _between(self.blur_sigma, draws[1]), 0.0)
+        lr = bicubic_downscale(batched_blur(hr, sigma) if bool(blurred.any()) else hr, factor)
         noisy = draws[2] < self.noise_probability
-        log_low, log_high = math.log(self.photons[0]), math.log(self.photons[1])
-        shape = (batch,) + (1,) * (lr.dim() - 1)
-        photons = torch.exp(log_low + (log_high - log_low) * draws[3]).to(lr.dtype).reshape(shape)
-        read = (self.read_noise[0] + (self.read_noise[1] - self.read_noise[0]) * draws[4]).to(
-            lr.dtype
-        )
-        source = generator.device if generator is not None else device
-        rate = (lr.clamp(min=0) * photons).to(source)
-        shot = torch.poisson(rate, generator=generator).to(device) / photons
-        gauss = torch.randn(lr.shape, generator=generator, device=source, dtype=lr.dtype)
-        degraded = shot + gauss.to(device) * read.reshape(shape)
-        return torch.where(noisy.reshape(shape), degraded, lr)
+        log_photons = _between((math.log(self.photons[0]), math.log(self.photons[1])), draws[3])
+        read = _between(self.read_noise, draws[4])
+        degraded = _add_noise(lr, torch.exp(log_photons), read, generator)
+        return torch.where(noisy.reshape((batch,) + (1,) * (lr.dim() - 1)), degraded, lr)
 
     def describe(self) -> dict:
         return {"kind": "mixture", **asdict(self)}

@@ -18,8 +18,14 @@ from napari_srgan.models.files import load_model, save_model
 from napari_srgan.models.interface import ModelCard
 from napari_srgan.models.normalization import NormalizationSpec
 from napari_srgan.models.registry import resolve_model, user_model_dir
-from napari_srgan.models.srresnet import Generator, GeneratorConfig
+from napari_srgan.models.srresnet import SCALE, Generator, GeneratorConfig
 from napari_srgan.training.degradations import Bicubic, Degradation
+from napari_srgan.training.device_sampler import (
+    DeviceSampler,
+    ParallelSampler,
+    data_bytes,
+    memory_budget,
+)
 from napari_srgan.training.patches import (
     PatchSampler,
     TrainingImage,
@@ -58,6 +64,8 @@ class TrainingJob:
     skip_small: bool = False
     #: Store fp16 weights (half the file size; for bundling).
     half: bool = False
+    #: Sampling processes for data larger than memory; 0 always uses the device sampler.
+    workers: int = 2
 
 
 @dataclass(frozen=True)
@@ -90,19 +98,19 @@ def _starting_point(job: TrainingJob) -> tuple[Generator, NormalizationSpec, str
 
 
 def _validation_set(
-    job: TrainingJob, spec: NormalizationSpec, channels: int
+    job: TrainingJob, spec: NormalizationSpec, channels: int, scale: int = SCALE
 ) -> list[ValidationImage]:
-    pairs: list[tuple[np.ndarray, str]] = []
+    pairs: list[tuple[np.ndarray, str, np.ndarray | None]] = []
     if job.validation:
         for index, (data, rgb) in enumerate(job.validation):
             image = TrainingImage(data, rgb=rgb, name=f"validation {index + 1}")
-            image.prepare(spec)
+            image.prepare(spec, scale)
             plane = (0,) * len(image.layout.leading_shape)
             unit = image.hr_range.to_unit(np.asarray(data[plane]))
-            pairs.append((to_model_channels(unit, image.layout.rgb, channels), image.name))
+            pairs.append((to_model_channels(unit, image.layout.rgb, channels), image.name, None))
     else:
         first = job.images[0]
-        first.prepare(spec)
+        first.prepare(spec, scale)
         height = first.layout.height
         rows = held_out_rows(height, job.validation_fraction)
         if rows < MIN_VALIDATION_ROWS:
@@ -114,13 +122,68 @@ def _validation_set(
         plane = (0,) * len(first.layout.leading_shape)
         held_out = np.asarray(first.hr[(*plane, slice(height - rows, height))])
         unit = first.hr_range.to_unit(held_out)
+        paired = None
+        if first.lr is not None:  # validate on the real pairs, not on a synthetic degradation
+            factor = 1 if first.lr_on_hr_grid else scale
+            lr = np.asarray(first.lr[(*plane, slice((height - rows) // factor, height // factor))])
+            paired = to_model_channels(first.lr_range.to_unit(lr), first.layout.rgb, channels)
         pairs.append(
-            (to_model_channels(unit, first.layout.rgb, channels), f"{first.name} (held out)")
+            (
+                to_model_channels(unit, first.layout.rgb, channels),
+                f"{first.name} (held out)",
+                paired,
+            )
         )
     return [
-        make_validation_image(hr, job.degradation, name=name, crop=job.validation_crop, seed=index)
-        for index, (hr, name) in enumerate(pairs)
+        make_validation_image(
+            hr,
+            job.degradation,
+            name=name,
+            crop=job.validation_crop,
+            seed=index,
+            scale=scale,
+            paired_lr=paired,
+        )
+        for index, (hr, name, paired) in enumerate(pairs)
     ]
+
+
+def make_sampler(
+    job: TrainingJob, spec: NormalizationSpec, channels: int, scale: int
+) -> DeviceSampler | ParallelSampler:
+    """The device sampler when the data fit in (device or pinned host) memory, else the
+    slicing sampler in worker processes."""
+    config = job.config
+    device = choose_device(config.device)
+    options = {
+        "patch_size": config.patch_size,
+        "channels": channels,
+        "normalization": spec,
+        "degradation": job.degradation,
+        "seed": config.seed,
+        "skip_small": job.skip_small,
+    }
+    for image in job.images:
+        image.prepare(spec, scale)
+    in_memory = all(
+        isinstance(image.hr, np.ndarray) and (image.lr is None or isinstance(image.lr, np.ndarray))
+        for image in job.images
+    )
+    if job.workers == 0 or (
+        in_memory and data_bytes(job.images, channels, scale) <= memory_budget(torch.device("cpu"))
+    ):
+        return DeviceSampler(job.images, device=device, scale=scale, **options)
+    if scale != SCALE or any(image.lr_on_hr_grid for image in job.images):
+        raise InvalidImageError(
+            f"training data larger than memory work at {SCALE}x with LR synthesised or 1/{SCALE} "
+            "the HR size; load the data into memory for other pairs"
+        )
+    return ParallelSampler(
+        PatchSampler(job.images, **options),
+        batch_size=config.batch_size,
+        seed=config.seed,
+        workers=job.workers,
+    )
 
 
 def _describe_data(images: Sequence[TrainingImage]) -> dict | list:
@@ -156,17 +219,9 @@ def run_training(
     """
     started = time.perf_counter()
     generator, spec, base_name = _starting_point(job)
-    channels = generator.config.in_channels
-    validation = _validation_set(job, spec, channels)
-    sampler = PatchSampler(
-        job.images,
-        patch_size=job.config.patch_size,
-        channels=channels,
-        normalization=spec,
-        degradation=job.degradation,
-        seed=job.config.seed,
-        skip_small=job.skip_small,
-    )
+    channels, scale = generator.config.in_channels, generator.config.scale
+    validation = _validation_set(job, spec, channels, scale)
+    sampler = make_sampler(job, spec, channels, scale)
     if sampler.skipped and on_event is not None:
         on_event(Notice(f"left out {len(sampler.skipped)} images smaller than one patch"))
     trainer = Trainer(

@@ -33,7 +33,8 @@ _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 @dataclass
 class TrainingImage:
-    """One HR image or stack, optionally with its aligned LR (exactly 1/4 of its size).
+    """One HR image or stack, optionally with its aligned LR: exactly 1/scale of its size, or on
+    the HR pixel grid (the same shape; e.g. widefield -> SRRF, low -> high SNR).
 
     ``rows`` limits sampling to HR rows ``[0, rows)``; the rest can be held out for validation.
     """
@@ -46,9 +47,12 @@ class TrainingImage:
     layout: ImageLayout = field(init=False)
     hr_range: IntensityRange = field(init=False)
     lr_range: IntensityRange | None = field(init=False, default=None)
+    _prepared: tuple | None = field(init=False, default=None, repr=False)
 
-    def prepare(self, spec: NormalizationSpec) -> None:
+    def prepare(self, spec: NormalizationSpec, scale: int = SCALE) -> None:
         """Validate and compute intensity ranges (once; never per patch)."""
+        if self._prepared == (spec, scale):
+            return
         try:
             self.layout = check_image(self.hr, self.rgb)
         except InvalidImageError as error:
@@ -58,14 +62,22 @@ class TrainingImage:
         if self.rows is None:
             self.rows = self.layout.height
         if self.lr is not None:
-            expected = _lr_shape(self.layout)
-            if tuple(self.lr.shape) != expected:
+            shape = tuple(self.lr.shape)
+            expected = _lr_shape(self.layout, scale)
+            if shape not in (expected, self.layout.shape):
                 raise InvalidImageError(
-                    f"{self.name}: the LR image has shape {tuple(self.lr.shape)}, but an HR image "
-                    f"of shape {self.layout.shape} needs LR of exactly 1/{SCALE} its size: {expected}"
+                    f"{self.name}: the LR image has shape {shape}, but an HR image of shape "
+                    f"{self.layout.shape} needs LR of exactly 1/{scale} its size {expected} or "
+                    f"the same shape (on the HR pixel grid)"
                 )
             _check_finite(self.lr, f"{self.name} (LR)")
-            self.lr_range = _range(self.lr, ImageLayout(expected, self.layout.rgb), spec)
+            self.lr_range = _range(self.lr, ImageLayout(shape, self.layout.rgb), spec)
+        self._prepared = (spec, scale)
+
+    @property
+    def lr_on_hr_grid(self) -> bool:
+        """The paired LR has the HR's shape (it is downsampled for a >1x network)."""
+        return self.lr is not None and tuple(self.lr.shape) == self.layout.shape
 
     @property
     def weight(self) -> int:
@@ -73,9 +85,9 @@ class TrainingImage:
         return self.layout.plane_count * (self.rows or 0) * self.layout.width
 
 
-def _lr_shape(layout: ImageLayout) -> tuple[int, ...]:
+def _lr_shape(layout: ImageLayout, scale: int = SCALE) -> tuple[int, ...]:
     tail = (layout.shape[-1],) if layout.rgb else ()
-    return (*layout.leading_shape, layout.height // SCALE, layout.width // SCALE, *tail)
+    return (*layout.leading_shape, layout.height // scale, layout.width // scale, *tail)
 
 
 def _range(data, layout: ImageLayout, spec: NormalizationSpec) -> IntensityRange:
@@ -129,6 +141,10 @@ class PatchSampler:
         self.images = []
         for image in images:
             image.prepare(normalization)
+            if image.lr_on_hr_grid:
+                raise InvalidImageError(
+                    f"{image.name}: paired LR on the HR grid needs the device sampler"
+                )
             if min(image.rows, image.layout.width) >= patch_size:
                 self.images.append(image)
             elif skip_small:

@@ -8,7 +8,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from napari_srgan.training.degradations import Degradation, bicubic_upscale, modcrop
+from napari_srgan.models.srresnet import SCALE
+from napari_srgan.training.degradations import (
+    Degradation,
+    bicubic_downscale,
+    bicubic_upscale,
+    modcrop,
+)
 from napari_srgan.training.metrics import sr_quality
 
 
@@ -28,17 +34,39 @@ def make_validation_image(
     name: str = "validation",
     crop: int | None = 256,
     seed: int = 0,
+    scale: int = SCALE,
+    paired_lr: np.ndarray | None = None,
 ) -> ValidationImage:
-    """Centre-crop ``hr_unit`` (``(c, h, w)``) to at most ``crop`` pixels a side (a multiple of 4)
-    and degrade it with a fixed seed, so every validation sees the same LR."""
+    """Centre-crop ``hr_unit`` (``(c, h, w)``) to at most ``crop`` pixels a side (a multiple of
+    ``scale``) and degrade it with a fixed seed, so every validation sees the same LR.
+    ``paired_lr`` (``(c, h, w)``: on the HR grid, or 1/scale of its size) replaces the
+    degradation when given."""
     _, height, width = hr_unit.shape
+    top = left = 0
     if crop:
-        top, left = max(0, (height - crop) // 2), max(0, (width - crop) // 2)
-        hr_unit = hr_unit[:, top : top + crop, left : left + crop]
-    hr_unit = np.ascontiguousarray(np.moveaxis(modcrop(np.moveaxis(hr_unit, 0, -1)), -1, 0))
+        top = max(0, (height - crop) // 2) // scale * scale
+        left = max(0, (width - crop) // 2) // scale * scale
+    if paired_lr is not None and paired_lr.shape != hr_unit.shape:  # LR at 1/scale
+        small = crop // scale if crop else None
+        lr = _crop(paired_lr, top // scale, left // scale, small, 1)
+        hr_unit = _crop(hr_unit, top, left, crop, scale)[
+            :, : lr.shape[1] * scale, : lr.shape[2] * scale
+        ]
+        return ValidationImage(hr_unit.astype(np.float32), lr.astype(np.float32), name)
+    hr_unit = _crop(hr_unit, top, left, crop, scale)
+    if paired_lr is not None:
+        lr = torch.from_numpy(_crop(paired_lr, top, left, crop, scale))[None].double()
+        lr = bicubic_downscale(lr, scale)[0].float().numpy()
+        return ValidationImage(hr_unit.astype(np.float32), lr, name)
     generator = torch.Generator().manual_seed(seed)
-    lr = degradation(torch.from_numpy(hr_unit)[None].double(), generator)[0].float().numpy()
-    return ValidationImage(hr_unit.astype(np.float32), lr, name)
+    lr = degradation(torch.from_numpy(hr_unit)[None].double(), generator, scale)
+    return ValidationImage(hr_unit.astype(np.float32), lr[0].float().numpy(), name)
+
+
+def _crop(unit: np.ndarray, top: int, left: int, crop: int | None, scale: int) -> np.ndarray:
+    if crop:
+        unit = unit[:, top : top + crop, left : left + crop]
+    return np.ascontiguousarray(np.moveaxis(modcrop(np.moveaxis(unit, 0, -1), scale), -1, 0))
 
 
 @dataclass(frozen=True)
@@ -61,12 +89,13 @@ def evaluate(
 ) -> EvaluationResult:
     """Mean PSNR / SSIM (Y channel for RGB, 4-pixel border crop) of the model and of bicubic."""
     generator.eval()
+    scale = generator.config.scale
     scores, bicubic_scores, preview = [], [], None
     with torch.inference_mode():
         for image in images:
             lr = torch.from_numpy(image.lr)[None].to(device)
             sr = generator(lr)[0].float().cpu().numpy()
-            bicubic = bicubic_upscale(torch.from_numpy(image.lr).double()).float().numpy()
+            bicubic = bicubic_upscale(torch.from_numpy(image.lr).double(), scale).float().numpy()
             reference = to_8bit_layout(image.hr)
             scores.append(sr_quality(to_8bit_layout(sr), reference))
             bicubic_scores.append(sr_quality(to_8bit_layout(bicubic), reference))
