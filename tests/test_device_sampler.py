@@ -187,3 +187,22 @@ def test_paired_training_on_one_pixel_grid(tmp_path, scale):
     assert result.shape == (192 * scale, 192 * scale)
     if scale == 1:  # the learnt restoration beats the identity (the "bicubic" of 1x)
         assert outcome.validation["psnr"] > outcome.validation["bicubic_psnr"]
+
+
+def test_train_command_makes_a_one_x_model_from_same_grid_pairs(tmp_path):
+    import imageio.v3 as iio
+
+    from napari_srgan.cli import main
+    from napari_srgan.models.files import load_model
+
+    clean = noise((96, 96))
+    iio.imwrite(tmp_path / "hr.png", clean)
+    iio.imwrite(tmp_path / "lr.png", np.clip(clean.astype(int) + 20, 0, 255).astype(np.uint8))
+    iio.imwrite(tmp_path / "bad.png", clean[:50, :50])
+    common = ["train", "--hr", str(tmp_path / "hr.png"), "--from-scratch", "--grey-model"]
+    common += ["--channels", "8", "--blocks", "1", "--scale", "1", "--steps", "2", "--patch", "32"]
+    common += ["--batch", "2", "--val-fraction", "0.34", "--device", "cpu", "--no-download"]
+    out = tmp_path / "restore.safetensors"
+    assert main([*common, "--lr", str(tmp_path / "lr.png"), "--out", str(out)]) == 0
+    assert load_model(out).scale == 1
+    assert main([*common, "--lr", str(tmp_path / "bad.png"), "--out", str(tmp_path / "x")]) == 2

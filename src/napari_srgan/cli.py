@@ -96,7 +96,12 @@ def _add_train(commands) -> None:
         description="Train a generator on HR images (files or folders); LR is synthesised or paired.",
     )
     parser.add_argument("--hr", nargs="+", required=True, help="HR image files or folders")
-    parser.add_argument("--lr", nargs="+", help="paired LR images (1/4 size, same order as --hr)")
+    parser.add_argument(
+        "--lr",
+        nargs="+",
+        help="paired LR images, same order as --hr: 1/scale of the HR size, or the HR's size (the "
+        "same pixel grid: downsampled for a 4x network, used as they are by a --scale 1 one)",
+    )
     parser.add_argument(
         "--out",
         required=True,
@@ -111,6 +116,13 @@ def _add_train(commands) -> None:
     start.add_argument("--from-scratch", action="store_true", help="train a new generator")
     parser.add_argument("--channels", type=int, default=64, help="new generator: features")
     parser.add_argument("--blocks", type=int, default=16, help="new generator: residual blocks")
+    parser.add_argument(
+        "--scale",
+        type=int,
+        choices=[1, 2, 3, 4, 8],
+        default=4,
+        help="new generator: factor (1: a restoration model, e.g. low -> high SNR pairs)",
+    )
     parser.add_argument("--grey-model", action="store_true", help="new generator: 1 channel")
     parser.add_argument("--no-batch-norm", action="store_true", help="new generator: no batch norm")
     parser.add_argument(
@@ -451,6 +463,7 @@ def train_command(args: argparse.Namespace) -> None:
             batch_norm=not args.no_batch_norm,
             residual_scale=args.residual_scale,
             input_skip=args.input_skip,
+            scale=args.scale,
         )
     else:
         base = args.base or (DEFAULT_MODEL if hr_files[0][1].rgb else DEFAULT_GREY_MODEL)
