@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: install, then upscale a bundled sample 4x with the bundled
 # default model (offline, no configuration). Writes demo/astronaut-lr.png and
-# demo/astronaut-x4.tif (OME-TIFF with pixel size and provenance).
+# demo/astronaut-x4.ome.tif (OME-TIFF with its scale and provenance).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 mkdir -p demo
 .venv/bin/napari-srgan sample astronaut demo/astronaut-lr.png
-.venv/bin/napari-srgan upscale demo/astronaut-lr.png demo/astronaut-x4.tif
+.venv/bin/napari-srgan upscale demo/astronaut-lr.png demo/astronaut-x4.ome.tif

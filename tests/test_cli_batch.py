@@ -7,7 +7,7 @@ import sys
 import imageio.v3 as iio
 import numpy as np
 
-from napari_srgan.io.images import read_image
+from napari_srgan.io.images import read_image, write_tiff
 
 
 def cli(*args):
@@ -33,11 +33,14 @@ def test_folder_batch_goes_on_after_a_bad_file_and_picks_the_model_by_data(tmp_p
     assert "\r" not in result.stderr  # not a terminal: plain lines, no redrawn bar
     assert "[2/3] colour.png: 1/1 tiles" in result.stderr
     assert "upscaled 2 of 3 files into" in result.stdout and "1 failed: broken.png" in result.stdout
-    colour = read_image(tmp_path / "out" / "colour_x4.tif")
-    grey = read_image(tmp_path / "out" / "grey_x4.tif")
+    colour = read_image(tmp_path / "out" / "colour_x4.ome.tif")
+    grey = read_image(tmp_path / "out" / "grey_x4.ome.tif")
     assert colour.data.shape == (48, 40, 3) and colour.provenance["model"] == "srresnet-rgb-x4"
     assert grey.data.shape == (48, 40) and grey.provenance["model"] == "srresnet-em-grey-x4"
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["colour_x4.tif", "grey_x4.tif"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "colour_x4.ome.tif",
+        "grey_x4.ome.tif",
+    ]
 
 
 def test_several_files_to_a_folder_in_another_format(tmp_path, tiny_model_file, rng):
@@ -55,8 +58,8 @@ def test_several_files_to_a_folder_in_another_format(tmp_path, tiny_model_file, 
 
 def test_inputs_that_would_share_an_output_name_are_refused(tmp_path, tiny_model_file):
     iio.imwrite(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
-    iio.imwrite(tmp_path / "a.bmp", np.zeros((8, 8), np.uint8))
-    result = cli("upscale", tmp_path / "a.png", tmp_path / "a.bmp", tmp_path / "out")
+    write_tiff(tmp_path / "a.ome.tif", np.zeros((8, 8), np.uint8), rgb=False)
+    result = cli("upscale", tmp_path / "a.png", tmp_path / "a.ome.tif", tmp_path / "out")
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert "would both be written as a_x<scale>" in line

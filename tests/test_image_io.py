@@ -35,7 +35,7 @@ def test_imagej_resolution_is_read(tmp_path):
         metadata={"axes": "ZYX", "unit": "um"},
     )
     image = read_image(tmp_path / "ij.tif")
-    assert image.scale[-2:] == pytest.approx((0.2, 0.2)) and image.unit == "um"
+    assert image.scale[-2:] == pytest.approx((0.2, 0.2)) and image.unit == "µm"  # OME spelling
 
 
 def test_a_failed_write_leaves_no_file(tmp_path, monkeypatch):

@@ -140,7 +140,7 @@ def test_writer_and_reader_round_trip(make_napari_viewer, tmp_path):
         metadata={PROVENANCE_KEY: {"model": "m", "scale": 4}},
         units=("micrometer", "micrometer", "micrometer"),
     )
-    path = tmp_path / "result.tif"
+    path = tmp_path / "result.ome.tif"  # the name the reader claims
     viewer.layers.selection = {layer}
     written = viewer.layers.save(str(path), selected=True, plugin="napari-srgan")
     assert written == [str(path)]

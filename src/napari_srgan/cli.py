@@ -15,7 +15,7 @@ from napari_srgan import __version__
 from napari_srgan.training import degradation_defaults
 
 #: Output formats of a batch (kept here so building the parser imports no engine).
-BATCH_FORMATS = ("jpg", "png", "tif", "zarr")
+BATCH_FORMATS = ("ome.tif", "tif", "png", "jpg", "zarr")
 
 
 class CommandError(Exception):
@@ -48,8 +48,10 @@ def _add_upscale(commands) -> None:
     parser.add_argument(
         "--format",
         choices=BATCH_FORMATS,
-        default="tif",
-        help="file format of results written into a folder (default: tif)",
+        default="ome.tif",
+        help="format of results written into a folder, named <stem>_x<scale>.<format> "
+        "(default: ome.tif, OME-TIFF with pixel size and provenance, which napari opens with "
+        "this plugin's reader)",
     )
     parser.add_argument(
         "--model",
@@ -342,7 +344,7 @@ _warned: list = []
 
 def _upscale_plan(inputs: list[Path], output: Path) -> tuple[list[Path], Path | None]:
     """The input files, and the output folder (None: one input to the output file)."""
-    from napari_srgan.engine.file_upscale import folder_inputs
+    from napari_srgan.engine.file_upscale import folder_inputs, input_stem
     from napari_srgan.io.zarr_files import is_zarr
 
     def is_folder(path: Path) -> bool:
@@ -356,12 +358,13 @@ def _upscale_plan(inputs: list[Path], output: Path) -> tuple[list[Path], Path | 
         sources += folder_inputs(path) if is_folder(path) else [path]
     stems: dict[str, Path] = {}
     for source in sources:
-        if source.stem in stems:
+        stem = input_stem(source)
+        if stem in stems:
             raise CommandError(
-                f"{stems[source.stem]} and {source} would both be written as "
-                f"{source.stem}_x<scale>; upscale them into separate folders"
+                f"{stems[stem]} and {source} would both be written as "
+                f"{stem}_x<scale>; upscale them into separate folders"
             )
-        stems[source.stem] = source
+        stems[stem] = source
     return sources, output
 
 

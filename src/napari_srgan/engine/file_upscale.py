@@ -96,10 +96,16 @@ def folder_inputs(folder: Path) -> list[Path]:
     return found
 
 
+def input_stem(source: Path) -> str:
+    """A file's name without its format suffix (``cells.ome.tif`` -> ``cells``)."""
+    stem = source.stem
+    return stem[: -len(".ome")] if stem.lower().endswith(".ome") else stem
+
+
 def batch_output(source: Path, folder: Path, scale: int, suffix: str) -> Path:
     """``<stem>_x<scale><suffix>`` in ``folder``: results sort beside their inputs and never
     replace them, even when written into the input folder."""
-    return folder / f"{source.stem}_x{scale}{suffix}"
+    return folder / f"{input_stem(source)}_x{scale}{suffix}"
 
 
 def input_is_rgb(path: Path) -> bool:

@@ -8,6 +8,7 @@ layer exactly. Writes go to a temporary file that is renamed only when complete.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,31 @@ def unit_name(unit: str) -> str:
     )
 
 
+#: OME's UnitsLength symbols for lengths (the schema's enumeration, pixel units excluded).
+OME_LENGTH_UNITS = (
+    "Ym", "Zm", "Em", "Pm", "Tm", "Gm", "Mm", "km", "hm", "dam", "m", "dm", "cm", "mm", "µm",
+    "nm", "pm", "fm", "am", "zm", "ym", "Å", "thou", "li", "in", "ft", "yd", "mi", "ua", "ly",
+    "pc", "pt",
+)  # fmt: skip
+#: Other spellings of length units (ImageJ's "um" and "micron", pint's full names).
+_UNIT_ALIASES = {
+    "um": "µm", "\u03bcm": "µm", "micron": "µm", "microns": "µm", "micrometer": "µm",
+    "micrometre": "µm", "nanometer": "nm", "nanometre": "nm", "millimeter": "mm",
+    "millimetre": "mm", "centimeter": "cm", "centimetre": "cm", "meter": "m", "metre": "m",
+    "picometer": "pm", "angstrom": "Å", "inch": "in",
+}  # fmt: skip
+
+
+def ome_unit(unit: str | None) -> str | None:
+    """A length unit in OME's UnitsLength spelling ("um" -> "µm"), or None for pixel units and
+    names OME cannot say (the pixel size is then not claimed to be physical)."""
+    if not unit:
+        return None
+    unit = unit.strip()
+    unit = _UNIT_ALIASES.get(unit, _UNIT_ALIASES.get(unit.lower(), unit))
+    return unit if unit in OME_LENGTH_UNITS else None
+
+
 def _spatial_axes_count(shape: tuple[int, ...], rgb: bool) -> int:
     return len(shape) - (1 if rgb else 0)
 
@@ -85,6 +111,7 @@ def _read_tiff(path: Path, load: bool = True) -> ImageFile:
             tag = page.tags.get(PROVENANCE_TAG)
             provenance = json.loads(tag.value) if tag is not None else {}
             pixel_size, unit = _tiff_pixel_size(tif)
+            z_spacing = _tiff_z_spacing(tif)
             photometric = page.photometric
     except (tifffile.TiffFileError, OSError, ValueError, IndexError) as error:
         raise ValueError(f"cannot read {path} as a TIFF: {error}") from None
@@ -94,17 +121,34 @@ def _read_tiff(path: Path, load: bool = True) -> ImageFile:
     translate = [0.0] * count
     if pixel_size is not None:
         scale[-2], scale[-1] = pixel_size
+        if count >= 3 and z_spacing is not None:
+            scale[-3] = z_spacing
     stored = provenance.get("layer", {})
     if len(stored.get("scale", ())) == count:
         scale = list(stored["scale"])
     if len(stored.get("translate", ())) == count:
         translate = list(stored["translate"])
-    return ImageFile(data, rgb, tuple(scale), tuple(translate), unit, provenance)
+    return ImageFile(data, rgb, tuple(scale), tuple(translate), ome_unit(unit), provenance)
 
 
 def tiff_metadata(path: str | os.PathLike) -> ImageFile:
     """Pixel size, provenance and layout of a TIFF without reading its pixels."""
     return _read_tiff(Path(path), load=False)
+
+
+def _tiff_z_spacing(tif: tifffile.TiffFile) -> float | None:
+    """The distance between Z planes: OME PhysicalSizeZ, else ImageJ's spacing."""
+    value = None
+    if tif.is_ome and tif.ome_metadata:
+        image = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
+        value = (image[0] if isinstance(image, list) else image)["Pixels"].get("PhysicalSizeZ")
+    elif tif.is_imagej:
+        value = (tif.imagej_metadata or {}).get("spacing")
+    try:
+        value = float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+    return value if value is not None and math.isfinite(value) and value > 0 else None
 
 
 def _tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None, str | None]:
@@ -145,16 +189,17 @@ def write_tiff(
     count = _spatial_axes_count(data.shape, rgb)
     scale = tuple(scale or (1.0,) * count)
     translate = tuple(translate or (0.0,) * count)
-    spatial = "TZCYX"[5 - count :] if count <= 5 else None
+    # Leading axes are planes of a Z-stack (then time): never OME channels (SizeC).
+    spatial = {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TCZYX"}.get(count)
     if spatial is None:
         raise ValueError(f"cannot write {data.ndim}-dimensional data to OME-TIFF")
-    metadata = {
-        "axes": spatial + ("S" if rgb else ""),
-        "PhysicalSizeY": float(scale[-2]),
-        "PhysicalSizeX": float(scale[-1]),
-    }
-    if unit:
-        metadata["PhysicalSizeYUnit"] = metadata["PhysicalSizeXUnit"] = unit
+    metadata: dict = {"axes": spatial + ("S" if rgb else "")}
+    symbol = ome_unit(unit)
+    if symbol:  # a physical pixel size; pixel units (a photo) write none
+        metadata |= {"PhysicalSizeY": float(scale[-2]), "PhysicalSizeX": float(scale[-1])}
+        metadata |= {"PhysicalSizeYUnit": symbol, "PhysicalSizeXUnit": symbol}
+        if count >= 3:
+            metadata |= {"PhysicalSizeZ": float(scale[-3]), "PhysicalSizeZUnit": symbol}
     record = dict(provenance or {})
     record["layer"] = {"scale": list(scale), "translate": list(translate)}
     if name:

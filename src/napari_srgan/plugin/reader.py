@@ -1,21 +1,42 @@
-"""Open TIFFs and OME-Zarr stores with pixel size, translate and napari-srgan provenance."""
+"""Open OME-TIFFs and OME-Zarr stores with pixel size, translate and napari-srgan provenance.
+
+napari picks readers by file name alone and asks the user whenever two plugins match, so this
+reader claims only names it can add something to: ``*.ome.tif(f)`` (this package writes its
+results so) and ``.zarr`` folders. Even for those, :func:`get_reader` looks inside and returns
+None for a file without this package's provenance or a physical pixel size, leaving it to
+napari's own reader. A plain ``*.tif`` is never claimed and opens with no dialog.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
 
-from napari_srgan.io.images import PROVENANCE_KEY, TIFF_SUFFIXES, ImageFile, read_image, unit_name
+from napari_srgan.io.images import (
+    PROVENANCE_KEY,
+    TIFF_SUFFIXES,
+    ImageFile,
+    read_image,
+    tiff_metadata,
+    unit_name,
+)
 from napari_srgan.io.zarr_files import is_zarr, open_pyramid
 
 
 def get_reader(path: str | list[str]) -> Callable | None:
+    """A reader for OME-Zarr stores and for TIFFs that carry this package's provenance or a
+    physical pixel size; None for anything else (napari's reader does as well there)."""
     if isinstance(path, list):
         return None
-    if str(path).lower().endswith(TIFF_SUFFIXES):
-        return read_tiff_layer
-    if is_zarr(path) and Path(path).is_dir():
-        return read_zarr_layer
+    path = Path(path)
+    if path.is_dir():
+        return read_zarr_layer if is_zarr(path) else None
+    if path.suffix.lower() in TIFF_SUFFIXES and path.is_file():
+        try:
+            image = tiff_metadata(path)
+        except ValueError:
+            return None  # napari's reader reports what is wrong with the file
+        return read_tiff_layer if image.provenance or image.unit else None
     return None
 
 

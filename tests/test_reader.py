@@ -1,0 +1,60 @@
+"""The reader claims only what it adds something to, so a plain TIFF opens in napari with one
+layer, no reader dialog and no error (napari picks readers by file name and asks when two
+plugins match)."""
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from napari._qt import qt_viewer as qt_viewer_module
+
+from napari_srgan.io.images import write_tiff
+from napari_srgan.plugin.reader import get_reader, read_tiff_layer, read_zarr_layer
+
+
+@pytest.fixture
+def no_dialog(monkeypatch) -> list:
+    """Record instead of showing napari's "choose a reader" dialog."""
+    shown: list = []
+    monkeypatch.setattr(
+        qt_viewer_module, "handle_gui_reading", lambda *args, **kwargs: shown.append(args)
+    )
+    return shown
+
+
+def test_a_plain_tiff_opens_in_a_qt_viewer_with_one_layer_and_no_dialog(
+    make_napari_viewer, tmp_path, no_dialog
+):
+    viewer = make_napari_viewer()
+    data = np.arange(12 * 16, dtype=np.uint16).reshape(12, 16)
+    tifffile.imwrite(tmp_path / "plain.tif", data)
+    viewer.window._qt_viewer._qt_open([str(tmp_path / "plain.tif")], stack=False)
+    assert no_dialog == []
+    assert len(viewer.layers) == 1
+    np.testing.assert_array_equal(viewer.layers[0].data, data)
+    [layer] = viewer.open(str(tmp_path / "plain.tif"))  # ViewerModel.open: no MultipleReaderError
+    assert len(viewer.layers) == 2 and layer.data.shape == (12, 16)
+
+
+def test_results_named_ome_tif_open_with_their_pixel_size(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    path = tmp_path / "cells_x4.ome.tif"
+    data = np.zeros((8, 8), np.uint8)
+    write_tiff(path, data, rgb=False, scale=(0.1, 0.1), unit="µm", provenance={"model": "m"})
+    [layer] = viewer.open(str(path), plugin="napari-srgan")
+    assert tuple(layer.scale) == pytest.approx((0.1, 0.1)) and str(layer.units[0]) == "micrometer"
+
+
+def test_get_reader_declines_files_it_adds_nothing_to(tmp_path):
+    tifffile.imwrite(tmp_path / "plain.ome.tif", np.zeros((8, 8), np.uint8))
+    write_tiff(tmp_path / "photo.ome.tif", np.zeros((8, 8), np.uint8), rgb=False, scale=(2, 2))
+    write_tiff(tmp_path / "cells.ome.tif", np.zeros((8, 8), np.uint8), rgb=False, unit="nm")
+    (tmp_path / "broken.ome.tif").write_bytes(b"not a tiff")
+    (tmp_path / "folder").mkdir()
+    zarr.create_array(tmp_path / "store.zarr", shape=(4, 4), dtype="u1")
+    assert get_reader(str(tmp_path / "plain.ome.tif")) is None
+    assert get_reader(str(tmp_path / "broken.ome.tif")) is None
+    assert get_reader(str(tmp_path / "photo.ome.tif")) is read_tiff_layer  # provenance
+    assert get_reader(str(tmp_path / "cells.ome.tif")) is read_tiff_layer  # physical size
+    assert get_reader(str(tmp_path / "folder")) is None
+    assert get_reader(str(tmp_path / "store.zarr")) is read_zarr_layer
