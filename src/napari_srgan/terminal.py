@@ -90,6 +90,7 @@ class Progress:
             self._ticker.join()
         with self._lock:
             if self._bar is not None:
+                self._bar.set_postfix_str("", refresh=False)  # no spinner on the final bar
                 self._bar.close()
                 self._bar = None
             elif self._started is not None and finished and self._last_shown != self.done:
