@@ -35,7 +35,7 @@ def test_upscale_png_to_ome_tiff_with_pixel_size_and_provenance(tmp_path, tiny_m
         "64",
     )
     assert "165x137 -> " in result.stdout and "660x548" in result.stdout
-    assert "12/12" in result.stderr  # a progress bar on the terminal
+    assert "9/9" in result.stderr  # a progress bar on the terminal (3x3 tiles keeping 64 px)
     image = read_image(tmp_path / "cell-x4.tif")
     assert image.data.shape == (660, 548) and image.data.dtype == np.uint8
     assert image.scale == pytest.approx((0.25, 0.25))
@@ -91,8 +91,12 @@ def test_png_output(tmp_path, tiny_model_file):
             "not a readable",
         ),
         (
-            ["upscale", "{tmp}/ok.png", "{tmp}/o.tif", "--tile", "5", "--model", "tiny-rgb"],
-            "tile size 5 is too small",
+            ["upscale", "{tmp}/ok.png", "{tmp}/o.tif", "--tile", "0", "--model", "tiny-rgb"],
+            "at least 1 pixel",
+        ),
+        (
+            ["upscale", "{tmp}/ok.png", "{tmp}/o.tif", "--memory-limit", "lots"],
+            "not a size like 2GB",
         ),
         (["upscale", "{tmp}/tiny.png", "{tmp}/o.tif", "--model", "tiny-rgb"], "at least 4x4"),
         (

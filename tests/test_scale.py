@@ -174,17 +174,19 @@ class RunsOutOfMemory(torch.nn.Module):
 def test_out_of_memory_halves_the_tile_and_recomputes(caplog, rng):
     model = tiny_model(3)
     image = rng.integers(0, 255, (2, 90, 100, 3)).astype(np.uint8)
-    expected = upscale(image, model, tile=40)
-    wrapper = RunsOutOfMemory(model.network, limit=45)
+    wrapper = RunsOutOfMemory(model.network, limit=1000)
     model.network = wrapper
+    expected = upscale(image, model, tile=20)
+    wrapper.limit, wrapper.sizes = 45, []
     with caplog.at_level(logging.WARNING):
         result = upscale(image, model, tile=160)
-    np.testing.assert_array_equal(result, expected)  # the same as running with 40 px tiles
-    assert wrapper.sizes[:3] == [100, 80, 40]  # 160 -> 80 -> 40: no failed output was kept
-    assert "retrying the plane with 40" in caplog.text
+    np.testing.assert_array_equal(result, expected)  # the same as running with 20 px tiles
+    # kept 160 -> 80 -> 40 -> 20 px, read 100 -> 70 -> 54 -> 40: no failed output was kept
+    assert wrapper.sizes[:4] == [100, 70, 54, 40]
+    assert "retrying the plane with 20" in caplog.text
     wrapper.limit = 0
     with pytest.raises(torch.OutOfMemoryError):  # nothing smaller to try: the error surfaces
-        upscale(image, model, tile=40)
+        upscale(image, model, tile=20)
 
 
 def test_reduced_precision_is_close(rng):

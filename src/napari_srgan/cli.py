@@ -63,7 +63,19 @@ def _add_upscale(commands) -> None:
         "--tile",
         type=int,
         default=None,
-        help="tile size in input pixels (default: from free memory)",
+        help="kept tile size in input pixels (default: the largest that fits in --memory-limit)",
+    )
+    parser.add_argument(
+        "--memory-limit",
+        default=None,
+        help="memory for activations and tile buffers, e.g. 2GB or 512MB (default: the smaller "
+        "of 25%% of free memory and 2 GB on the CPU, half the free memory of a GPU)",
+    )
+    parser.add_argument(
+        "--exact",
+        action="store_true",
+        help="overlap tiles by the theoretical receptive field (bit-for-bit as untiled up to "
+        "float rounding) instead of the model's measured halo (within 1e-4)",
     )
     parser.add_argument("--batch", type=int, default=1, help="tiles per batch")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
@@ -277,6 +289,23 @@ def _warn_if_untrained(model) -> None:
         print(f"napari-srgan: warning: model {model.card.name!r} is untrained", file=sys.stderr)
 
 
+BYTE_UNITS = {"": 1, "b": 1, "kb": 1 << 10, "mb": 1 << 20, "gb": 1 << 30, "tb": 1 << 40}
+
+
+def parse_bytes(text: str) -> int:
+    """``2GB``, ``512 MB``, ``1.5gb`` or a plain number of bytes (units are binary: 1 GB = 2^30)."""
+    number = text.strip().lower()
+    unit = number.lstrip("0123456789.").strip().replace("ib", "b")
+    value = number[: len(number) - len(number.lstrip("0123456789."))]
+    try:
+        size = float(value) * BYTE_UNITS[unit]
+    except (KeyError, ValueError):
+        raise CommandError(f"--memory-limit {text!r} is not a size like 2GB or 512MB") from None
+    if size < 1 << 20:
+        raise CommandError(f"--memory-limit {text!r} is too small: give at least 1MB")
+    return int(size)
+
+
 def upscale_command(args: argparse.Namespace) -> int:
     from napari_srgan.engine.devices import choose_device
     from napari_srgan.engine.file_upscale import (
@@ -298,6 +327,8 @@ def upscale_command(args: argparse.Namespace) -> int:
     choose_device(args.device)
     settings = UpscaleSettings(
         tile=args.tile,
+        memory_limit=None if args.memory_limit is None else parse_bytes(args.memory_limit),
+        exact=args.exact,
         batch_size=args.batch,
         device=args.device,
         precision=args.precision,

@@ -7,13 +7,17 @@ import math
 import psutil
 import torch
 
+from napari_srgan.engine.folding import STRIP_VALUES
 from napari_srgan.models.interface import SRModel
+from napari_srgan.models.srresnet import Generator
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
-#: Largest automatic tile (input pixels per side); larger tiles gain little and block cancelling.
-MAX_AUTO_TILE = 512
-#: Fraction of free memory one batch of tiles may use.
+#: Fraction of free memory one batch of tiles may use by default.
 MEMORY_FRACTION = {"cuda": 0.5, "mps": 0.3, "cpu": 0.25}
+#: Most bytes the CPU default budget takes, however much memory is free.
+CPU_MEMORY_CAP = 2 << 30
+#: Smallest automatic kept tile size (input pixels per side).
+MIN_AUTO_TILE = 16
 
 
 def choose_device(preference: str | torch.device | None = "auto") -> torch.device:
@@ -60,27 +64,54 @@ def free_memory_bytes(device: torch.device) -> int:
     return int(psutil.virtual_memory().available)
 
 
+def memory_budget(device: torch.device) -> int:
+    """Default bytes for activations plus tile buffers: on the CPU the smaller of
+    :data:`MEMORY_FRACTION` of free memory and :data:`CPU_MEMORY_CAP` (other processes, dask
+    workers, napari itself need the rest); on a GPU a fraction of free device memory."""
+    budget = int(free_memory_bytes(device) * MEMORY_FRACTION.get(device.type, 0.25))
+    return min(budget, CPU_MEMORY_CAP) if device.type == "cpu" else budget
+
+
 def bytes_per_input_pixel(model: SRModel, bytes_per_value: int = 4) -> int:
-    """Peak activation memory per input pixel of an inference pass.
+    """Peak memory per input pixel of a tile: the activations of an inference pass plus the
+    tile's input and output buffers (raw, float32, pinned and device copies).
 
-    For the native SRResNet the peak is in the second upsampling block: its 4C-channel output
-    at 2x (16C values per input pixel), the shuffled copy at 4x (16C) and the PReLU output (16C)
-    live together. Other architectures get a conservative estimate of 64 features at the
-    output resolution.
+    The native SRResNet runs folded (:mod:`~napari_srgan.engine.folding`): its last stage goes
+    in strips of fixed size, so the peak is in the stages before it, three ``C``-channel
+    tensors at the resolution before the last shuffle (``3 (s/f)² C`` values per input pixel;
+    measured 3.2 kB per pixel at 4x with C = 64). Other architectures are assumed to peak like
+    an unfolded SRResNet: three tensors of 64 features at the output resolution.
     """
-    config = getattr(model.network, "config", None)
-    features = getattr(config, "channels", 64)
-    return 3 * 16 * features * bytes_per_value + 64 * model.in_channels
+    network = model.network
+    if isinstance(network, Generator) and network.config.stages:
+        config = network.config
+        before_last = (config.scale // config.stages[-1]) ** 2
+        activations = 3 * before_last * config.channels
+    else:
+        activations = 3 * model.scale**2 * 64
+    buffers = 4 * model.in_channels * (1 + model.scale**2)
+    return (activations + buffers) * bytes_per_value
 
 
-def auto_tile_size(model: SRModel, device: torch.device, batch_size: int = 1) -> int:
-    """The largest square tile (a multiple of 8, at most :data:`MAX_AUTO_TILE`) whose activations
-    fit in a fraction of the device's free memory, never smaller than the overlap needs."""
-    budget = free_memory_bytes(device) * MEMORY_FRACTION.get(device.type, 0.25) / batch_size
-    side = int(math.sqrt(budget / bytes_per_input_pixel(model))) // 8 * 8
-    return max(minimum_tile_size(model), min(side, MAX_AUTO_TILE))
+def fixed_bytes(model: SRModel, bytes_per_value: int = 4) -> int:
+    """Memory a pass takes whatever the tile size: the folded stage's strips."""
+    if isinstance(model.network, Generator) and model.network.config.stages:
+        return 3 * STRIP_VALUES * bytes_per_value
+    return 0
 
 
-def minimum_tile_size(model: SRModel) -> int:
-    """A tile must keep some pixels after the overlap on both sides is trimmed."""
-    return 2 * model.card.halo + 8
+def auto_tile_size(
+    model: SRModel,
+    device: torch.device,
+    batch_size: int = 1,
+    *,
+    memory_limit: int | None = None,
+    halo: int | None = None,
+) -> int:
+    """The largest kept tile size (input pixels per side) whose batch of tiles, halo included,
+    fits in ``memory_limit`` bytes (default :func:`memory_budget`); at least :data:`MIN_AUTO_TILE`."""
+    budget = memory_budget(device) if memory_limit is None else memory_limit
+    halo = model.card.halo if halo is None else halo
+    per_tile = max(budget - fixed_bytes(model), 0) // batch_size
+    read = math.isqrt(per_tile // bytes_per_input_pixel(model))
+    return max(MIN_AUTO_TILE, read - 2 * halo)

@@ -39,10 +39,15 @@ INPUT_SUFFIXES = (*TIFF_SUFFIXES, *PLAIN_SUFFIXES, ".webp", ".zarr")
 
 @dataclass(frozen=True)
 class UpscaleSettings:
+    #: Kept tile size in input pixels (None: from the memory budget).
     tile: int | None = None
     batch_size: int = 1
     device: str = "auto"
     precision: str = "fp32"
+    #: Overlap tiles by the theoretical receptive field instead of the measured halo.
+    exact: bool = False
+    #: Bytes for activations and tile buffers (None: the device's default budget).
+    memory_limit: int | None = None
     #: None streams tiles in this process; "threads", "processes", "synchronous" or a
     #: dask.distributed scheduler address ("tcp://host:8786") computes blocks with dask.
     scheduler: str | None = None
@@ -57,6 +62,8 @@ class UpscaleSettings:
             "device": self.device,
             "precision": self.precision,
             "ensemble": self.ensemble,
+            "exact": self.exact,
+            "memory_limit": self.memory_limit,
         }
 
 
@@ -177,6 +184,8 @@ def upscale_to_zarr(
                 tile=settings.tile,
                 device=settings.device,
                 ensemble=settings.ensemble,
+                exact=settings.exact,
+                memory_limit=settings.memory_limit,
             )
             if layout.rgb:
                 result = da.moveaxis(result, -1, -3)
@@ -218,7 +227,7 @@ def upscale_file(
     image = open_input(source, stream=is_zarr(output))
     layout = check_image(image.data, image.rgb if rgb is None else rgb)
     if settings.tile is not None:
-        check_tile_size(settings.tile, model.card.halo)
+        check_tile_size(settings.tile)
     spatial = [len(image.scale) - 2, len(image.scale) - 1]
     scale, translate = upscaled_placement(image.scale, image.translate, spatial, factor=model.scale)
     record = provenance(model, source=str(source))

@@ -16,7 +16,7 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 
-from napari_srgan.engine.upscale import check_image, colour_range, upscale
+from napari_srgan.engine.upscale import check_image, colour_range, tiling_halo, upscale
 from napari_srgan.models.files import load_model, read_metadata
 from napari_srgan.models.interface import SRModel
 from napari_srgan.models.normalization import IntensityRange
@@ -41,12 +41,22 @@ def _upscale_block(
     intensity: IntensityRange,
     tile: int | None,
     device: str,
-    ensemble: bool = False,
+    ensemble: bool,
+    exact: bool,
+    memory_limit: int | None,
     block_info=None,
 ) -> np.ndarray:
     model = _worker_model(model_path, device)
     result = upscale(
-        block, model, rgb=rgb, tile=tile, device=device, intensity=intensity, ensemble=ensemble
+        block,
+        model,
+        rgb=rgb,
+        tile=tile,
+        device=device,
+        intensity=intensity,
+        exact=exact,
+        memory_limit=memory_limit,
+        ensemble=ensemble,
     )
     location, counts = block_info[None]["chunk-location"], block_info[None]["num-chunks"]
     trim = [slice(None)] * result.ndim
@@ -67,6 +77,8 @@ def upscale_lazy(
     device: str = "cpu",
     block: int = BLOCK,
     ensemble: bool = False,
+    exact: bool = False,
+    memory_limit: int | None = None,
 ) -> da.Array:
     """The upscaled result of ``data`` (numpy, zarr or dask) as a dask array of the same dtype.
 
@@ -78,7 +90,7 @@ def upscale_lazy(
     device = "cpu" if device == "auto" else device
     _config, card = read_metadata(model_path)
     layout = check_image(data, rgb)
-    margin, scale = card.halo, card.scale
+    margin, scale = tiling_halo(SRModel(None, card), exact), card.scale
     source = data if isinstance(data, da.Array) else da.from_array(data, chunks="auto")
     y_axis = source.ndim - (3 if layout.rgb else 2)
     spatial = (y_axis, y_axis + 1)
@@ -111,6 +123,8 @@ def upscale_lazy(
         tile=tile,
         device=device,
         ensemble=ensemble,
+        exact=exact,
+        memory_limit=memory_limit,
         chunks=out_chunks,
         dtype=intensity.dtype,
         meta=np.empty((0,) * source.ndim, dtype=intensity.dtype),

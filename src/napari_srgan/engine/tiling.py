@@ -1,16 +1,27 @@
 """Split a plane into overlapping tiles whose trimmed outputs tile the whole output exactly.
 
-Each tile reads ``margin`` extra input pixels on every side that is inside the image, where
-``margin`` is at least the generator's receptive radius; those pixels' outputs are discarded. The
-pixels that are kept therefore saw exactly what they would see in a whole-image pass, so the tiled
-result equals the untiled one up to float rounding. Tiles never extend past the image (the network
-zero-pads the image border itself), and the last tile on each axis is shifted inward so all tiles
-have one shape and can be batched.
+``tile`` is the size of the part of each tile that is kept. Each axis is split into
+``n = ceil(length / tile)`` parts of equal size (within one pixel), so no tile is a sliver; every
+tile reads its part plus ``halo`` extra input pixels on each side that has a neighbour, and all
+tiles of a plane read windows of one shape (windows at the image border are shifted inward
+rather than cut), so they can be batched. Tiles never reach past the image: the network's own
+zero padding at the border is the same as in a whole-image pass.
+
+Models that need inputs of a multiple of ``size_multiple`` pixels (window attention) see the
+plane padded at its bottom and right border by repeating the last row / column (the same for
+every tile, and for a whole-image pass), windows of a multiple of that size starting at
+multiples of it, and the padding is cropped from the output.
+
+``run_tiles`` keeps the device busy: the next batch is read and the previous one written on
+other threads while the current one is computed.
 """
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,36 +52,52 @@ class Span:
         return inner, outer
 
 
-def check_tile_size(tile: int, margin: int) -> None:
-    """A tile must keep at least one pixel after ``margin`` is trimmed from both sides."""
-    if tile < 2 * margin + 1:
-        raise ValueError(
-            f"tile size {tile} is too small for the overlap: this model needs {margin} pixels of "
-            f"overlap on each side, so tiles must be at least {2 * margin + 1} pixels"
-        )
+def check_tile_size(tile: int) -> None:
+    """A tile must keep at least one pixel (any kept size works with any halo)."""
+    if tile < 1:
+        raise ValueError(f"the tile size must be at least 1 pixel, got {tile}")
 
 
-def axis_spans(length: int, tile: int, margin: int) -> list[Span]:
-    """Spans covering ``[0, length)``; their kept parts partition it."""
-    check_tile_size(tile, margin)
-    if tile >= length:
-        return [Span(0, length, 0, length)]
-    step = tile - 2 * margin
-    starts = [*range(0, length - tile, step), length - tile]
-    spans: list[Span] = []
-    kept_until = 0
-    for start in starts:
-        stop = start + tile
-        keep_stop = length if stop == length else stop - margin
-        spans.append(Span(start, stop, kept_until, keep_stop))
-        kept_until = keep_stop
+def padded_length(length: int, multiple: int = 1) -> int:
+    """``length`` rounded up to a multiple of ``multiple``."""
+    return math.ceil(length / multiple) * multiple
+
+
+def axis_spans(length: int, tile: int, halo: int, multiple: int = 1) -> list[Span]:
+    """Balanced spans over ``[0, padded_length(length, multiple))``; their kept parts partition
+    it and every span reads the same number of pixels."""
+    check_tile_size(tile)
+    total = padded_length(length, multiple)
+    count = math.ceil(total / tile)
+    if count == 1:
+        return [Span(0, total, 0, total)]
+    bounds = [round(i * total / count) for i in range(count + 1)]
+    largest = max(b - a for a, b in itertools.pairwise(bounds))
+    # Window starts are rounded down to a multiple, so the window needs `multiple - 1` more.
+    read = min(total, padded_length(largest + 2 * halo + (multiple - 1), multiple))
+    spans = []
+    for keep_start, keep_stop in itertools.pairwise(bounds):
+        start = (keep_start - halo) // multiple * multiple
+        start = min(max(start, 0), total - read)
+        spans.append(Span(start, start + read, keep_start, keep_stop))
     return spans
 
 
-def plane_tiles(height: int, width: int, tile: int, margin: int) -> list[tuple[Span, Span]]:
+def plane_tiles(
+    height: int, width: int, tile: int, halo: int, multiple: int = 1
+) -> list[tuple[Span, Span]]:
     return [
-        (y, x) for y in axis_spans(height, tile, margin) for x in axis_spans(width, tile, margin)
+        (y, x)
+        for y in axis_spans(height, tile, halo, multiple)
+        for x in axis_spans(width, tile, halo, multiple)
     ]
+
+
+def tile_work(height: int, width: int, tile: int, halo: int, multiple: int = 1) -> float:
+    """Input pixels the network processes per image pixel (1.0: no overlap overhead)."""
+    tiles = plane_tiles(height, width, tile, halo, multiple)
+    read = sum((ys.stop - ys.start) * (xs.stop - xs.start) for ys, xs in tiles)
+    return read / (height * width)
 
 
 def batched(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -92,20 +119,55 @@ def run_tiles(
 ) -> None:
     """Read, run and write every tile of one plane.
 
-    ``read(ys, xs)`` returns a float32 ``(h, w, c)`` tile, ``forward`` maps a ``(b, c, h, w)``
-    batch to ``(b, c, scale*h, scale*w)``, ``write(ys, xs, tile)`` stores a ``(h, w, c)`` output
-    block. ``on_batch(n)`` reports ``n`` finished tiles.
+    ``read(ys, xs)`` returns a ``(h, w, c)`` tile (any dtype ``forward`` accepts), ``forward``
+    maps a ``(b, c, h, w)`` batch on ``device`` to ``(b, c, scale*h, scale*w)``, ``write(ys, xs,
+    block)`` stores a ``(h, w, c)`` output block. ``on_batch(n)`` reports ``n`` finished tiles.
+    Reading the next batch and writing the previous one run on two helper threads while the
+    current batch is computed; host buffers are pinned on CUDA so copies do not block.
     """
-    for group in batched(tiles, batch_size):
-        if should_stop is not None and should_stop():
-            raise Cancelled("stopped by the user")
-        batch = np.stack([read(ys.read(), xs.read()) for ys, xs in group])
-        inputs = torch.from_numpy(batch).permute(0, 3, 1, 2).to(device)
-        with torch.inference_mode():
-            outputs = forward(inputs).float().permute(0, 2, 3, 1).cpu().numpy()
-        for (ys, xs), output in zip(group, outputs, strict=True):
+    groups = list(batched(tiles, batch_size))
+    pin = device.type == "cuda"
+
+    def load(group: Sequence[tuple[Span, Span]]) -> torch.Tensor:
+        batch = torch.from_numpy(np.stack([read(ys.read(), xs.read()) for ys, xs in group]))
+        return batch.pin_memory() if pin else batch
+
+    def store(group: Sequence[tuple[Span, Span]], outputs: torch.Tensor, ready) -> None:
+        if ready is not None:
+            ready.synchronize()
+        blocks = outputs.numpy()
+        for (ys, xs), output in zip(group, blocks, strict=True):
             inner_y, outer_y = ys.kept(scale)
             inner_x, outer_x = xs.kept(scale)
             write(outer_y, outer_x, output[inner_y, inner_x])
         if on_batch is not None:
             on_batch(len(group))
+
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        upcoming: Future = reader.submit(load, groups[0])
+        written: Future | None = None
+        try:
+            for index, group in enumerate(groups):
+                if should_stop is not None and should_stop():
+                    raise Cancelled("stopped by the user")
+                batch = upcoming.result()
+                if index + 1 < len(groups):
+                    upcoming = reader.submit(load, groups[index + 1])
+                inputs = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
+                with torch.inference_mode():
+                    outputs = forward(inputs).permute(0, 2, 3, 1)
+                    ready = None
+                    if pin:
+                        host = torch.empty(outputs.shape, dtype=outputs.dtype, pin_memory=True)
+                        host.copy_(outputs, non_blocking=True)
+                        ready = torch.cuda.Event()
+                        ready.record()
+                    else:
+                        host = outputs.contiguous()
+                if written is not None:
+                    written.result()
+                written = writer.submit(store, group, host, ready)
+            if written is not None:
+                written.result()
+        finally:
+            upcoming.cancel()

@@ -14,8 +14,14 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from napari_srgan.engine.devices import auto_precision, auto_tile_size, choose_device
+from napari_srgan.engine.devices import (
+    auto_precision,
+    auto_tile_size,
+    choose_device,
+    memory_budget,
+)
 from napari_srgan.engine.ensemble import self_ensemble
+from napari_srgan.engine.folding import inference_network
 from napari_srgan.engine.tiling import check_tile_size, plane_tiles, run_tiles
 from napari_srgan.engine.torch_safety import guard_triton
 from napari_srgan.io.images import guess_rgb
@@ -121,15 +127,17 @@ def _alpha_from_unit(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def channel_adapter(
-    model: SRModel, data_channels: int, has_alpha: bool
+    model: SRModel, data_channels: int, has_alpha: bool, network: torch.nn.Module | None = None
 ) -> Callable[[torch.Tensor], torch.Tensor]:
-    """A forward function for ``data_channels`` (+ alpha) inputs through ``generator``.
+    """A forward function for ``data_channels`` (+ alpha) inputs through ``network`` (default:
+    ``model.network``).
 
     Grey data through an RGB model: the grey plane is fed as R=G=B and the mean of the three
     outputs is kept. RGB data through a grey model: each colour is upscaled as its own plane.
     Alpha never goes through the network: it is upscaled bicubically and clipped to [0, 1].
     """
-    generator, model_channels, scale = model.network, model.in_channels, model.scale
+    generator = model.network if network is None else network
+    model_channels, scale = model.in_channels, model.scale
 
     def forward_colour(x: torch.Tensor) -> torch.Tensor:
         if data_channels == model_channels:
@@ -198,15 +206,22 @@ def upscale(
     device: str | torch.device | None = "auto",
     precision: str = "fp32",
     intensity: IntensityRange | None = None,
+    exact: bool = False,
+    memory_limit: int | None = None,
     out=None,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     ensemble: bool = False,
 ):
-    """Upscale ``data`` by ``model.scale`` and return an array of the same dtype (``out`` if given).
+    """Upscale ``data`` by ``model.scale`` and return an array of the same dtype (``out`` if
+    given).
 
-    ``data`` may be numpy, memmap, zarr or dask: tiles are read by slicing, so only one batch of
-    tiles is in memory at a time. Leading axes (Z, T, C...) are processed plane by plane.
+    ``data`` may be numpy, memmap, zarr or dask: tiles are read by slicing, so only a few batches
+    of tiles are in memory at a time. Leading axes (Z, T, C...) are processed plane by plane.
+    ``tile`` is the kept size of a tile in input pixels (default: the largest that fits in
+    ``memory_limit`` bytes, by default :func:`~napari_srgan.engine.devices.memory_budget`; an
+    image that fits is one tile). Tiles overlap by the model's measured halo, or by its
+    theoretical receptive field with ``exact=True``.
     ``intensity`` overrides the range from the model card (e.g. one range for a whole dataset).
     ``progress(done, total)`` counts tiles; ``should_stop()`` returning True raises
     :class:`~napari_srgan.engine.tiling.Cancelled`. When the device runs out of memory, the tile size is
@@ -216,20 +231,28 @@ def upscale(
     """
     guard_triton()
     layout = check_image(data, rgb)
-    generator = model.network
-    halo = model.card.halo
+    halo = tiling_halo(model, exact)
+    multiple = model.card.size_multiple
     intensity = intensity or colour_range(data, layout, model.card.normalization)
     target = choose_device(device)
-    generator.to(target).eval()
+    model.network.to(target).eval()
+    network = inference_network(model.network)
     if target.type in CHANNELS_LAST_DEVICES:
-        generator.to(memory_format=torch.channels_last)
-    forward = device_forward(
-        channel_adapter(model, layout.channels, layout.has_alpha), target, precision
+        network.to(memory_format=torch.channels_last)
+    codec = PlaneCodec(layout, intensity)
+    unit_forward = device_forward(
+        channel_adapter(model, layout.channels, layout.has_alpha, network), target, precision
     )
     if ensemble:
-        forward = self_ensemble(forward)
-    tile = tile or auto_tile_size(model, target, batch_size)
-    check_tile_size(tile, halo)
+        unit_forward = self_ensemble(unit_forward)
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        return codec.decode(unit_forward(codec.encode(x)))
+
+    if tile is None:
+        budget = memory_budget(target) if memory_limit is None else memory_limit
+        tile = auto_tile_size(model, target, batch_size, memory_limit=budget, halo=halo)
+    check_tile_size(tile)
     output_shape = layout.output_shape(model.scale)
     if out is None:
         out = np.empty(output_shape, dtype=intensity.dtype)
@@ -238,9 +261,9 @@ def upscale(
     planes = list(np.ndindex(*layout.leading_shape))
     done = 0
     for index, plane in enumerate(planes):
-        reader = PlaneReader(data, plane, layout, intensity)
+        reader = PlaneReader(data, plane, layout, codec, multiple)
         while True:
-            tiles = plane_tiles(layout.height, layout.width, tile, halo)
+            tiles = plane_tiles(layout.height, layout.width, tile, halo, multiple)
             total = done + len(tiles) * (len(planes) - index)
             finished_in_plane = 0
 
@@ -255,7 +278,7 @@ def upscale(
                     tiles,
                     reader.read,
                     forward,
-                    reader.writer(out),
+                    reader.writer(out, model.scale),
                     scale=model.scale,
                     batch_size=batch_size,
                     device=target,
@@ -264,8 +287,8 @@ def upscale(
                 )
                 break
             except RuntimeError as error:
-                smaller = max(tile // 2, 2 * halo + 1)
-                if not is_out_of_memory(error) or smaller == tile:
+                smaller = tile // 2
+                if not is_out_of_memory(error) or smaller < MIN_TILE:
                     raise
                 if target.type == "cuda":
                     torch.cuda.empty_cache()
@@ -277,34 +300,121 @@ def upscale(
     return out
 
 
-class PlaneReader:
-    """Reads unit-scaled tiles of one plane and writes results back in the input's dtype."""
+#: The smallest kept tile the out-of-memory retry goes down to.
+MIN_TILE = 8
 
-    def __init__(
-        self, data, plane: tuple[int, ...], layout: ImageLayout, intensity: IntensityRange
-    ):
-        self.data, self.plane, self.layout, self.intensity = data, plane, layout, intensity
 
-    def read(self, ys: slice, xs: slice) -> np.ndarray:
-        block = np.asarray(self.data[(*self.plane, ys, xs)])
-        if not np.isfinite(block).all():
-            raise InvalidImageError("the image contains NaN or infinite values; replace them first")
+def tiling_halo(model: SRModel, exact: bool = False) -> int:
+    """The overlap tiles read: the model's measured halo, or with ``exact`` its theoretical
+    receptive field (the upper bound; models of unbounded reach keep their default)."""
+    card = model.card
+    if exact and card.theoretical_halo is not None:
+        return card.theoretical_halo
+    return card.halo
+
+
+#: Integer dtypes whose scaling to [0, 1] runs on the device: float32 arithmetic on them is
+#: exactly :class:`IntensityRange`'s, and they cross the bus at a quarter of float32's size.
+DEVICE_DTYPES = {np.dtype(t): getattr(torch, str(np.dtype(t))) for t in ("u1", "i1", "u2", "i2")}
+
+
+class PlaneCodec:
+    """Scales raw values to the unit range a model works in and back.
+
+    For 8/16-bit integer images with an ordinary range this happens on the device, with the same
+    float32 arithmetic as :meth:`IntensityRange.to_unit` / :meth:`~IntensityRange.from_unit`
+    (so results are identical); other images are scaled on the host by those functions.
+    """
+
+    def __init__(self, layout: ImageLayout, intensity: IntensityRange):
+        self.layout, self.intensity = layout, intensity
+        self.on_device = intensity.dtype in DEVICE_DTYPES and not getattr(intensity, "wide", False)
+
+    def to_host_unit(self, block: np.ndarray) -> np.ndarray:
+        """A raw ``(h, w, c)`` block as float32 in [0, 1] (the host path)."""
         if not self.layout.rgb:
-            return self.intensity.to_unit(block)[..., None]
+            return self.intensity.to_unit(block)
         unit = self.intensity.to_unit(block[..., :3])
         if self.layout.has_alpha:
             unit = np.concatenate([unit, _alpha_to_unit(block[..., 3:])], axis=-1)
         return unit
 
-    def writer(self, out) -> Callable[[slice, slice, np.ndarray], None]:
+    def from_host_unit(self, block: np.ndarray) -> np.ndarray:
+        if not self.layout.rgb:
+            return self.intensity.from_unit(block)
+        result = self.intensity.from_unit(block[..., :3])
+        if self.layout.has_alpha:
+            alpha = _alpha_from_unit(block[..., 3:], self.intensity.dtype)
+            result = np.concatenate([result, alpha], axis=-1)
+        return result
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """A ``(b, c, h, w)`` batch as read, on the device, to float32 unit values."""
+        if not self.on_device:
+            return x
+        low, span = self.intensity.low, self.intensity.span
+        unit = (x.float() - low) / span
+        if self.layout.has_alpha:
+            alpha = x[:, 3:].float() / float(np.iinfo(self.intensity.dtype).max)
+            unit = torch.cat([unit[:, :3], alpha], dim=1)
+        return unit
+
+    def decode(self, y: torch.Tensor) -> torch.Tensor:
+        """Network outputs (float32, unit values) to the image's dtype, on the device."""
+        if not self.on_device:
+            return y
+        info = np.iinfo(self.intensity.dtype)
+        dtype = DEVICE_DTYPES[self.intensity.dtype]
+        colour = y[:, :3] if self.layout.has_alpha else y
+        raw = colour * self.intensity.span + self.intensity.low
+        result = raw.round_().clamp_(info.min, info.max).to(dtype)
+        if self.layout.has_alpha:
+            alpha = (y[:, 3:].clamp(0.0, 1.0) * float(info.max)).round_().to(dtype)
+            result = torch.cat([result, alpha], dim=1)
+        return result
+
+
+class PlaneReader:
+    """Reads tiles of one plane (padded at the bottom/right border by repeating the last row and
+    column when the model needs a size multiple) and writes results back, cropped."""
+
+    def __init__(
+        self, data, plane: tuple[int, ...], layout: ImageLayout, codec: PlaneCodec, multiple: int
+    ):
+        self.data, self.plane, self.layout, self.codec = data, plane, layout, codec
+        self.multiple = multiple
+
+    def read(self, ys: slice, xs: slice) -> np.ndarray:
+        height, width = self.layout.height, self.layout.width
+        block = np.asarray(
+            self.data[
+                (
+                    *self.plane,
+                    slice(ys.start, min(ys.stop, height)),
+                    slice(xs.start, min(xs.stop, width)),
+                )
+            ]
+        )
+        if block.dtype.kind == "f" and not np.isfinite(block).all():
+            raise InvalidImageError("the image contains NaN or infinite values; replace them first")
+        if not self.layout.rgb:
+            block = block[..., None]
+        pad_y, pad_x = max(ys.stop - height, 0), max(xs.stop - width, 0)
+        if pad_y or pad_x:
+            block = np.pad(block, ((0, pad_y), (0, pad_x), (0, 0)), mode="edge")
+        if self.codec.on_device:
+            return np.ascontiguousarray(block)
+        return self.codec.to_host_unit(block)
+
+    def writer(self, out, scale: int) -> Callable[[slice, slice, np.ndarray], None]:
+        height, width = self.layout.height * scale, self.layout.width * scale
+
         def write(ys: slice, xs: slice, block: np.ndarray) -> None:
-            if not self.layout.rgb:
-                out[(*self.plane, ys, xs)] = self.intensity.from_unit(block[..., 0])
-                return
-            result = self.intensity.from_unit(block[..., :3])
-            if self.layout.has_alpha:
-                alpha = _alpha_from_unit(block[..., 3:], self.intensity.dtype)
-                result = np.concatenate([result, alpha], axis=-1)
-            out[(*self.plane, ys, xs)] = result
+            ys = slice(ys.start, min(ys.stop, height))
+            xs = slice(xs.start, min(xs.stop, width))
+            block = block[: ys.stop - ys.start, : xs.stop - xs.start]
+            if not self.codec.on_device:
+                block = self.codec.from_host_unit(block)
+            out[(*self.plane, ys, xs)] = block if self.layout.rgb else block[..., 0]
 
         return write
