@@ -64,3 +64,11 @@ def test_inputs_that_would_share_an_output_name_are_refused(tmp_path, tiny_model
     [line] = result.stderr.splitlines()
     assert "would both be written as a_x<scale>" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_picks_the_grey_model_for_grey_images(tmp_path, rng):
+    iio.imwrite(tmp_path / "grey.png", rng.integers(0, 255, (32, 32), dtype=np.uint8))
+    result = cli("evaluate", "--hr", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "| srresnet-em-grey-x4" in result.stdout
+    assert "evaluating srresnet-em-grey-x4: 1/1 images" in result.stderr

@@ -213,7 +213,12 @@ def _add_evaluate(commands) -> None:
         help="PSNR/SSIM of models against bicubic",
         description="Benchmark protocol: modcrop, bicubic x4 LR, Y-channel PSNR/SSIM, 4-pixel border.",
     )
-    parser.add_argument("--model", nargs="+", default=[None], help="model names or paths")
+    parser.add_argument(
+        "--model",
+        nargs="+",
+        default=[None],
+        help="model names or paths (default: the bundled model for the images' colour)",
+    )
     parser.add_argument("--hr", nargs="+", required=True, help="HR image files or folders")
     parser.add_argument("--degradation", choices=["bicubic", "crappifier"], default="bicubic")
     parser.add_argument("--device", default="auto")
@@ -350,16 +355,17 @@ def upscale_command(args: argparse.Namespace) -> int:
     if args.model is not None:
         model_for(sources[0])  # a wrong model name stops the run before any file
     if folder is None:
-        _upscale_one(sources[0], args.output, model_for(sources[0]), args.rgb, settings)
+        _upscale_one(sources[0], args.output, model_for(sources[0]), args.rgb, settings, [])
         return 0
     folder.mkdir(exist_ok=True)
     failed: list[Path] = []
+    warned: list = []
     for index, source in enumerate(sources, 1):
         label = f"[{index}/{len(sources)}] {source.name}"
         try:
             model = model_for(source)
             output = batch_output(source, folder, model.scale, f".{args.format}")
-            _upscale_one(source, output, model, args.rgb, settings, label=label)
+            _upscale_one(source, output, model, args.rgb, settings, warned, label=label)
         except (ValueError, OSError) as error:
             failed.append(source)
             print(f"napari-srgan: error: {source}: {_one_line(error)}", file=sys.stderr)
@@ -367,10 +373,6 @@ def upscale_command(args: argparse.Namespace) -> int:
     print(f"upscaled {done} of {len(sources)} files into {folder}", end="")
     print(f"; {len(failed)} failed: {', '.join(p.name for p in failed)}" if failed else "")
     return 2 if failed else 0
-
-
-#: Models whose "untrained" warning was given (once per run, not once per file).
-_warned: list = []
 
 
 def _upscale_plan(inputs: list[Path], output: Path) -> tuple[list[Path], Path | None]:
@@ -399,16 +401,20 @@ def _upscale_plan(inputs: list[Path], output: Path) -> tuple[list[Path], Path | 
     return sources, output
 
 
-def _upscale_one(source: Path, output: Path, model, rgb, settings, label: str = "") -> None:
+def _upscale_one(
+    source: Path, output: Path, model, rgb, settings, warned: list, label: str = ""
+) -> None:
+    """One file, with its progress; ``warned`` holds the models whose "untrained" warning was
+    given (once per run, not once per file)."""
     from napari_srgan.engine.file_upscale import upscale_file
     from napari_srgan.terminal import Progress
 
     with Progress(label or source.name, "tile") as progress:
 
         def start() -> None:  # input and settings are valid: warn once, show the progress
-            if model not in _warned:
+            if model not in warned:
                 _warn_if_untrained(model)
-                _warned.append(model)
+                warned.append(model)
             progress.start()
 
         result = upscale_file(
@@ -570,8 +576,10 @@ def evaluate_command(args: argparse.Namespace) -> None:
     degradation = Crappifier() if args.degradation == "crappifier" else Bicubic()
     rows = []
     bicubic = None
+    from napari_srgan.models.registry import default_model
+
     for name in args.model:
-        model = _load(name)
+        model = _load(name or default_model(images[0][1].ndim == 3))
         _warn_if_untrained(model)
         with Progress(f"evaluating {model.card.name}", "image") as progress:
             progress.update(0, len(images))
