@@ -72,3 +72,13 @@ def test_evaluate_picks_the_grey_model_for_grey_images(tmp_path, rng):
     assert result.returncode == 0, result.stderr
     assert "| srresnet-em-grey-x4" in result.stdout
     assert "evaluating srresnet-em-grey-x4: 1/1 images" in result.stderr
+
+
+def test_a_dask_scheduler_batch_needs_zarr_results(tmp_path):
+    iio.imwrite(tmp_path / "a.png", np.zeros((8, 8), np.uint8))
+    iio.imwrite(tmp_path / "b.png", np.zeros((8, 8), np.uint8))
+    result = cli("upscale", tmp_path / "a.png", tmp_path / "b.png", tmp_path / "out",
+                 "--scheduler", "threads")  # fmt: skip
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert "needs --format zarr" in line and not (tmp_path / "out").exists()

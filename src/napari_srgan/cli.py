@@ -328,6 +328,8 @@ def upscale_command(args: argparse.Namespace) -> int:
     else:
         if folder.exists() and not folder.is_dir():
             raise CommandError(f"{folder} is a file; several inputs need an output folder")
+        if args.scheduler is not None and args.format != "zarr":
+            raise CommandError("computing with a dask scheduler needs --format zarr")
         check_writable(folder if folder.is_dir() else folder.parent)
     choose_device(args.device)
     settings = UpscaleSettings(
