@@ -1,10 +1,14 @@
-"""Training speed of the default architecture and what a short budget buys on Set5.
+"""Training speed: the old CPU patch sampler next to the device-side sampler, in one run.
 
-    python benchmarks/training.py [--steps 100]
+    python benchmarks/training.py [--device auto|cpu|cuda] [--steps 10] [--batches 20]
+                                  [--set5-steps N]
 
-Trains the shipped recipe (16 blocks x 64, no BN, bicubic input skip, MSE) from scratch on
-../shared/data/train with batch 16 of 96x96 HR patches, then measures Set5 Y-PSNR with the
-standard protocol (bicubic x4 LR, 4-pixel border).
+The default recipe: the shipped architecture (16 blocks x 64, no BN, bicubic input skip, MSE),
+batch 16 of 96x96 HR patches from T91 + BSD200 (../shared/data/train), bicubic LR. For each
+pipeline it reports how many batches per second the sampler alone makes, and training steps per
+second with that sampler; the last row trains on one fixed batch, the network-bound ceiling a
+pipeline can approach. ``--set5-steps N`` also trains N steps from scratch with the new sampler
+and scores Set5.
 """
 
 from __future__ import annotations
@@ -15,58 +19,130 @@ import time
 
 import torch
 
-from _common import photo_training_images, short_run
-from napari_srgan.models.srresnet import GeneratorConfig
+from _common import load_set, photo_training_images
+from napari_srgan.engine.devices import choose_device
+from napari_srgan.models.files import native_model
+from napari_srgan.models.interface import ModelCard
+from napari_srgan.models.normalization import NormalizationSpec
+from napari_srgan.models.srresnet import Generator, GeneratorConfig
+from napari_srgan.training.degradations import Mixture
+from napari_srgan.training.device_sampler import DeviceSampler
+from napari_srgan.training.evaluation import evaluate_images, mean_quality
+from napari_srgan.training.job import machine_description
+from napari_srgan.training.patches import PatchSampler
+from napari_srgan.training.trainer import Trainer, TrainingConfig
+
+BATCH, PATCH = 16, 96
+ARCHITECTURE = GeneratorConfig(batch_norm=False, input_skip=True)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class FixedBatch:
+    """One batch over and over: training speed without any sampling cost."""
+
+    def __init__(self, sampler) -> None:
+        self.lr, self.hr = sampler.batch(BATCH)
+
+    def batch(self, size: int):
+        return self.lr, self.hr
+
+    def state_dict(self) -> dict:
+        return {}
+
+
+def batches_per_second(sampler, device: torch.device, count: int) -> float:
+    sampler.batch(BATCH)  # warm-up
+    synchronize(device)
+    started = time.perf_counter()
+    for _ in range(count):
+        lr, hr = sampler.batch(BATCH)
+        lr.to(device), hr.to(device)  # what the trainer does with a CPU batch
+    synchronize(device)
+    return count / (time.perf_counter() - started)
+
+
+def steps_per_second(sampler, device: torch.device, steps: int) -> float:
+    torch.manual_seed(0)
+    config = TrainingConfig(
+        patch_size=PATCH, batch_size=BATCH, pretrain_steps=2, pixel_loss="mse", device=str(device)
+    )
+    trainer = Trainer(Generator(ARCHITECTURE), sampler, config)
+    trainer.run()  # warm-up: kernels chosen, memory allocated
+    config.pretrain_steps += steps
+    synchronize(device)
+    started = time.perf_counter()
+    trainer.run()
+    synchronize(device)
+    return steps / (time.perf_counter() - started)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--steps", type=int, default=10, help="timed training steps per row")
+    parser.add_argument("--batches", type=int, default=20, help="timed sampler batches per row")
+    parser.add_argument("--set5-steps", type=int, default=0)
     args = parser.parse_args()
-    config = GeneratorConfig(batch_norm=False, input_skip=True)
-    seconds, quality, bicubic = short_run(photo_training_images(), config, "mse", args.steps)
+    device = choose_device(args.device)
+    images = photo_training_images()
+    options = {
+        "patch_size": PATCH,
+        "channels": 3,
+        "normalization": NormalizationSpec(),
+        "seed": 0,
+        "skip_small": True,
+    }
+    started = time.perf_counter()
+    old = PatchSampler(images, **options)
+    old_load = time.perf_counter() - started
+    started = time.perf_counter()
+    new = DeviceSampler(images, device=device, **options)
+    synchronize(device)
+    new_load = time.perf_counter() - started
+    mixed = DeviceSampler(images, device=device, degradation=Mixture(), **options)
+    rows = [
+        ("old: PatchSampler (numpy, 1 CPU thread)", old),
+        (f"new: DeviceSampler on {device.type}", new),
+        (f"new: DeviceSampler on {device.type}, mixture degradation", mixed),
+    ]
     print(
-        f"default architecture, batch 16 of 96x96 HR, CPU ({os.cpu_count()} cores), "
-        f"torch {torch.__version__}"
+        f"{machine_description(device)}, {torch.get_num_threads()} torch threads; batch {BATCH} "
+        f"of {PATCH}x{PATCH} HR from {len(old.images)} T91 + BSD200 images; set-up: old "
+        f"{old_load:.1f} s (intensity ranges), new {new_load:.1f} s (also loads "
+        f"{new.hr.numel() * 4 / 1e6:.0f} MB onto the device)"
     )
-    print("| steps | s/step | steps/s | HR px/s | Set5 PSNR-Y (dB) | SSIM-Y | bicubic (dB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| pipeline | sampler batches/s | training steps/s | HR px/s |")
+    print("|---|---|---|---|")
+    for name, sampler in rows:
+        rate = batches_per_second(sampler, device, args.batches)
+        steps = steps_per_second(sampler, device, args.steps)
+        print(f"| {name} | {rate:.1f} | {steps:.3f} | {steps * BATCH * PATCH**2:,.0f} |")
+    ceiling = steps_per_second(FixedBatch(new), device, args.steps)
     print(
-        f"| {args.steps} | {seconds:.2f} | {1 / seconds:.3f} | {16 * 96 * 96 / seconds:,.0f} "
-        f"| {quality.psnr:.2f} | {quality.ssim:.4f} | {bicubic.psnr:.2f} |"
+        f"| network only (one fixed batch: the ceiling) | - | {ceiling:.3f} "
+        f"| {ceiling * BATCH * PATCH**2:,.0f} |"
     )
-    widget = widget_defaults_seconds_per_step()
-    print(
-        f"\nTrain widget defaults (fine-tune the bundled model, batch 8 of 64x64): {widget:.2f} "
-        f"s/step, so its default 1000 steps take about {1000 * widget / 60:.0f} minutes here."
-    )
+    if args.set5_steps:
+        set5(new, device, args.set5_steps)
 
 
-def widget_defaults_seconds_per_step(steps: int = 20) -> float:
-    """Seconds per step of the Train widget's defaults, fine-tuning the bundled RGB model."""
-    from napari_srgan.models.files import load_model
-    from napari_srgan.models.normalization import NormalizationSpec
-    from napari_srgan.models.registry import DEFAULT_MODEL, resolve_model
-    from napari_srgan.training.patches import PatchSampler
-    from napari_srgan.training.trainer import Trainer, TrainingConfig
-
-    model = load_model(resolve_model(DEFAULT_MODEL))
-    sampler = PatchSampler(
-        photo_training_images()[:20],
-        patch_size=64,
-        channels=3,
-        normalization=NormalizationSpec(),
-        skip_small=True,
-    )
-    config = TrainingConfig(
-        patch_size=64, batch_size=8, pretrain_steps=2, learning_rate=1e-4, device="cpu"
-    )
-    trainer = Trainer(model.network.train(), sampler, config)
-    trainer.run()  # warm-up: oneDNN picks its kernels
-    config.pretrain_steps += steps
+def set5(sampler: DeviceSampler, device: torch.device, steps: int) -> None:
+    torch.manual_seed(0)
+    config = TrainingConfig(pretrain_steps=steps, pixel_loss="mse", device=str(device))
+    trainer = Trainer(Generator(ARCHITECTURE), sampler, config)
     started = time.perf_counter()
     trainer.run()
-    return (time.perf_counter() - started) / steps
+    seconds = (time.perf_counter() - started) / steps
+    model = native_model(trainer.model.eval(), ModelCard("benchmark"))
+    quality, bicubic = mean_quality(evaluate_images(model, load_set("Set5"), device=str(device)))
+    print(
+        f"\n{steps} steps from scratch ({seconds:.2f} s/step, {os.cpu_count()} CPU cores): Set5 "
+        f"PSNR-Y {quality.psnr:.2f} dB / SSIM {quality.ssim:.4f} (bicubic {bicubic.psnr:.2f} dB)"
+    )
 
 
 if __name__ == "__main__":

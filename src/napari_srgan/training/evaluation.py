@@ -71,9 +71,10 @@ def evaluate_images(
     device: str = "auto",
     tile: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    ensemble: bool = False,
 ) -> list[ImageScore]:
     """Score ``model`` and bicubic on ``(name, hr)`` pairs of 8/16-bit images;
-    ``progress(done, total)`` counts images."""
+    ``progress(done, total)`` counts images; ``ensemble`` runs the 8-fold self-ensemble."""
     degradation = degradation or Bicubic()
     scores = []
     for index, (name, hr) in enumerate(images):
@@ -83,7 +84,7 @@ def evaluate_images(
             )
         hr = modcrop(hr[..., :3] if hr.ndim == 3 else hr)
         lr = make_lr(hr, degradation, seed=index)
-        sr = upscale(lr, model, rgb=hr.ndim == 3, device=device, tile=tile)
+        sr = upscale(lr, model, rgb=hr.ndim == 3, device=device, tile=tile, ensemble=ensemble)
         scores.append(ImageScore(name, _quality(sr, hr), _quality(bicubic_baseline(lr), hr)))
         if progress is not None:
             progress(index + 1, len(images))
