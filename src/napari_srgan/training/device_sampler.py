@@ -226,20 +226,28 @@ class DeviceSampler:
         x = (self._uniform(tries, size) * ((cols - patch) // step + 1)).long() * step
         if self.min_std <= 0 or tries == 1:
             return y[0], x[0]
+        # Candidates are checked in rounds, only for the samples still on background: most
+        # patches have content at the first try, so this costs about one check per sample.
         offsets = torch.arange(0, patch, STD_STRIDE, device=self.storage)
-        planes = chosen.expand(tries, size)
-        width = self.hr_planes.width[planes]
-        base = self.hr_planes.offset[planes]
-        area = self.hr_planes.height[planes] * width
-        index = (
-            base[..., None, None, None]
-            + torch.arange(self.channels, device=self.storage)[:, None, None]
-            * area[..., None, None, None]
-            + (y[..., None, None, None] + offsets[:, None]) * width[..., None, None, None]
-            + (x[..., None, None, None] + offsets)
-        )
-        content = self.hr[index].flatten(2).float().std(dim=2) >= self.min_std  # (tries, size)
-        first = torch.where(content.any(dim=0), content.long().argmax(dim=0), tries - 1)
+        channel = torch.arange(self.channels, device=self.storage)[:, None, None]
+        width, base = cols, self.hr_planes.offset[chosen]
+        area = rows * width
+        first = torch.full((size,), tries - 1, device=self.storage)
+        pending = torch.arange(size, device=self.storage)
+        for attempt in range(tries - 1):
+            w = width[pending, None, None, None]
+            index = (
+                (base[pending] + x[attempt, pending])[:, None, None, None]
+                + channel * area[pending, None, None, None]
+                + (y[attempt, pending, None, None, None] + offsets[:, None]) * w
+                + offsets
+            )
+            values = self.hr[index].flatten(1)
+            content = values.std(dim=1) >= self.min_std
+            first[pending[content]] = attempt
+            pending = pending[~content]
+            if pending.numel() == 0:
+                break
         pick = torch.arange(size, device=self.storage)
         return y[first, pick], x[first, pick]
 
@@ -250,17 +258,12 @@ class DeviceSampler:
             grid_y, grid_x = self._grids
         else:
             grid_y, grid_x = _augmented_grids(size, self.storage)
-        rows, cols = planes.height[chosen], planes.width[chosen]
-        ys = _mirror(y[:, None, None] + grid_y[augment], rows[:, None, None])
-        xs = _mirror(x[:, None, None] + grid_x[augment], cols[:, None, None])
+        rows, cols = planes.height[chosen][:, None, None], planes.width[chosen][:, None, None]
+        ys = _mirror(y[:, None, None] + grid_y[augment], rows)
+        xs = _mirror(x[:, None, None] + grid_x[augment], cols)
+        spatial = planes.offset[chosen][:, None, None] + ys * cols + xs  # (n, s, s)
         channel = torch.arange(self.channels, device=self.storage)[None, :, None, None]
-        index = (
-            planes.offset[chosen][:, None, None, None]
-            + channel * (rows * cols)[:, None, None, None]
-            + (ys * cols[:, None, None])[:, None]
-            + xs[:, None]
-        )
-        return data[index]
+        return data[spatial[:, None] + channel * (rows * cols)[:, None]]
 
 
 def _mirror(index: torch.Tensor, length: torch.Tensor) -> torch.Tensor:
