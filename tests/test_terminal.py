@@ -41,3 +41,25 @@ def test_a_refused_run_prints_no_progress():
     with Progress("cells.tif", "tile", stream=stream, live=False):
         pass
     assert stream.getvalue() == ""
+
+
+def test_training_logs_clean_lines_with_the_losses(tmp_path):
+    import subprocess
+    import sys
+
+    import imageio.v3 as iio
+    import numpy as np
+
+    hr = np.random.default_rng(0).integers(0, 255, (96, 96), dtype=np.uint8)
+    iio.imwrite(tmp_path / "hr.png", hr)
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_srgan", "train", "--hr", tmp_path / "hr.png",
+         "--from-scratch", "--grey-model", "--channels", "8", "--blocks", "1", "--steps", "3",
+         "--patch", "32", "--batch", "2", "--val-fraction", "0.34", "--device", "cpu",
+         "--no-download", "--out", tmp_path / "m.safetensors"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "\r" not in result.stderr
+    last = [line for line in result.stderr.splitlines() if line.startswith("training:")][-1]
+    assert last.startswith("training: 3/3 steps") and "=" in last  # the latest losses

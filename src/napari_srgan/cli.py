@@ -463,8 +463,6 @@ def _degradation(args: argparse.Namespace):
 
 
 def train_command(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from napari_srgan.models.normalization import NormalizationSpec
     from napari_srgan.models.registry import DEFAULT_GREY_MODEL, DEFAULT_MODEL
     from napari_srgan.models.srresnet import GeneratorConfig
@@ -546,12 +544,14 @@ def train_command(args: argparse.Namespace) -> None:
         skip_small=True,
         half=args.half,
     )
-    bar = tqdm(total=config.total_steps, unit="step", file=sys.stderr)
+    from napari_srgan.terminal import Progress
+
+    bar = Progress("training", "step", interval=30.0)
 
     def on_event(event) -> None:
         if isinstance(event, StepReport):
-            bar.n = event.step
-            bar.set_postfix({k: f"{v:.4g}" for k, v in event.losses.items()}, refresh=True)
+            losses = " ".join(f"{k}={v:.4g}" for k, v in event.losses.items())
+            bar.update(event.step, config.total_steps, note=losses)
         elif isinstance(event, ValidationReport):
             bar.write(
                 f"step {event.step}: PSNR {event.psnr:.2f} dB SSIM {event.ssim:.4f} "
@@ -560,9 +560,9 @@ def train_command(args: argparse.Namespace) -> None:
         elif isinstance(event, Notice):
             bar.write(f"note: {event.message}")
         elif isinstance(event, CheckpointSaved):
-            bar.set_description(f"checkpoint @{event.step}")
+            bar.note = f"checkpoint @{event.step}"
 
-    with bar:
+    with bar:  # shows from the first step on: a refused job prints only its error
         outcome = run_training(job, on_event=on_event)
     print(
         f"saved {outcome.model_path} after {outcome.steps} steps; checkpoint {outcome.checkpoint}"

@@ -35,6 +35,8 @@ class Progress:
         self.interval = interval
         self.live = self.stream.isatty() if live is None else live
         self.done, self.total = 0, None
+        #: A short status after the count (e.g. the latest losses).
+        self.note = ""
         self._bar = None
         self._started: float | None = None
         self._last_line = 0.0
@@ -65,13 +67,15 @@ class Progress:
         self._ticker = threading.Thread(target=self._tick, daemon=True)
         self._ticker.start()
 
-    def update(self, done: int, total: int | None = None) -> None:
+    def update(self, done: int, total: int | None = None, note: str | None = None) -> None:
         with self._lock:
             self.done, self.total = done, total if total is not None else self.total
+            self.note = self.note if note is None else note
         self.start()
         with self._lock:
             if self._bar is not None:
                 self._bar.total = self.total
+                self._bar.set_postfix_str(self.note, refresh=False)
                 self._bar.update(done - self._bar.n)
             elif done == self.total or time.monotonic() - self._last_line >= self.interval:
                 self._line()
@@ -90,7 +94,7 @@ class Progress:
             self._ticker.join()
         with self._lock:
             if self._bar is not None:
-                self._bar.set_postfix_str("", refresh=False)  # no spinner on the final bar
+                self._bar.set_postfix_str(self.note, refresh=False)  # no spinner at the end
                 self._bar.close()
                 self._bar = None
             elif self._started is not None and finished and self._last_shown != self.done:
@@ -104,7 +108,8 @@ class Progress:
         else:
             count = f"{self.done} {self.unit}s" if self.done else "started"
         seconds = f"{elapsed:.{1 if elapsed < 10 else 0}f} s"
-        print(f"{self.label}: {count}, {seconds}", file=self.stream, flush=True)
+        note = f", {self.note}" if self.note else ""
+        print(f"{self.label}: {count}, {seconds}{note}", file=self.stream, flush=True)
         self._last_line, self._last_shown = time.monotonic(), self.done
 
     def _tick(self) -> None:
@@ -114,6 +119,7 @@ class Progress:
             with self._lock:
                 if self._bar is not None:
                     turn += 1
-                    self._bar.set_postfix_str(SPINNER[turn % len(SPINNER)], refresh=True)
+                    spinner = SPINNER[turn % len(SPINNER)]
+                    self._bar.set_postfix_str(f"{self.note} {spinner}".lstrip(), refresh=True)
                 elif time.monotonic() - self._last_line >= self.interval:
                     self._line()
