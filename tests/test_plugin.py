@@ -35,6 +35,11 @@ def test_manifest_validates_with_imports():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def shown(control) -> bool:
+    """Part of the form now (magicgui's ``visible`` is False in a hidden viewer)."""
+    return not control.native.isHidden()
+
+
 def open_upscale_widget(viewer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-srgan", "Upscale 4x")
     return widget
@@ -62,7 +67,7 @@ def test_upscaled_layer_overlays_the_input_exactly(
     widget.image.value = source
     widget.model.value = "tiny-rgb"
     widget.run_button.clicked.emit()
-    result = viewer.layers["stack x4"]
+    result = viewer.layers["stack x4 tiny-rgb"]
     assert result.data.shape[:3] == (3, 84, 68) and result.data.dtype == data.dtype
     np.testing.assert_allclose(pixel_edges(result), pixel_edges(source))
     # the Z axis is untouched, the image axes shrink 4x
@@ -90,12 +95,13 @@ def test_cancel_leaves_no_layer_and_the_ui_stays_responsive(
     widget.start()
     assert not widget.run_button.enabled and widget.cancel_button.enabled
     # progress arrives while the event loop keeps running (the UI thread is not blocked)
-    qtbot.waitUntil(lambda: "tiles" in widget.status.value, timeout=30000)
+    qtbot.waitUntil(lambda: "tiles" in widget.progress.text, timeout=30000)
+    assert widget.progress.shown
     widget.cancel()
-    qtbot.waitUntil(lambda: widget.status.value == "cancelled", timeout=30000)
+    qtbot.waitUntil(lambda: widget.status.value.startswith("cancelled"), timeout=30000)
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=5000)
     assert [layer.name for layer in viewer.layers] == ["big"]
-    assert not widget.cancel_button.enabled
+    assert not widget.cancel_button.enabled and not widget.progress.shown
 
 
 @pytest.mark.parametrize("make_layer", ["labels", "points", "empty"])
@@ -126,6 +132,7 @@ def test_bad_layers_get_a_message_and_change_nothing(
         module.show_error = original
     assert len(messages) == 1
     assert ("choose an image layer" in messages[0]) or ("at least 4x4" in messages[0])
+    assert messages[0].removeprefix("napari-srgan: ") in widget.status.value  # in the dock too
     assert len(viewer.layers) == 1
 
 
@@ -177,7 +184,7 @@ def test_screenshot_shows_the_upscaled_layer(make_napari_viewer, tiny_model_file
     source.visible = False
     viewer.reset_view()
     shot = viewer.screenshot(canvas_only=True, flash=False)
-    upscaled = viewer.layers["astronaut (LR) x4"].data
+    upscaled = viewer.layers["astronaut (LR) x4 tiny-rgb"].data
     centre = shot[
         shot.shape[0] // 4 : 3 * shot.shape[0] // 4, shot.shape[1] // 4 : 3 * shot.shape[1] // 4
     ]
@@ -235,7 +242,9 @@ def test_training_after_a_canvas_exists_does_not_crash():
         pytest.skip("this OpenGL driver does not load LLVM: the trap cannot occur here")
 
 
-def test_dask_layers_get_a_lazy_result(make_napari_viewer, tiny_model_file, synchronous):
+def test_stacks_get_a_lazy_result_computed_as_you_browse(
+    make_napari_viewer, tiny_model_file, synchronous
+):
     import dask.array as da
 
     from napari_srgan.engine.upscale import upscale
@@ -248,17 +257,22 @@ def test_dask_layers_get_a_lazy_result(make_napari_viewer, tiny_model_file, sync
     widget.reset_choices()
     widget.image.value = source
     widget.model.value = "tiny-rgb"
-    widget.start()  # "auto": a dask layer gets a dask result, nothing computed yet
-    result = viewer.layers["lazy x4"]
-    assert isinstance(result.data, da.Array) and result.data.shape == (3, 160, 200, 3)
-    assert result.data.chunks[0] == (1, 1, 1)  # napari computes one plane per slider position
+    widget.start()  # "auto": a dask stack gets a lazy result: only the plane on view is computed
+    result = viewer.layers["lazy x4 tiny-rgb"]
+    planes = widget.lazy_results[0].array.planes
+    assert result.data.shape == (3, 160, 200, 3)
+    assert (viewer.dims.current_step[0],) in planes and len(planes) < 3
+    [missing] = [plane for plane in [(0,), (1,), (2,)] if plane not in planes][:1]
+    viewer.dims.set_current_step(0, missing[0])
+    assert missing in planes
     expected = upscale(stack, load_model(tiny_model_file))
-    assert np.abs(result.data[1].compute().astype(int) - expected[1]).max() <= 1
+    np.testing.assert_array_equal(np.asarray(result.data[missing]), expected[missing])
+    np.testing.assert_array_equal(np.asarray(result.data), expected)  # saving computes all
     np.testing.assert_allclose(pixel_edges(result), pixel_edges(source))
 
 
-def test_big_results_stream_into_a_zarr_file(
-    make_napari_viewer, tiny_model_file, synchronous, tmp_path
+def test_big_results_stream_into_a_zarr_file_never_replaced_silently(
+    make_napari_viewer, tiny_model_file, synchronous, tmp_path, monkeypatch
 ):
     from napari_srgan.engine.upscale import upscale
     from napari_srgan.models.files import load_model
@@ -271,22 +285,201 @@ def test_big_results_stream_into_a_zarr_file(
     widget.reset_choices()
     widget.image.value = source
     widget.model.value = "tiny-rgb"
-    widget.memory_limit = 1000  # pretend the result does not fit in memory
+    widget.in_memory_limit = 1000  # pretend the result does not fit in memory
+    assert not shown(widget.zarr_path)  # the zarr field shows only in zarr mode
     errors = []
-    original, module.show_error = module.show_error, errors.append
-    try:
-        widget.start()
-    finally:
-        module.show_error = original
-    assert "choose a zarr file" in errors[0] and len(viewer.layers) == 1
-    widget.zarr_path.value = tmp_path / "big-x4.zarr"
+    monkeypatch.setattr(module, "show_error", errors.append)
     widget.start()
-    result = viewer.layers["big x4"]
+    assert "choose a zarr file" in errors[0] and len(viewer.layers) == 1
+    assert widget.result_mode.value == "zarr file" and shown(widget.zarr_path)
+    target = tmp_path / "big-x4.zarr"
+    widget.zarr_path.value = target
+    widget.start()
+    result = viewer.layers["big x4 tiny-rgb"]
     assert result.multiscale and result.data[0].shape == (600, 560)  # written with a pyramid
     np.testing.assert_array_equal(
         np.asarray(result.data[0]), upscale(image, load_model(tiny_model_file))
     )
     np.testing.assert_allclose(pixel_edges(result), pixel_edges(source))
     viewer.layers.clear()
-    [reopened] = viewer.open(str(tmp_path / "big-x4.zarr"), plugin="napari-srgan")
-    assert reopened.name == "big x4" and tuple(reopened.scale) == pytest.approx((0.05, 0.05))
+    [reopened] = viewer.open(str(target), plugin="napari-srgan")
+    assert reopened.name == "big x4 tiny-rgb" and tuple(reopened.scale) == pytest.approx(
+        (0.05, 0.05)
+    )
+
+    # the file exists now: the user is asked, and "no" leaves it as it is
+    questions = []
+    monkeypatch.setattr(module, "ask", lambda _parent, question: questions.append(question))
+    before = sorted(p.name for p in target.rglob("*"))
+    widget.image.value = viewer.add_image(image[:40, :40], name="other")
+    widget.model.value = "tiny-rgb"
+    widget.start()
+    assert len(questions) == 1 and "exists" in questions[0]
+    assert "big x4 tiny-rgb" in [layer.name for layer in viewer.layers]
+    assert sorted(p.name for p in target.rglob("*")) == before
+    assert "other x4 tiny-rgb" not in [layer.name for layer in viewer.layers]
+    monkeypatch.setattr(module, "ask", lambda _parent, question: True)
+    widget.start()
+    assert viewer.layers["other x4 tiny-rgb"].data.shape == (160, 160)
+
+
+@pytest.mark.parametrize("own_output", [False, True])
+def test_multiscale_layers_upscale_their_full_resolution_level(
+    make_napari_viewer, tiny_model_file, synchronous, tmp_path, own_output
+):
+    """Any multiscale layer, including this plugin's own OME-Zarr output opened again."""
+    import dask.array as da
+
+    from napari_srgan.engine.upscale import upscale
+    from napari_srgan.models.files import load_model
+
+    viewer = make_napari_viewer()
+    # 132 px: the written result (528 px) is just big enough for a 2-level pyramid
+    image = np.random.default_rng(3).integers(0, 255, (2, 132, 100) if own_output else (2, 40, 36))
+    image = image.astype(np.uint8)
+    widget = open_upscale_widget(viewer)
+    widget.reset_choices()
+    if own_output:  # a pyramid written by the zarr mode, opened by the reader
+        widget.image.value = viewer.add_image(image[0], name="first")
+        widget.model.value = "tiny-rgb"
+        widget.result_mode.value = "zarr file"
+        widget.zarr_path.value = tmp_path / "first.zarr"
+        widget.start()
+        viewer.layers.clear()
+        [source] = viewer.open(str(tmp_path / "first.zarr"), plugin="napari-srgan")
+        full = np.asarray(source.data[0])
+    else:
+        levels = [da.from_array(image), da.from_array(image[:, ::2, ::2])]
+        source = viewer.add_image(levels, multiscale=True, name="pyramid")
+        full = image
+    assert source.multiscale
+    widget.image.value = source
+    widget.model.value = "tiny-rgb"
+    widget.result_mode.value = "in memory"
+    widget.start()
+    result = viewer.layers[f"{source.name} x4 tiny-rgb"]
+    assert result.data.shape == tuple(
+        s * (4 if a >= full.ndim - 2 else 1) for a, s in enumerate(full.shape)
+    )
+    np.testing.assert_array_equal(result.data, upscale(full, load_model(tiny_model_file)))
+
+
+def test_the_model_follows_the_layer(make_napari_viewer, tiny_model_file, synchronous):
+    from napari_srgan.models.registry import DEFAULT_GREY_MODEL, DEFAULT_MODEL
+
+    viewer = make_napari_viewer()
+    grey = viewer.add_image(np.zeros((32, 32), np.uint8), name="grey")
+    rgb = viewer.add_image(np.zeros((32, 32, 3), np.uint8), name="rgb")
+    widget = open_upscale_widget(viewer)
+    widget.reset_choices()
+    widget.image.value = grey
+    assert widget.model.value == DEFAULT_GREY_MODEL and "grey model" in widget.info.value
+    widget.image.value = rgb
+    assert widget.model.value == DEFAULT_MODEL and "⚠" not in widget.info.value
+    widget.image.value = grey  # the RGB default does not fit: back to the grey one
+    assert widget.model.value == DEFAULT_GREY_MODEL
+    widget.model.value = "tiny-rgb"  # the user's choice is kept, with a warning
+    assert "⚠ made for RGB images, this layer is grey" in widget.info.value
+    assert "UNTRAINED" in widget.info.value
+
+
+def test_model_info_follows_a_replaced_model_file(
+    make_napari_viewer, tiny_model_file, synchronous, qtbot
+):
+    from conftest import tiny_model
+    from napari_srgan.models.files import save_model
+    from napari_srgan.models.interface import ModelCard
+    from napari_srgan.plugin.model_list import model_list
+
+    viewer = make_napari_viewer()
+    widget = open_upscale_widget(viewer)
+    widget.reset_choices()
+    widget.model.value = "tiny-rgb"
+    assert "RGB model" in widget.info.value
+    grey = tiny_model(1)
+    card = ModelCard("tiny-rgb", in_channels=1, out_channels=1, degradation="crappifier")
+    save_model(tiny_model_file, grey.network, card)
+    qtbot.waitUntil(lambda: "grey model" in widget.info.value, timeout=5000)  # file watcher
+    save_model(tiny_model_file.with_name("added.safetensors"), grey.network, card)
+    model_list.changed.emit()  # what the Train widget sends after saving
+    assert "added" in widget.model.choices and "noise" in widget.info.value
+
+
+def test_a_long_error_does_not_widen_the_dock(make_napari_viewer, tiny_model_file, monkeypatch):
+    from napari.qt import get_qapp
+
+    from napari_srgan.plugin import upscale_widget as module
+
+    viewer = make_napari_viewer(show=True)
+    widget = open_upscale_widget(viewer)
+    dock = widget.native.parent()
+    get_qapp().processEvents()
+    width, hint = dock.width(), widget.native.sizeHint().width()
+    shown = []
+    monkeypatch.setattr(module, "show_error", shown.append)
+    long_path = "/very/long/folder/" * 40 + "model.safetensors"
+
+    def missing(_name):
+        raise module.ModelFileError(f"model file not found: {long_path} " + "word " * 300)
+
+    monkeypatch.setattr(module, "resolve_model", missing)
+    widget.image.value = viewer.add_image(np.zeros((16, 16), np.uint8))
+    widget.start()
+    get_qapp().processEvents()
+    assert long_path in shown[0]  # the full message is in the notification
+    assert widget.status.value.startswith("⚠ model file not found")
+    assert widget.native.sizeHint().width() <= hint
+    assert dock.width() == width
+
+
+def test_controls_show_what_works(make_napari_viewer, tiny_model_file):
+    import torch
+
+    viewer = make_napari_viewer()
+    widget = open_upscale_widget(viewer)
+    widget.reset_choices()
+    widget.model.value = "tiny-rgb"
+    tile = widget.tile
+    assert tile.native.text() == "auto" and tile.chosen is None
+    tile.native.stepBy(1)  # one step up from "auto": the smallest tile offered, the overlap
+    halo = widget._card().halo
+    assert tile.chosen == max(16, -(-halo // 8) * 8)
+    tile.native.stepBy(-1)
+    assert tile.native.text() == "auto"
+    widget.model.value = "srresnet-rgb-x4"  # a bigger overlap raises the minimum
+    tile.native.stepBy(1)
+    assert tile.chosen >= widget._card().halo > halo
+    expected = ["auto", "cpu"] + ["cuda"] * torch.cuda.is_available()
+    assert list(widget.device.choices)[: len(expected)] == expected
+    assert ("mps" in widget.device.choices) == torch.backends.mps.is_available()
+    widget.result_mode.value = "zarr file"
+    assert shown(widget.zarr_path)
+    widget.result_mode.value = "in memory"
+    assert not shown(widget.zarr_path)
+    for control in (widget.image, widget.model, widget.tile, widget.device, widget.result_mode):
+        assert len(control.tooltip) > 40
+
+
+def test_progress_bar_pulses_then_counts_tiles(make_napari_viewer, tiny_model_file, qtbot):
+    viewer = make_napari_viewer()
+    widget = open_upscale_widget(viewer)
+    widget.reset_choices()
+    widget.image.value = viewer.add_image(np.zeros((100, 100, 3), np.uint8), name="x")
+    widget.model.value = "tiny-rgb"
+    widget.tile.value = 48
+    seen = []
+    report = widget._on_report
+
+    def record(message):
+        report(message)
+        seen.append(widget.progress.text)
+
+    widget._on_report = record
+    widget.start()
+    assert widget.progress.text == "loading model…"
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60000)
+    assert "upscaling the first tile…" in seen[:2]
+    assert (
+        seen[-1].endswith("tiles") and seen[-1].split("/")[0] == seen[-1].split("/")[1].split()[0]
+    )
+    assert not widget.progress.shown and widget.status.value.startswith("done")

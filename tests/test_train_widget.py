@@ -40,26 +40,79 @@ def errors(monkeypatch):
 
 
 def test_train_plot_preview_and_the_saved_model_upscales(
-    viewer_with_photo, tiny_model_file, monkeypatch
+    viewer_with_photo, tiny_model_file, monkeypatch, recwarn
 ):
     monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
     viewer = viewer_with_photo
     widget = open_train_widget(viewer, model_name="trained-in-test")
     widget.train_button.clicked.emit()
+    assert not [w for w in recwarn if "layout" in str(w.message).lower()]  # matplotlib's
     assert widget.outcome is not None and widget.outcome.finished, widget.status.value
     assert widget.plot.steps == list(range(1, 11))
     assert [v[0] for v in widget.plot.validation] == [5, 10]
     assert len(widget.plot.loss_axes.lines) == 1 and len(widget.plot.psnr_axes.lines) == 2
     preview = widget.preview_layer
     assert preview in viewer.layers and preview.name.startswith("srgan training preview (step 10")
-    assert preview.data.ndim == 3  # an RGB crop of the held-out part of "photo"
+    # LR | bicubic above model | HR, RGB, from the held-out rows of "photo", labelled
+    assert preview.data.ndim == 3 and preview.data.shape[0] < preview.data.shape[1]
+    assert list(widget.preview_labels.features["panel"]) == ["LR", "bicubic", "model", "HR"]
+    assert tuple(preview.contrast_limits) != (0, 1)  # contrasted from the HR panel
+    photo = viewer.layers["photo"]
+    assert preview.extent.world[0][-1] > photo.extent.world[1][-1]  # beside the data
+    assert widget.plot.minimumHeight() >= 200  # never squeezed by other docked widgets
+    assert [name for name, _ in widget._image_layers()] == ["photo"]  # not the preview
 
     _, upscale = viewer.window.add_plugin_dock_widget("napari-srgan", "Upscale 4x")
     assert "trained-in-test" in upscale.model.choices  # listed without reopening anything
-    upscale.image.value = viewer.layers["photo"]
+    upscale.image.value = photo
     upscale.model.value = "trained-in-test"
     upscale.run_button.clicked.emit()
-    assert viewer.layers["photo x4"].data.shape == (1280, 640, 3)
+    assert viewer.layers["photo x4 trained-in-test"].data.shape == (1280, 640, 3)
+    widget.reset_choices()
+    assert [name for name, _ in widget._image_layers()] == ["photo"]  # nor upscaled results
+
+
+def test_a_saved_model_is_never_replaced_silently(viewer_with_photo, tiny_model_file, monkeypatch):
+    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
+    widget = open_train_widget(viewer_with_photo, model_name="mine", steps=2, validate_every=2)
+    asked = []
+
+    def answer(choice):
+        def ask(_parent, name, proposal):
+            asked.append((name, proposal))
+            return {"replace": name, "rename": proposal, "cancel": None}[choice]
+
+        monkeypatch.setattr(module, "ask_replace", ask)
+
+    answer("rename")
+    widget.train_button.clicked.emit()
+    first = (tiny_model_file.parent / "mine.safetensors").read_bytes()
+    assert asked == []  # nothing to replace the first time
+    widget.steps.value = 3
+    widget.train_button.clicked.emit()  # the same name again: a free name is proposed
+    assert asked == [("mine", "mine-2")] and widget.model_name.value == "mine-2"
+    assert widget.outcome.model_path.name == "mine-2.safetensors"
+    assert (tiny_model_file.parent / "mine.safetensors").read_bytes() == first
+    answer("cancel")
+    widget.model_name.value = "mine"
+    widget.outcome = None
+    widget.train_button.clicked.emit()
+    assert widget.outcome is None and "exists" in widget.status.value
+    assert (tiny_model_file.parent / "mine.safetensors").read_bytes() == first
+    answer("replace")
+    widget.train_button.clicked.emit()
+    assert widget.outcome.steps == 3
+    assert (tiny_model_file.parent / "mine.safetensors").read_bytes() != first
+
+
+def test_form_scrolls_and_every_control_explains_itself(viewer_with_photo, tiny_model_file):
+    from qtpy.QtWidgets import QScrollArea
+
+    widget = open_train_widget(viewer_with_photo)
+    assert isinstance(widget.form.root_native_widget, QScrollArea)
+    for control in widget.form:
+        if control.label and not control.label.startswith("<b>"):
+            assert len(control.tooltip or "") > 30, control.label
 
 
 def test_stop_keeps_a_checkpoint_and_resume_continues(viewer_with_photo, tiny_model_file, qtbot):
@@ -124,3 +177,30 @@ def test_bad_input_gets_a_clear_message(
     assert not (tiny_model_file.parent / "bad.safetensors").exists()
     if case != "full disk":  # bad input is refused before training: no preview layer appears
         assert [layer.name for layer in viewer.layers] == layers_before
+
+
+def test_the_preview_shows_a_textured_crop_in_labelled_panels():
+    from napari_srgan.training.degradations import Bicubic
+    from napari_srgan.training.validation import (
+        PREVIEW_PANELS,
+        make_validation_image,
+        preview_corners,
+        preview_panels,
+    )
+
+    hr = np.zeros((1, 64, 200), np.float32)
+    hr[:, 8:40, 150:190] = np.random.default_rng(0).random((32, 40))  # detail at the right
+    centre = make_validation_image(hr, Bicubic(), crop=48)
+    textured = make_validation_image(hr, Bicubic(), crop=48, crop_at="texture")
+    assert textured.hr.std() > 0.2 and centre.hr.std() == 0
+    sr = np.full_like(textured.hr, 0.5)
+    bicubic = np.full_like(textured.hr, 0.25)
+    preview = preview_panels(textured.lr, bicubic, sr, textured.hr)
+    corners = dict(zip(PREVIEW_PANELS, preview_corners(preview.shape), strict=True))
+    height, width = textured.hr.shape[1:]
+    top, left = corners["model"]
+    assert (preview[top : top + height, left : left + width] == 0.5).all()
+    top, left = corners["HR"]
+    np.testing.assert_array_equal(preview[top : top + height, left : left + width], textured.hr[0])
+    top, left = corners["LR"]
+    np.testing.assert_array_equal(preview[top : top + 4, left : left + 4], textured.lr[0, 0, 0])

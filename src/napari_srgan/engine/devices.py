@@ -115,3 +115,13 @@ def auto_tile_size(
     per_tile = max(budget - fixed_bytes(model), 0) // batch_size
     read = math.isqrt(per_tile // bytes_per_input_pixel(model))
     return max(MIN_AUTO_TILE, read - 2 * halo)
+
+
+def available_devices() -> list[str]:
+    """The device choices this machine has: "auto" and "cpu", plus CUDA and MPS when present."""
+    devices = ["auto", "cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    if torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices

@@ -4,6 +4,9 @@ Core functions report through plain callbacks from the worker thread; :class:`Re
 report into a queued Qt signal, so widgets only ever touch Qt objects on the main thread.
 Setting ``NAPARI_SRGAN_SYNCHRONOUS=1`` (tests do) runs jobs in the calling thread instead, which
 makes widget tests deterministic (the idea of stardist-napari's test switch).
+
+While a threaded job runs, torch computes on one core fewer than the machine has, so the GUI
+thread always finds a free core (measured by ``benchmarks/gui_responsiveness.py``).
 """
 
 from __future__ import annotations
@@ -11,12 +14,39 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from napari.qt.threading import thread_worker
 from qtpy.QtCore import QObject, Signal
 
 SYNCHRONOUS_ENV = "NAPARI_SRGAN_SYNCHRONOUS"
+#: Cores kept free for the GUI thread while a worker computes (0 gives torch every core).
+GUI_CORES = 1
+
+_threads_lock = threading.Lock()
+_running_jobs = 0
+_threads_before = 0
+
+
+@contextlib.contextmanager
+def leave_cores_for_the_gui() -> Iterator[None]:
+    """Run torch on ``cores - GUI_CORES`` threads (at least one) and restore the previous
+    count when the last running job ends (torch's thread count is global to the process)."""
+    import torch
+
+    global _running_jobs, _threads_before
+    with _threads_lock:
+        if _running_jobs == 0:
+            _threads_before = torch.get_num_threads()
+            torch.set_num_threads(max(1, _threads_before - GUI_CORES))
+        _running_jobs += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _running_jobs -= 1
+            if _running_jobs == 0:
+                torch.set_num_threads(_threads_before)
 
 
 class Relay(QObject):
@@ -36,6 +66,13 @@ class BackgroundJob:
 
     def stop(self) -> None:
         self.stop_flag.set()
+
+    def report(self, message: object) -> None:
+        """Send ``message`` to the widget (from any thread); dropped once the widget is gone."""
+        try:
+            self.relay.report.emit(message)
+        except RuntimeError:  # the Qt side was deleted (the viewer closed): stop quietly
+            self.stop_flag.set()
 
     def detach(self) -> None:
         """Stop, and deliver nothing more: the widget that wanted the results is gone."""
@@ -61,7 +98,7 @@ def run_job(
     on_finished: Callable[[], None],
     owner: QObject | None = None,
 ) -> BackgroundJob:
-    """Start ``function(job)``; it reports with ``job.relay.report.emit(...)`` and checks
+    """Start ``function(job)``; it reports with ``job.report(...)`` and checks
     ``job.stop_flag``. The callbacks run on the main thread. ``owner`` (the widget's Qt
     object) stops the job when it is destroyed."""
     job = BackgroundJob()
@@ -89,7 +126,12 @@ def run_job(
             on_finished()
         return job
     connections = {"returned": on_returned, "errored": on_errored, "finished": on_finished}
-    worker = thread_worker(function, start_thread=False, connect=connections)(job)
+
+    def in_background(handle: BackgroundJob) -> object:
+        with leave_cores_for_the_gui():
+            return function(handle)
+
+    worker = thread_worker(in_background, start_thread=False, connect=connections)(job)
     job.worker = worker
     if owner is not None:  # a closed widget stops its job instead of receiving reports
         owner.destroyed.connect(job.detach)

@@ -1,38 +1,42 @@
-"""The "Upscale 4x" dock widget: picks a layer and a model, runs the core engine in a thread."""
+"""The "Upscale" dock widget: picks a layer and a model, runs the core engine in a thread."""
 
 from __future__ import annotations
 
+import itertools
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import napari
 import numpy as np
 import psutil
-from magicgui.widgets import (
-    ComboBox,
-    Container,
-    FileEdit,
-    Label,
-    PushButton,
-    SpinBox,
-    create_widget,
-)
-from napari.utils import progress
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, create_widget
 from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtWidgets import QMessageBox, QSizePolicy
 
-from napari_srgan.engine.devices import DEVICE_CHOICES
+from napari_srgan.engine.devices import MIN_AUTO_TILE, available_devices
 from napari_srgan.engine.file_upscale import UpscaleSettings, upscale_to_zarr
 from napari_srgan.engine.geometry import upscaled_placement
-from napari_srgan.engine.lazy import upscale_lazy
 from napari_srgan.engine.provenance import provenance
 from napari_srgan.engine.tiling import Cancelled
-from napari_srgan.engine.upscale import ImageLayout, check_image, upscale
+from napari_srgan.engine.upscale import ImageLayout, check_image, colour_range, upscale
 from napari_srgan.io.images import PROVENANCE_KEY
 from napari_srgan.io.zarr_files import is_zarr
 from napari_srgan.models.files import ModelFileError, load_model, read_metadata
-from napari_srgan.models.registry import available_models, resolve_model
+from napari_srgan.models.interface import ModelCard, SRModel
+from napari_srgan.models.normalization import IntensityRange
+from napari_srgan.models.registry import available_models, default_model, resolve_model
 from napari_srgan.plugin.background import BackgroundJob, run_job
+from napari_srgan.plugin.controls import (
+    AutoSpinBox,
+    DockProgress,
+    compact_combo,
+    help_link,
+    section,
+    show_status,
+    text_line,
+)
 from napari_srgan.plugin.model_list import follow_model_list
 from napari_srgan.plugin.reader import read_zarr_layer
 from napari_srgan.plugin.writer import length_unit
@@ -40,19 +44,35 @@ from napari_srgan.plugin.writer import length_unit
 if TYPE_CHECKING:
     from napari.layers import Image
 
+#: Result modes: computed into memory, plane by plane as the user browses, or into OME-Zarr.
+RESULT_MODES = ("auto", "in memory", "lazy (as you browse)", "zarr file")
+LAZY = RESULT_MODES[2]
+#: What a model's degradation means for the images it suits, in a user's words.
+TRAINED_ON = {
+    "bicubic": "learnt on clean images shrunk smoothly (photos, low-noise stains)",
+    "crappifier": "learnt on blurred, noisy images: also removes noise (fast or dim microscopy)",
+    "paired": "learnt on real low/high-resolution pairs",
+}
+#: Layer metadata key marking layers this plugin made as previews (not training data).
+PREVIEW_KEY = "napari_srgan_preview"
+
 
 def model_choices(_widget=None) -> list[str]:
     return list(available_models())
 
 
-def output_layer_options(layer: Image, metadata: dict) -> dict:
-    """Name, placement and display settings for the upscaled copy of ``layer``; the factor is
-    the model's, from its provenance record ``metadata``."""
+def input_level(layer: Image):
+    """The array to upscale: a multiscale layer's full-resolution level, else the data."""
+    return layer.data[0] if layer.multiscale else layer.data
+
+
+def output_layer_options(layer: Image, metadata: dict, card: ModelCard, model_name: str) -> dict:
+    """Name, placement and display settings for the copy of ``layer`` upscaled by the model
+    listed as ``model_name``."""
     spatial = [layer.ndim - 2, layer.ndim - 1]
-    factor = int(metadata["scale"])
-    scale, translate = upscaled_placement(layer.scale, layer.translate, spatial, factor=factor)
+    scale, translate = upscaled_placement(layer.scale, layer.translate, spatial, factor=card.scale)
     options = {
-        "name": f"{layer.name} x{factor}",
+        "name": f"{layer.name} x{card.scale} {model_name}",
         "scale": scale,
         "translate": translate,
         "rgb": layer.rgb,
@@ -61,23 +81,147 @@ def output_layer_options(layer: Image, metadata: dict) -> dict:
         "opacity": layer.opacity,
         "units": layer.units,
         "axis_labels": layer.axis_labels,
+        "contrast_limits": layer.contrast_limits,
     }
     if not layer.rgb:
-        options.update(
-            colormap=layer.colormap,
-            contrast_limits=layer.contrast_limits,
-            gamma=layer.gamma,
-        )
+        options.update(colormap=layer.colormap, gamma=layer.gamma)
     return options
 
 
-#: Result modes: computed into memory, lazily as the user browses, or streamed into OME-Zarr.
-RESULT_MODES = ("auto", "in memory", "lazy (dask)", "zarr file")
+def ask(parent, question: str) -> bool:
+    """Ask the user a yes/no question (tests replace this)."""
+    answer = QMessageBox.question(parent, "napari-srgan", question)
+    return answer == QMessageBox.StandardButton.Yes
 
 
-def is_lazy(data) -> bool:
-    """Data napari reads lazily (dask, zarr...): anything that is not an in-memory numpy array."""
-    return not isinstance(data, np.ndarray)
+class PlanesOnDemand:
+    """A stack's upscaled result that napari can show before it exists: a plane is computed in
+    the background (with progress and Cancel) the first time napari asks for it, and reads as
+    zeros until then. Converting the whole array (saving it) computes every plane first."""
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype,
+        rgb: bool,
+        request: Callable[[list[tuple[int, ...]]], None],
+        compute_now: Callable[[list[tuple[int, ...]]], None],
+    ) -> None:
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+        self.leading = self.ndim - (3 if rgb else 2)
+        self.planes: dict[tuple[int, ...], np.ndarray] = {}
+        self._request, self._compute_now = request, compute_now
+        #: True while napari reads from this array (a refresh then would re-enter its slicing).
+        self.slicing = False
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _wanted(self, key: tuple) -> tuple[list[range | int], tuple]:
+        if Ellipsis in key:
+            at = key.index(Ellipsis)
+            key = key[:at] + (slice(None),) * (self.ndim - len(key) + 1) + key[at + 1 :]
+        key = key + (slice(None),) * (self.ndim - len(key))
+        lead = [
+            range(n)[k] if isinstance(k, slice) else int(k)
+            for k, n in zip(key[: self.leading], self.shape, strict=False)
+        ]
+        return lead, key[self.leading :]
+
+    def __getitem__(self, key) -> np.ndarray:
+        lead, rest = self._wanted(key if isinstance(key, tuple) else (key,))
+        axes = [k if isinstance(k, range) else [k] for k in lead]
+        wanted = [tuple(int(i) for i in plane) for plane in itertools.product(*axes)]
+        missing = [plane for plane in wanted if plane not in self.planes]
+        if missing:
+            self.slicing = True
+            try:
+                self._request(missing)
+            finally:
+                self.slicing = False
+        plane_shape = self.shape[self.leading :]
+        stack = np.zeros((len(wanted), *plane_shape), self.dtype)
+        for index, plane in enumerate(wanted):
+            if plane in self.planes:
+                stack[index] = self.planes[plane]
+        stack = stack.reshape(*[len(a) for a in axes], *plane_shape)[..., *rest]
+        squeeze = tuple(i for i, k in enumerate(lead) if not isinstance(k, range))
+        return stack.squeeze(axis=squeeze) if squeeze else stack
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        missing = [p for p in np.ndindex(*self.shape[: self.leading]) if p not in self.planes]
+        if missing:
+            self._compute_now(missing)
+        return np.asarray(self[...], dtype=dtype)
+
+
+class LazyResult:
+    """One lazy result layer: its planes, the planes napari asked for that are not computed yet,
+    and how to compute them (the model stays loaded while the layer exists)."""
+
+    def __init__(
+        self,
+        data,
+        layout: ImageLayout,
+        model: SRModel,
+        *,
+        intensity: IntensityRange,
+        settings: dict,
+        on_request: Callable[[], None],
+    ) -> None:
+        self.data, self.layout, self.model = data, layout, model
+        self.intensity, self.settings, self.on_request = intensity, settings, on_request
+        self.queue: list[tuple[int, ...]] = []
+        #: Planes whose computation was cancelled: asked for again only after another plane.
+        self.cancelled: set[tuple[int, ...]] = set()
+        self.layer: Image | None = None
+        self.array = PlanesOnDemand(
+            layout.output_shape(model.scale),
+            intensity.dtype,
+            layout.rgb,
+            self.request,
+            lambda planes: self.compute(planes, None),
+        )
+
+    def request(self, planes: list[tuple[int, ...]]) -> None:
+        if not set(planes) <= self.cancelled:
+            self.cancelled.clear()
+        new = [p for p in planes if p not in self.queue and p not in self.cancelled]
+        if new:
+            self.queue.extend(new)
+            self.on_request()
+
+    def compute(self, planes: list[tuple[int, ...]], job: BackgroundJob | None) -> None:
+        """Upscale ``planes`` with one intensity range for the whole stack (no jumps between
+        planes); reports tiles over all of them and each finished plane."""
+        for index, plane in enumerate(planes):
+            if plane in self.array.planes:
+                continue
+
+            def report(done: int, total: int, before: int = index) -> None:
+                if job is not None:
+                    job.report(("progress", before * total + done, len(planes) * total))
+
+            self.array.planes[plane] = upscale(
+                self.data[plane],
+                self.model,
+                rgb=self.layout.rgb,
+                intensity=self.intensity,
+                progress=report,
+                should_stop=None if job is None else job.stop_flag.is_set,
+                **self.settings,
+            )
+            if job is not None:
+                job.report(("plane", plane))
+
+    def refresh(self) -> None:
+        """Show the planes computed so far (not from inside napari's own slicing)."""
+        if self.layer is not None and not self.array.slicing:
+            self.layer.refresh()
 
 
 class UpscaleWidget(Container):
@@ -85,42 +229,127 @@ class UpscaleWidget(Container):
         super().__init__()
         self._viewer = viewer
         self.image = create_widget(annotation="napari.layers.Image", label="Image")
-        self.model = ComboBox(label="Model", choices=model_choices)
-        self.tile = SpinBox(label="Tile", value=0, min=0, max=4096, step=8)
-        self.tile.tooltip = "Tile size in input pixels; 0 picks the largest that fits in memory"
-        self.device = ComboBox(label="Device", choices=DEVICE_CHOICES, value="auto")
+        self.image.tooltip = (
+            "The image layer to enlarge. Grey or colour (RGB), 8/16-bit or floating point; "
+            "stacks (Z, time) are done plane by plane. Big multiscale images use their "
+            "full-resolution level."
+        )
+        self.model = compact_combo(ComboBox(label="Model", choices=model_choices))
+        self.model.tooltip = (
+            "The trained network that adds the fine detail. srresnet-rgb-x4: photos and colour "
+            "images with little noise. srresnet-em-grey-x4: noisy grey microscopy (it also "
+            "removes noise). Models you train with the Train widget appear here too."
+        )
+        self.info = text_line("What the selected model was trained for")
+        self.tile = AutoSpinBox(label="Tile size", smallest=40, largest=4096, step=8)
+        self.tile.tooltip = (
+            "Big images are processed in square pieces (tiles) of this many input pixels, each "
+            "read with an overlap so that no seams appear. auto: the largest piece that fits in "
+            "the memory limit (fastest). Smaller tiles need less memory but take longer; the "
+            "smallest offered is the model's overlap."
+        )
+        self.memory_limit = AutoSpinBox(
+            label="Memory limit (MB)", smallest=256, largest=1 << 20, step=256
+        )
+        self.memory_limit.tooltip = (
+            "Memory the computation may use, which sets the automatic tile size. auto: a "
+            "quarter of the free memory, at most 2 GB, on the CPU; half the free memory of a "
+            "graphics card."
+        )
+        self.ensemble = CheckBox(label="Self-ensemble (8x slower)", value=False)
+        self.ensemble.tooltip = (
+            "Upscale each tile 8 times, flipped and rotated, and average the results: slightly "
+            "cleaner and sharper, 8 times the time."
+        )
+        self.exact = CheckBox(label="Exact tiling (slower)", value=False)
+        self.exact.tooltip = (
+            "Overlap tiles by everything a result pixel can depend on, so the tiled result "
+            "equals a one-piece result to the last bit. Off: a measured, smaller overlap whose "
+            "difference is below what an 8-bit image can show."
+        )
+        self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
+        self.device.tooltip = (
+            "Where the computation runs: auto uses a graphics card (GPU) when there is one, "
+            "otherwise the processor (CPU). Only devices this computer has are listed."
+        )
         self.result_mode = ComboBox(label="Result", choices=RESULT_MODES, value="auto")
         self.result_mode.tooltip = (
-            "auto: in memory when it fits; lazily (planes computed as you browse) for dask/zarr "
-            "layers and big stacks; big single images need a zarr file"
+            "in memory: computed now and kept in RAM. lazy: each plane of a stack is computed "
+            "when you first look at it. zarr file: written to disk (OME-Zarr, for results larger "
+            "than memory) and opened from there. auto: in memory when it fits, lazy for big "
+            "stacks; a big single image asks for a zarr file."
         )
         self.zarr_path = FileEdit(label="Zarr file", mode="w", filter="*.zarr", value="")
-        self.info = Label(value="")
-        self.run_button = PushButton(text="Upscale 4x")
+        self.zarr_path.tooltip = "Where to write the result: a folder name ending in .zarr"
+        self.run_button = PushButton(text="Upscale")
+        self.run_button.tooltip = (
+            "Compute the enlarged image. It appears as a new layer exactly on top of the input."
+        )
         self.cancel_button = PushButton(text="Cancel", enabled=False)
-        self.status = Label(value="")
+        self.cancel_button.tooltip = "Stop the running computation; no partial layer is added"
+        buttons = Container(
+            layout="horizontal", widgets=[self.run_button, self.cancel_button], labels=False
+        )
+        buttons.margins = (0, 0, 0, 0)
+        self.progress = DockProgress("Progress of the running computation (tiles done / all)")
+        self.status = text_line(
+            "What happened last; full messages also go to napari's notifications"
+        )
         self.extend(
             [
+                section("Input and model"),
                 self.image,
                 self.model,
                 self.info,
+                section("Advanced settings"),
                 self.tile,
+                self.memory_limit,
                 self.device,
+                self.ensemble,
+                self.exact,
                 self.result_mode,
                 self.zarr_path,
-                self.run_button,
-                self.cancel_button,
+                buttons,
+                self.progress.bar,
                 self.status,
+                help_link(),
             ]
         )
+        # take the height the form needs, leave the rest of the dock area to other widgets
+        policy = self.native.sizePolicy()
+        policy.setVerticalPolicy(QSizePolicy.Policy.Maximum)
+        self.native.setSizePolicy(policy)
         #: Results bigger than this (bytes) are not computed into memory in "auto" mode.
-        self.memory_limit = psutil.virtual_memory().available // 4
+        self.in_memory_limit = psutil.virtual_memory().available // 4
+        self.job: BackgroundJob | None = None
+        self.lazy_results: list[LazyResult] = []
         self.model.changed.connect(self._show_model_info)
+        self.image.changed.connect(self._choose_model_for_layer)
+        self.result_mode.changed.connect(self._show_zarr_field)
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
-        follow_model_list(self)
-        self.job: BackgroundJob | None = None
-        self._progress: progress | None = None
+        follow_model_list(self, self._show_model_info)
+        self._show_zarr_field()
+        self._choose_model_for_layer()
+        self._show_model_info()
+
+    # --- the form ---------------------------------------------------------------------------
+
+    def _card(self) -> ModelCard | None:
+        try:
+            return read_metadata(resolve_model(self.model.value))[1] if self.model.value else None
+        except ModelFileError:
+            return None
+
+    def _choose_model_for_layer(self, *_args) -> None:
+        """Grey layers get the grey model, RGB layers the RGB one, unless the chosen model fits."""
+        layer = self.image.value
+        card = self._card()
+        if layer is None or (card is not None and card.in_channels == (3 if layer.rgb else 1)):
+            return
+        default = default_model(bool(layer.rgb))
+        if default in self.model.choices:
+            self.model.value = default
         self._show_model_info()
 
     def _show_model_info(self, *_args) -> None:
@@ -128,99 +357,142 @@ class UpscaleWidget(Container):
             self.info.value = "no model installed"
             return
         try:
-            config, card = read_metadata(resolve_model(self.model.value))
+            _config, card = read_metadata(resolve_model(self.model.value))
         except ModelFileError as error:
-            self.info.value = f"unreadable: {error}"
+            show_status(self.info, f"unreadable: {error}")
             return
-        kind = "RGB" if config.in_channels == 3 else "grey"
-        warning = " — UNTRAINED" if not card.trained else ""
-        self.info.value = f"{kind}, {card.degradation} degradation{warning}"
+        self.tile.set_smallest(minimum_tile_size_for(card))
+        self.run_button.text = f"Upscale {card.scale}x"
+        kind = "RGB" if card.in_channels == 3 else "grey"
+        trained_on = TRAINED_ON.get(card.degradation, f"{card.degradation} degradation")
+        lines = [f"{kind} model, {card.scale}x; {card.intended_use or trained_on}"]
+        if not card.trained:
+            lines.append("UNTRAINED (random weights)")
+        layer = self.image.value
+        if layer is not None and card.in_channels != (3 if layer.rgb else 1):
+            lines.append(
+                f"⚠ made for {kind} images, this layer is {'RGB' if layer.rgb else 'grey'}: "
+                + (
+                    "each colour is upscaled as a grey image"
+                    if layer.rgb
+                    else "the grey image is fed as R=G=B"
+                )
+            )
+        show_status(self.info, "; ".join(lines))
 
-    def _mode(self, layer: Image, layout: ImageLayout, scale: int) -> str:
+    def _show_zarr_field(self, *_args) -> None:
+        self.zarr_path.visible = self.result_mode.value == "zarr file"
+
+    def _mode(self, data, layout: ImageLayout, scale: int) -> str:
         """The result mode to use; raises ValueError when none fits."""
         mode = self.result_mode.value
         if mode == "auto":
-            output_bytes = math.prod(layout.output_shape(scale)) * np.dtype(layer.dtype).itemsize
-            big = output_bytes > self.memory_limit
+            output_bytes = math.prod(layout.output_shape(scale)) * np.dtype(data.dtype).itemsize
+            big = output_bytes > self.in_memory_limit
             if big and layout.plane_count == 1:
-                mode = "zarr file" if self._zarr_target() else ""
-                if not mode:
+                self.result_mode.value = "zarr file"
+                if not self._zarr_target():
                     raise ValueError(
                         f"the result ({output_bytes / 2**30:.1f} GiB) is too big for memory: "
                         "choose a zarr file to write it to"
                     )
-            elif big or is_lazy(layer.data):
-                mode = "lazy (dask)"
+                mode = "zarr file"
+            elif layout.plane_count > 1 and (big or not isinstance(data, np.ndarray)):
+                mode = LAZY
             else:
                 mode = "in memory"
         if mode == "zarr file" and not self._zarr_target():
             raise ValueError("choose where to write the zarr file (a path ending in .zarr)")
         return mode
 
+    def _settings(self) -> UpscaleSettings:
+        memory = self.memory_limit.chosen
+        return UpscaleSettings(
+            tile=self.tile.chosen,
+            device=self.device.value,
+            memory_limit=None if memory is None else memory << 20,
+            ensemble=self.ensemble.value,
+            exact=self.exact.value,
+        )
+
     def _zarr_target(self) -> Path | None:
         path = Path(self.zarr_path.value) if str(self.zarr_path.value) not in ("", ".") else None
         return path if path is not None and is_zarr(path) else None
 
+    # --- running ------------------------------------------------------------------------------
+
+    def _fail(self, message: str) -> None:
+        show_status(self.status, f"⚠ {message}")
+        show_error(f"napari-srgan: {message}")
+
     def start(self, *_args) -> None:
+        show_status(self.status, "")
+        self.progress.hide()
         layer = self.image.value
         if layer is None or not isinstance(layer, napari.layers.Image):
-            show_error("napari-srgan: choose an image layer to upscale")
+            self._fail("choose an image layer to upscale")
             return
-        if layer.multiscale:
-            show_error(
-                "napari-srgan: multiscale layers are not supported; open the full-resolution level"
-            )
-            return
+        data = input_level(layer)
         try:
-            layout = check_image(layer.data, layer.rgb)
+            layout = check_image(data, layer.rgb)
             model_path = resolve_model(self.model.value)
             _config, card = read_metadata(model_path)
-            mode = self._mode(layer, layout, card.scale)
+            mode = self._mode(data, layout, card.scale)
         except (ValueError, ModelFileError) as error:
-            show_error(f"napari-srgan: {error}")
+            self._fail(str(error))
             return
-        if mode == "lazy (dask)":
-            self._add_lazy(layer, model_path)
+        target = self._zarr_target() if mode == "zarr file" else None
+        if (
+            target is not None
+            and target.exists()
+            and not ask(self.native, f"{target} exists. Replace it with the new result?")
+        ):
+            show_status(self.status, "not started: the zarr file exists (choose another name)")
             return
-        tile, device, target = self.tile.value or None, self.device.value, self._zarr_target()
+        if mode == LAZY:
+            self._add_lazy(layer, data, layout, model_path, card)
+            return
+        settings = self._settings()
+        options = output_layer_options(layer, {}, card, self.model.value)
+        unit, source = length_unit(layer.units), layer.name
         self._set_running(True)
-        self._progress = progress(total=0, desc=f"Upscaling {layer.name}")
+        self.progress.busy("loading model…")
 
         def work(job: BackgroundJob):
             model = load_model(model_path)
             if not model.card.trained:
-                job.relay.report.emit(("warning", f"model {model.card.name} is untrained"))
-            record = provenance(model, source=layer.name)
+                job.report(("warning", f"model {model.card.name} is untrained"))
+            job.report(("busy", "upscaling the first tile…"))
+            record = provenance(model, source=source)
+            options["metadata"][PROVENANCE_KEY] = record
 
             def report(done: int, total: int) -> None:
-                job.relay.report.emit(("progress", done, total))
+                job.report(("progress", done, total))
 
             if mode == "zarr file":
-                options = output_layer_options(layer, record)
                 upscale_to_zarr(
-                    layer.data,
+                    data,
                     model,
                     target,
                     layout=layout,
                     scale=options["scale"],
                     translate=options["translate"],
-                    unit=length_unit(layer.units),
+                    unit=unit,
                     record={**record, "layer": {"name": options["name"]}},
-                    settings=UpscaleSettings(tile=tile, device=device),
+                    settings=settings,
                     progress=report,
                     should_stop=job.stop_flag.is_set,
                 )
-                return layer, target, record
+                return target, options
             result = upscale(
-                np.asarray(layer.data),
+                data,
                 model,
                 rgb=layout.rgb,
-                tile=tile,
-                device=device,
                 progress=report,
                 should_stop=job.stop_flag.is_set,
+                **settings.engine_options(),
             )
-            return layer, result, record
+            return result, options
 
         self.job = run_job(
             work,
@@ -231,57 +503,100 @@ class UpscaleWidget(Container):
             owner=self.native,
         )
 
-    def _add_lazy(self, layer: Image, model_path: Path) -> None:
-        """A dask-backed result: nothing is computed until napari shows a plane."""
+    def _add_lazy(
+        self, layer: Image, data, layout: ImageLayout, model_path: Path, card: ModelCard
+    ) -> None:
+        """A result layer whose planes are computed in the background as the user browses."""
         model = load_model(model_path)
-        result = upscale_lazy(
-            layer.data,
-            model_path,
-            rgb=layer.rgb,
-            tile=self.tile.value or None,
-            device=self.device.value,
+        lazy = LazyResult(
+            data,
+            layout,
+            model,
+            intensity=colour_range(data, layout, model.card.normalization),
+            settings=self._settings().engine_options(),
+            on_request=self._compute_planes,
         )
-        self._viewer.add_image(
-            result, **output_layer_options(layer, provenance(model, source=layer.name))
+        record = provenance(model, source=layer.name)
+        options = output_layer_options(layer, record, card, self.model.value)
+        lazy.layer = self._viewer.add_image(lazy.array, **options)
+        self.lazy_results.append(lazy)
+        show_status(
+            self.status, f"lazy: {options['name']}; each plane is computed when you first view it"
         )
-        self.status.value = f"lazy: {layer.name} x{model.scale} (computed as you browse)"
+        self._compute_planes()
+
+    def _compute_planes(self) -> None:
+        """Start computing the planes napari asked for, one lazy result at a time."""
+        if self.job is not None and self.job.running:
+            return  # the end of the running job calls this again
+        lazy = next((lazy for lazy in self.lazy_results if lazy.queue), None)
+        if lazy is None:
+            return
+        planes = list(lazy.queue)
+        self._set_running(True)
+        self.progress.busy(f"upscaling {len(planes)} plane(s)…")
+
+        def finished() -> None:
+            self._set_running(False)
+            lazy.queue = [plane for plane in lazy.queue if plane not in lazy.array.planes]
+            lazy.refresh()
+            self._compute_planes()
+
+        def errored(error: Exception) -> None:
+            lazy.cancelled.update(lazy.queue)
+            lazy.queue = []
+            self._on_errored(error)
+
+        self.job = run_job(
+            lambda job: lazy.compute(planes, job),
+            on_report=self._on_report,
+            on_returned=lambda _: show_status(self.status, f"done: {lazy.layer.name} (as viewed)"),
+            on_errored=errored,
+            on_finished=finished,
+            owner=self.native,
+        )
 
     def cancel(self, *_args) -> None:
         if self.job is not None:
             self.job.stop()
 
     def _on_report(self, report: tuple) -> None:
-        if report[0] == "progress" and self._progress is not None:
+        kind = report[0]
+        if kind == "progress":
             _, done, total = report
-            self.status.value = f"{done}/{total} tiles"
-            # last: napari's progress bar may process events, delivering the job's end here
-            self._progress.total = total
-            self._progress.update(done - self._progress.n)
-        elif report[0] == "warning":
+            self.progress.count(done, total, "tiles")
+        elif kind == "busy":
+            self.progress.busy(report[1])
+        elif kind == "plane":
+            for lazy in self.lazy_results:
+                lazy.refresh()
+        elif kind == "warning":
             show_warning(f"napari-srgan: {report[1]}")
 
     def _on_returned(self, value) -> None:
-        layer, result, metadata = value
+        result, display = value
         if isinstance(result, Path):  # written to OME-Zarr: open it lazily, as a pyramid
             [(data, options, _)] = read_zarr_layer(str(result))
-            options.pop("multiscale", None)
-            display = output_layer_options(layer, metadata)
             self._viewer.add_image(data, **{**display, **options, "name": display["name"]})
         else:
-            self._viewer.add_image(result, **output_layer_options(layer, metadata))
-        self.status.value = f"done: {layer.name} x{metadata['scale']}"
+            self._viewer.add_image(result, **display)
+        show_status(self.status, f"done: {display['name']}")
 
     def _on_errored(self, error: Exception) -> None:
         if isinstance(error, Cancelled):
-            self.status.value = "cancelled"
+            show_status(self.status, "cancelled: no layer added")
             show_info("napari-srgan: upscaling cancelled, no layer added")
         else:
-            self.status.value = f"failed: {error}"
-            show_error(f"napari-srgan: {error}")
+            self._fail(f"failed: {error}")
 
     def _set_running(self, running: bool) -> None:
         self.run_button.enabled = not running
         self.cancel_button.enabled = running
-        if not running and self._progress is not None:
-            self._progress.close()
-            self._progress = None
+        if not running:
+            self.progress.hide()
+
+
+def minimum_tile_size_for(card: ModelCard) -> int:
+    """The smallest tile offered: as big as the model's overlap (a multiple of 8), since a
+    smaller kept tile spends over 8/9 of its time on the overlap it reads around it."""
+    return max(MIN_AUTO_TILE, math.ceil(card.halo / 8) * 8)

@@ -57,6 +57,8 @@ class TrainingJob:
     validation: Sequence[tuple[object, bool | None]] = ()
     validation_fraction: float = 0.1
     validation_crop: int = 256
+    #: Where validation crops are taken: "centre", or "texture" (the most detailed window).
+    validation_crop_at: str = "centre"
     checkpoint: Path | None = None
     resume: bool = False
     description: str = ""
@@ -143,6 +145,7 @@ def _validation_set(
             seed=index,
             scale=scale,
             paired_lr=paired,
+            crop_at=job.validation_crop_at,
         )
         for index, (hr, name, paired) in enumerate(pairs)
     ]

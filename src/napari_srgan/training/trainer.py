@@ -115,7 +115,8 @@ class ValidationReport:
     ssim: float
     bicubic_psnr: float
     bicubic_ssim: float
-    #: The current model's output on the first validation image, unit scale, ``(h, w[, 3])``.
+    #: LR, bicubic, the current model's output and HR of the first validation image side by
+    #: side (:func:`napari_srgan.training.validation.preview_panels`), unit scale.
     preview: np.ndarray | None = None
 
 

@@ -27,6 +27,35 @@ class ValidationImage:
     name: str = "validation"
 
 
+#: Names of the preview's panels, a 2x2 grid row by row (see :func:`preview_panels`).
+PREVIEW_PANELS = ("LR", "bicubic", "model", "HR")
+#: Pixels between two preview panels.
+PREVIEW_GAP = 4
+
+
+def textured_corner(hr_unit: np.ndarray, crop: int) -> tuple[int, int]:
+    """The top-left corner of the ``crop``-sized window with the most detail (mean gradient
+    magnitude), on a grid of a quarter crop: a preview of flat background says nothing."""
+    grey = hr_unit.mean(axis=0)
+    detail = np.abs(np.diff(grey, axis=0))[:, :-1] + np.abs(np.diff(grey, axis=1))[:-1]
+    integral = np.pad(detail.cumsum(0).cumsum(1), ((1, 0), (1, 0)))
+    size = min(crop, detail.shape[0]), min(crop, detail.shape[1])
+    stride = max(1, crop // 4)
+    best, corner = -1.0, (0, 0)
+    for top in [*range(0, detail.shape[0] - size[0], stride), detail.shape[0] - size[0]]:
+        for left in [*range(0, detail.shape[1] - size[1], stride), detail.shape[1] - size[1]]:
+            bottom, right = top + size[0], left + size[1]
+            total = (
+                integral[bottom, right]
+                - integral[top, right]
+                - integral[bottom, left]
+                + integral[top, left]
+            )
+            if total > best:
+                best, corner = total, (top, left)
+    return corner
+
+
 def make_validation_image(
     hr_unit: np.ndarray,
     degradation: Degradation,
@@ -36,16 +65,21 @@ def make_validation_image(
     seed: int = 0,
     scale: int = SCALE,
     paired_lr: np.ndarray | None = None,
+    crop_at: str = "centre",
 ) -> ValidationImage:
-    """Centre-crop ``hr_unit`` (``(c, h, w)``) to at most ``crop`` pixels a side (a multiple of
-    ``scale``) and degrade it with a fixed seed, so every validation sees the same LR.
-    ``paired_lr`` (``(c, h, w)``: on the HR grid, or 1/scale of its size) replaces the
-    degradation when given."""
+    """Crop ``hr_unit`` (``(c, h, w)``) to at most ``crop`` pixels a side (a multiple of
+    ``scale``) at its centre or (``crop_at="texture"``) where it has the most detail, and
+    degrade it with a fixed seed, so every validation sees the same LR. ``paired_lr``
+    (``(c, h, w)``: on the HR grid, or 1/scale of its size) replaces the degradation when
+    given."""
     _, height, width = hr_unit.shape
     top = left = 0
     if crop:
-        top = max(0, (height - crop) // 2) // scale * scale
-        left = max(0, (width - crop) // 2) // scale * scale
+        if crop_at == "texture" and (height > crop or width > crop):
+            top, left = (at // scale * scale for at in textured_corner(hr_unit, crop))
+        else:
+            top = max(0, (height - crop) // 2) // scale * scale
+            left = max(0, (width - crop) // 2) // scale * scale
     if paired_lr is not None and paired_lr.shape != hr_unit.shape:  # LR at 1/scale
         small = crop // scale if crop else None
         lr = _crop(paired_lr, top // scale, left // scale, small, 1)
@@ -78,6 +112,28 @@ class EvaluationResult:
     preview: np.ndarray | None
 
 
+def preview_panels(lr: np.ndarray, bicubic: np.ndarray, sr: np.ndarray, hr: np.ndarray):
+    """LR (each pixel repeated, so it is as big as the others) and bicubic above, model and HR
+    below (:data:`PREVIEW_PANELS`), ``(h, w[, 3])`` on the unit scale, :data:`PREVIEW_GAP`
+    empty pixels apart."""
+    scale = hr.shape[-1] // lr.shape[-1]
+    nearest = lr.repeat(scale, axis=-2).repeat(scale, axis=-1)
+    channels, height, width = hr.shape
+    panels = [np.clip(p[:, :height, :width], 0, 1) for p in (nearest, bicubic, sr, hr)]
+    grid = np.zeros((channels, 2 * height + PREVIEW_GAP, 2 * width + PREVIEW_GAP), np.float32)
+    for panel, (top, left) in zip(panels, preview_corners(grid.shape[1:]), strict=True):
+        grid[:, top : top + height, left : left + width] = panel
+    return grid[0] if channels == 1 else np.moveaxis(grid, 0, -1)
+
+
+def preview_corners(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """Top-left pixel of each panel of a preview of ``shape`` (``(h, w[, 3])``), in the order
+    of :data:`PREVIEW_PANELS`."""
+    height, width = (shape[0] - PREVIEW_GAP) // 2, (shape[1] - PREVIEW_GAP) // 2
+    rows, columns = (0, height + PREVIEW_GAP), (0, width + PREVIEW_GAP)
+    return [(top, left) for top in rows for left in columns]
+
+
 def to_8bit_layout(unit: np.ndarray) -> np.ndarray:
     """``(c, h, w)`` unit-scale to ``(h, w[, 3])`` on the 0-255 scale, rounded like a saved image."""
     image = np.rint(np.clip(unit, 0.0, 1.0) * 255.0)
@@ -100,7 +156,7 @@ def evaluate(
             scores.append(sr_quality(to_8bit_layout(sr), reference))
             bicubic_scores.append(sr_quality(to_8bit_layout(bicubic), reference))
             if preview is None:
-                preview = np.clip(sr[0] if sr.shape[0] == 1 else np.moveaxis(sr, 0, -1), 0, 1)
+                preview = preview_panels(image.lr, bicubic, sr, image.hr)
     if not scores:
         raise ValueError("no validation images")
     return EvaluationResult(
