@@ -56,9 +56,12 @@ def _add_upscale(commands) -> None:
     parser.add_argument(
         "--model",
         default=None,
-        help="model name (see 'napari-srgan models') or .safetensors path (default: the bundled "
-        "RGB model for colour images, the grey one for grey images)",
+        help="model name (see 'napari-srgan models') or a model file: .safetensors, a "
+        ".pth/.pt/.ckpt state dict of a spandrel architecture (ESRGAN, SwinIR, HAT, SPAN...) or a "
+        "bioimage.io package (.zip or folder) (default: the bundled RGB model for colour images, "
+        "the grey one for grey images)",
     )
+    _add_trust_code(parser)
     parser.add_argument(
         "--tile",
         type=int,
@@ -227,11 +230,42 @@ def _add_evaluate(commands) -> None:
 def _add_models(commands) -> None:
     parser = commands.add_parser(
         "models",
-        help="list installed models",
+        help="list installed models, or add a model file",
         description="List the bundled and your own models (no ACTION: list them).",
     )
     actions = parser.add_subparsers(dest="models_action", metavar="ACTION")
     actions.add_parser("list", help="list installed models (the default)")
+    add = actions.add_parser(
+        "add",
+        help="add a community model file (.pth/.pt/.ckpt/.safetensors) to your models",
+        description="Detect the architecture with spandrel, convert the weights to .safetensors "
+        "with a model card (architecture, scale, channels, licence, receptive field) and save "
+        "them in your model folder, so the model is listed by name and reloads without the "
+        "original file.",
+    )
+    add.add_argument("path", type=Path, help="model file")
+    add.add_argument("--name", default=None, help="model name (default: the file name)")
+
+
+def _add_trust_code(parser) -> None:
+    parser.add_argument(
+        "--trust-code",
+        action="store_true",
+        help="allow a bioimage.io package's Python architecture file to run (only for packages "
+        "from authors you trust; TorchScript packages need no such permission)",
+    )
+
+
+def _add_export_bmz(commands) -> None:
+    parser = commands.add_parser(
+        "export-bmz",
+        help="export a model as a bioimage.io (BioImage Model Zoo) package",
+        description="Write a bioimage.io spec 0.5 .zip package (state dict + TorchScript "
+        "weights, test tensors, cover, README) that bioimageio.core, deepImageJ, ilastik and "
+        "QuPath run.",
+    )
+    parser.add_argument("model", help="model name or .safetensors path")
+    parser.add_argument("output", type=Path, help="output .zip")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_evaluate(commands)
     _add_models(commands)
+    _add_export_bmz(commands)
     sample = commands.add_parser("sample", help="write a low-resolution sample image")
     sample.add_argument("name", help="astronaut, cell or ihc")
     sample.add_argument("output", type=Path, help="output image (.png or .tif)")
@@ -258,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "train": train_command,
             "evaluate": evaluate_command,
             "models": models_command,
+            "export-bmz": export_bmz_command,
             "sample": sample_command,
         }[args.command]
         return handler(args) or 0
@@ -282,11 +318,10 @@ def _interruptions() -> tuple[type[BaseException], ...]:
     return (KeyboardInterrupt, Cancelled)
 
 
-def _load(name):
-    from napari_srgan.models.files import load_model
-    from napari_srgan.models.registry import resolve_model
+def _load(name, trust_code: bool = False):
+    from napari_srgan.models.registry import load_model
 
-    return load_model(resolve_model(name))
+    return load_model(name, trust_code=trust_code)
 
 
 def _warn_if_untrained(model) -> None:
@@ -351,7 +386,7 @@ def upscale_command(args: argparse.Namespace) -> int:
             rgb = input_is_rgb(source)
         name = args.model or default_model(rgb)
         if name not in loaded:
-            loaded[name] = _load(name)
+            loaded[name] = _load(name, args.trust_code)
         return loaded[name]
 
     if args.model is not None:
@@ -610,8 +645,31 @@ def sample_command(args: argparse.Namespace) -> None:
     print(f"wrote {args.output} {image.shape[0]}x{image.shape[1]}: {description}")
 
 
+def export_bmz_command(args: argparse.Namespace) -> None:
+    from napari_srgan.models.bioimageio import export_bioimageio
+
+    model = _load(args.model)
+    path = export_bioimageio(model, args.output)
+    print(f"wrote {path}: bioimage.io package of {model.card.name}")
+
+
+def models_add_command(args: argparse.Namespace) -> None:
+    from napari_srgan.models.registry import add_model, read_card
+
+    path = add_model(args.path, args.name)
+    card = read_card(path)
+    halo = "unbounded" if card.theoretical_halo is None else f"{card.theoretical_halo} px"
+    print(
+        f"added {card.name}: {card.architecture} x{card.scale}, {card.in_channels} channel(s), "
+        f"receptive field {halo}, licence {card.license} -> {path}"
+    )
+
+
 def models_command(args: argparse.Namespace) -> None:
     """List the installed models: torch-free (headers only), so it answers at once."""
+    if args.models_action == "add":
+        models_add_command(args)
+        return
     from napari_srgan.models.headers import summarize
     from napari_srgan.models.registry import (
         BUNDLED_USES,

@@ -17,9 +17,9 @@ import dask.array as da
 import numpy as np
 
 from napari_srgan.engine.upscale import check_image, colour_range, tiling_halo, upscale
-from napari_srgan.models.files import load_model, read_metadata
 from napari_srgan.models.interface import SRModel
 from napari_srgan.models.normalization import IntensityRange
+from napari_srgan.models.registry import load_model, read_card
 
 #: Image-axis chunk size of the input blocks when the input's own chunks are unsuitable.
 BLOCK = 512
@@ -88,7 +88,7 @@ def upscale_lazy(
     """
     model_path = str(Path(model_path))
     device = "cpu" if device == "auto" else device
-    _config, card = read_metadata(model_path)
+    card = read_card(model_path)
     layout = check_image(data, rgb)
     margin, scale = tiling_halo(SRModel(None, card), exact), card.scale
     source = data if isinstance(data, da.Array) else da.from_array(data, chunks="auto")

@@ -58,6 +58,11 @@ def read_metadata(path: str | os.PathLike) -> tuple[GeneratorConfig, ModelCard]:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFileError(f"{path} is not a readable .safetensors file ({error})") from None
+    if metadata.get(FORMAT_KEY) == "spandrel-1":
+        raise ModelFileError(
+            f"{path.name} is a community model converted from spandrel; napari-srgan can run it "
+            "but fine-tunes only its own SRResNet models"
+        )
     if metadata.get(FORMAT_KEY) != FORMAT_VERSION:
         raise ModelFileError(
             f"{path} is a safetensors file but not a napari-srgan model "

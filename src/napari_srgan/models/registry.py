@@ -1,17 +1,24 @@
-"""Where models live: the ones bundled in the package and the ones a user trained.
+"""Where models live (bundled, trained or added by the user) and how any of them is opened.
 
 A model's name is its file name without ``.safetensors``. User models shadow nothing: a user
-model with a bundled model's name is listed as ``user:<name>``.
+model with a bundled model's name is listed as ``user:<name>``. :func:`load_model` opens every
+source behind one :class:`~napari_srgan.models.interface.SRModel`: native files, converted
+community files, ``.pth/.pt/.ckpt/.safetensors`` files spandrel recognises, and bioimage.io
+packages (``.zip`` or folder).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import platformdirs
 
-from napari_srgan.models.headers import ModelFileError
+from napari_srgan.models.headers import ModelFileError, safetensors_metadata
+
+if TYPE_CHECKING:
+    from napari_srgan.models.interface import ModelCard, SRModel
 
 #: The model used when none is named: the bundled RGB photo model.
 DEFAULT_MODEL = "srresnet-rgb-x4"
@@ -25,6 +32,8 @@ BUNDLED_USES = {
 #: Set this to keep user models somewhere other than the platform's user data folder.
 MODEL_DIR_ENV = "NAPARI_SRGAN_MODEL_DIR"
 SUFFIX = ".safetensors"
+#: What a model path may end with: weights files and bioimage.io packages (folders too).
+MODEL_SUFFIXES = (SUFFIX, ".pth", ".pt", ".ckpt", ".zip")
 
 
 def default_model(rgb: bool) -> str:
@@ -57,16 +66,93 @@ def available_models() -> dict[str, Path]:
 
 
 def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
-    """A model name from :func:`available_models`, or a path to a ``.safetensors`` file."""
+    """A model name from :func:`available_models`, or a path to a model file or package."""
     if name_or_path is None:
         name_or_path = DEFAULT_MODEL
     models = available_models()
     if str(name_or_path) in models:
         return models[str(name_or_path)]
     path = Path(name_or_path)
-    if path.suffix == SUFFIX or path.exists():
-        if not path.is_file():
+    if path.suffix.lower() in MODEL_SUFFIXES or path.exists():
+        if not path.exists():
             raise ModelFileError(f"model file not found: {path}")
         return path
     known = ", ".join(models) or "none installed"
     raise ModelFileError(f"no model named {str(name_or_path)!r}; available: {known}")
+
+
+def _is_bioimageio(path: Path) -> bool:
+    return path.is_dir() or path.suffix.lower() == ".zip"
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    device: str = "cpu",
+    *,
+    trust_code: bool = False,
+) -> SRModel:
+    """Open any model by name or path: native, converted or spandrel-recognised weights, or a
+    bioimage.io package (whose Python architecture code runs only with ``trust_code``)."""
+    from napari_srgan.models.files import FORMAT_KEY, FORMAT_VERSION
+
+    path = resolve_model(name_or_path)
+    if _is_bioimageio(path):
+        from napari_srgan.models.bioimageio import load_bioimageio
+
+        return load_bioimageio(path, device, trust_code=trust_code)
+    if path.suffix.lower() == SUFFIX:
+        metadata = safetensors_metadata(path)
+        if metadata.get(FORMAT_KEY) == FORMAT_VERSION:
+            from napari_srgan.models.files import load_model as load_native
+
+            return load_native(path, device)
+        from napari_srgan.models.community import CONVERTED_FORMAT, load_converted
+
+        if metadata.get(FORMAT_KEY) == CONVERTED_FORMAT:
+            return load_converted(path, metadata, device)
+    from napari_srgan.models.community import load_community_file
+
+    return load_community_file(path, device)
+
+
+def read_card(name_or_path: str | os.PathLike | None = None) -> ModelCard:
+    """A model's card; from file metadata alone where the file has one (native and converted
+    files), else by opening the model."""
+    from napari_srgan.models.files import FORMAT_KEY, FORMAT_VERSION, read_metadata
+
+    path = resolve_model(name_or_path)
+    if path.suffix.lower() == SUFFIX:
+        metadata = safetensors_metadata(path)
+        if metadata.get(FORMAT_KEY) == FORMAT_VERSION:
+            return read_metadata(path)[1]
+        from napari_srgan.models.community import CONVERTED_FORMAT, read_converted_card
+
+        if metadata.get(FORMAT_KEY) == CONVERTED_FORMAT:
+            return read_converted_card(path, metadata)
+    return load_model(path).card
+
+
+def add_model(
+    path: str | os.PathLike, name: str | None = None, *, trust_code: bool = False
+) -> Path:
+    """Convert a community or bioimage.io model into the user model folder (``.safetensors``
+    with a model card), so it is listed by name and reloads without the original file."""
+    from napari_srgan.models.community import SpandrelNetwork, save_converted
+
+    source = Path(path)
+    if not source.exists():
+        raise ModelFileError(f"model file not found: {source}")
+    model = load_model(source, trust_code=trust_code)
+    name = name or source.stem
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise ModelFileError(f"{name!r} is not a usable model name")
+    target = user_model_dir() / f"{name}{SUFFIX}"
+    if name in available_models() or target.exists():
+        raise ModelFileError(f"a model named {name!r} exists already; choose another --name")
+    if not isinstance(model.network, SpandrelNetwork):
+        raise ModelFileError(
+            f"{source.name} is a {model.card.source} model; only spandrel architectures can be "
+            "converted (use it directly with --model)"
+        )
+    model.card.name = name
+    return save_converted(model, target)

@@ -14,7 +14,7 @@ import torch
 
 from napari_srgan.engine.devices import choose_device
 from napari_srgan.engine.upscale import InvalidImageError
-from napari_srgan.models.files import load_model, save_model
+from napari_srgan.models.files import ModelFileError, load_model, save_model
 from napari_srgan.models.interface import ModelCard
 from napari_srgan.models.normalization import NormalizationSpec
 from napari_srgan.models.registry import resolve_model, user_model_dir
@@ -88,7 +88,13 @@ def user_model_path(name: str) -> Path:
 
 def _starting_point(job: TrainingJob) -> tuple[Generator, NormalizationSpec, str]:
     if job.base_model is not None:
-        base = load_model(resolve_model(job.base_model))
+        path = resolve_model(job.base_model)
+        if path.suffix.lower() != ".safetensors":
+            raise ModelFileError(
+                f"{path.name} is a community or bioimage.io model; napari-srgan can run it but "
+                "fine-tunes only its own SRResNet models"
+            )
+        base = load_model(path)
         spec = job.normalization or base.card.normalization
         return base.network, spec, base.card.name
     config = job.generator_config or GeneratorConfig()

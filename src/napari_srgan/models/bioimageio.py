@@ -1,0 +1,510 @@
+"""BioImage Model Zoo (bioimage.io) packages: export our models, import scaled-image models.
+
+Export writes a spec 0.5 package that deepImageJ, ilastik, QuPath and ``bioimageio.core`` run:
+state-dict weights with the architecture source, TorchScript weights, axes whose output size is
+the input size times the scale (declared as a scaled reference to the input, with the halo),
+percentile normalisation, test tensors, a cover, a README, citation, licence and authors.
+
+Import opens a package (``.zip`` or folder) whose output is a scaled image of its input and runs
+it through our engine (tiled, streamed, dask). TorchScript runs no Python. A state dict with an
+architecture file would import and run that file, so it is used only with ``trust_code=True``.
+Whatever the package declares that the engine cannot honour is refused in one line.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from napari_srgan.models.files import ModelFileError
+from napari_srgan.models.interface import ModelCard, SRModel
+from napari_srgan.models.normalization import NormalizationSpec
+
+#: The paper every exported model builds on.
+LEDIG_2017 = "Ledig et al. 2017, Photo-Realistic Single Image Super-Resolution Using a GAN"
+LEDIG_DOI = "10.1109/CVPR.2017.19"
+#: Pre/postprocessing the import understands (anything else is refused by name).
+SUPPORTED_PREPROCESSING = ("scale_range", "ensure_dtype", "clip")
+SUPPORTED_POSTPROCESSING = ("ensure_dtype", "clip")
+ARCHITECTURE_FILE = "srresnet_architecture.py"
+ARCHITECTURE_CALLABLE = "build_generator"
+#: Side of the exported test input: it must exceed twice the halo.
+TEST_SIDE = 96
+
+
+class BioimageioError(ModelFileError):
+    """A bioimage.io package is malformed or declares something napari-srgan cannot run."""
+
+
+def _offline() -> None:
+    """bioimageio.spec may fetch remote files while validating; everything we read is local."""
+    from bioimageio.spec._internal._settings import settings
+
+    settings.perform_io_checks = False
+
+
+# ---------------------------------------------------------------------------------------- export
+
+
+def _export_normalization(card: ModelCard) -> tuple[float, float]:
+    spec = card.normalization
+    return (spec.low, spec.high) if spec.mode == "percentile" else (0.0, 100.0)
+
+
+def _architecture_source() -> str:
+    """The generator's own module (torch only) plus a keyword-argument constructor."""
+    from napari_srgan.models import srresnet
+
+    source = Path(srresnet.__file__).read_text()
+    return (
+        source
+        + "\n\ndef build_generator(**config) -> Generator:\n"
+        + '    """bioimage.io entry point: the generator from its configuration."""\n'
+        + "    return Generator(GeneratorConfig(**config))\n"
+    )
+
+
+def _test_input(model: SRModel, side: int) -> np.ndarray:
+    """A natural test image (a bundled sample crop) as ``(1, c, side, side)`` float32."""
+    from skimage import data as samples
+
+    image = samples.astronaut() if model.in_channels == 3 else samples.camera()
+    image = image[100 : 100 + side, 150 : 150 + side].astype(np.float32)
+    image = image[None] if image.ndim == 2 else np.moveaxis(image, -1, 0)
+    return image[None]
+
+
+def _predict_unit(network: nn.Module, raw: np.ndarray, low: float, high: float) -> np.ndarray:
+    """What the package's pipeline computes: percentile scaling, the network, clip to [0, 1]."""
+    lo, hi = np.percentile(raw, [low, high])
+    unit = (raw - lo) / (hi - lo + 1e-6)
+    with torch.inference_mode():
+        out = network(torch.from_numpy(unit.astype(np.float32)))
+    return out.clamp(0, 1).numpy()
+
+
+def _readme(model: SRModel) -> str:
+    card = model.card
+    return f"""# {card.name}
+
+{card.description or "A super-resolution generator trained with napari-srgan."}
+
+- Architecture: SRResNet/SRGAN generator ({LEDIG_2017}), {card.scale}x,
+  {card.in_channels} channel(s) in and out.
+- Intended use: {card.intended_use or "as trained; see the training record below"}.
+- Degradation the model was trained for: {card.degradation}. Results on other degradations
+  (other blur, noise or compression) are not guaranteed and may contain hallucinated detail.
+- Limits: super-resolution invents plausible detail; never measure structures smaller than the
+  input's pixel size on its output. The halo ({card.halo} input pixels) must be read around each
+  tile for seamless tiling.
+- Input normalisation: percentiles {_export_normalization(card)} of the whole image map to 0 and 1
+  (napari-srgan itself uses one range for a whole image or stack).
+- Training: {card.training or "not recorded"}
+- Metrics: {card.metrics or "not recorded"}
+
+Exported by napari-srgan; runs in napari-srgan, bioimageio.core, deepImageJ, ilastik and QuPath.
+"""
+
+
+def export_bioimageio(model: SRModel, output: str | os.PathLike) -> Path:
+    """Write ``model`` (a native SRResNet model) as a bioimage.io spec 0.5 ``.zip`` package."""
+    from bioimageio.spec import save_bioimageio_package
+    from bioimageio.spec.model.v0_5 import (
+        ArchitectureFromFileDescr,
+        Author,
+        AxisId,
+        BatchAxis,
+        ChannelAxis,
+        CiteEntry,
+        ClipDescr,
+        ClipKwargs,
+        Doi,
+        FileDescr,
+        Identifier,
+        InputTensorDescr,
+        IntervalOrRatioDataDescr,
+        LicenseId,
+        ModelDescr,
+        OutputTensorDescr,
+        ParameterizedSize,
+        PytorchStateDictWeightsDescr,
+        ScaleRangeDescr,
+        ScaleRangeKwargs,
+        SizeReference,
+        SpaceInputAxis,
+        SpaceOutputAxisWithHalo,
+        TensorId,
+        TorchscriptWeightsDescr,
+        Version,
+        WeightsDescr,
+    )
+
+    from napari_srgan import __version__
+    from napari_srgan.models.srresnet import Generator
+
+    _offline()
+    output = Path(output)
+    if output.suffix.lower() != ".zip":
+        raise BioimageioError(f"{output}: a bioimage.io package is written as a .zip file")
+    network = model.network
+    if not isinstance(network, Generator):
+        raise BioimageioError(
+            f"{model.card.name} is a {model.card.architecture} model from {model.card.source}; "
+            "only napari-srgan's own SRResNet models can be exported"
+        )
+    card, scale, halo = model.card, model.scale, model.card.halo
+    side = max(TEST_SIDE, 2 * halo + 16)
+    low, high = _export_normalization(card)
+    network = network.float().cpu().eval()
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        torch.save(network.state_dict(), root / "weights.pt")
+        (root / ARCHITECTURE_FILE).write_text(_architecture_source())
+        with warnings.catch_warnings():  # torch marks tracing deprecated; the zoo needs it
+            warnings.simplefilter("ignore")
+            scripted = torch.jit.trace(network, torch.rand(1, model.in_channels, 24, 24))
+        scripted.save(str(root / "weights_torchscript.pt"))
+        test_input = _test_input(model, side)
+        np.save(root / "test_input.npy", test_input)
+        np.save(root / "test_output.npy", _predict_unit(network, test_input, low, high))
+        _cover(root / "cover.png", test_input, np.load(root / "test_output.npy"))
+        (root / "README.md").write_text(_readme(model))
+        channel_names = ["r", "g", "b"] if model.in_channels == 3 else ["grey"]
+        input_id = TensorId("input")
+        inputs = InputTensorDescr(
+            id=input_id,
+            description="low-resolution image",
+            axes=[
+                BatchAxis(),
+                ChannelAxis(channel_names=[Identifier(n) for n in channel_names]),
+                SpaceInputAxis(
+                    id=AxisId("y"),
+                    size=ParameterizedSize(min=2 * halo + 8, step=model.card.size_multiple),
+                ),
+                SpaceInputAxis(
+                    id=AxisId("x"),
+                    size=ParameterizedSize(min=2 * halo + 8, step=model.card.size_multiple),
+                ),
+            ],
+            test_tensor=FileDescr(source=root / "test_input.npy"),
+            data=IntervalOrRatioDataDescr(type="float32"),
+            preprocessing=[
+                ScaleRangeDescr(
+                    kwargs=ScaleRangeKwargs(
+                        axes=[AxisId("channel"), AxisId("y"), AxisId("x")],
+                        min_percentile=low,
+                        max_percentile=high,
+                    )
+                )
+            ],
+        )
+        outputs = OutputTensorDescr(
+            id=TensorId("output"),
+            description=f"{scale}x super-resolved image in [0, 1]",
+            axes=[
+                BatchAxis(),
+                ChannelAxis(channel_names=[Identifier(n) for n in channel_names]),
+                *(
+                    SpaceOutputAxisWithHalo(
+                        id=AxisId(a),
+                        size=SizeReference(tensor_id=input_id, axis_id=AxisId(a)),
+                        scale=1 / scale,
+                        halo=halo * scale,
+                    )
+                    for a in ("y", "x")
+                ),
+            ],
+            test_tensor=FileDescr(source=root / "test_output.npy"),
+            data=IntervalOrRatioDataDescr(type="float32"),
+            postprocessing=[ClipDescr(kwargs=ClipKwargs(min=0.0, max=1.0))],
+        )
+        pytorch_version = Version(torch.__version__.split("+")[0])
+        state_dict = PytorchStateDictWeightsDescr(
+            source=root / "weights.pt",
+            architecture=ArchitectureFromFileDescr(
+                source=root / ARCHITECTURE_FILE,
+                callable=Identifier(ARCHITECTURE_CALLABLE),
+                kwargs=network.config.to_dict(),
+            ),
+            pytorch_version=pytorch_version,
+        )
+        torchscript = TorchscriptWeightsDescr(
+            source=root / "weights_torchscript.pt",
+            pytorch_version=pytorch_version,
+            parent="pytorch_state_dict",
+        )
+        description = ModelDescr(
+            name=f"napari-srgan {card.name}".replace("_", "-")[:128],
+            description=(card.description or f"{scale}x super-resolution (SRResNet)")[:1024],
+            authors=[Author(name="napari-srgan contributors")],
+            cite=[CiteEntry(text=LEDIG_2017, doi=Doi(LEDIG_DOI))],
+            license=LicenseId(card.license if card.license else "BSD-3-Clause"),
+            documentation=FileDescr(source=root / "README.md"),
+            covers=[FileDescr(source=root / "cover.png")],
+            tags=["super-resolution", "srgan", "srresnet", "napari-srgan", f"{scale}x"],
+            inputs=[inputs],
+            outputs=[outputs],
+            weights=WeightsDescr(pytorch_state_dict=state_dict, torchscript=torchscript),
+            version=Version(__version__),
+        )
+        output.parent.mkdir(parents=True, exist_ok=True)
+        return Path(save_bioimageio_package(description, output_path=output))
+
+
+def _cover(path: Path, test_input: np.ndarray, test_output: np.ndarray) -> None:
+    """Input (nearest-neighbour enlarged) beside the output: what the model does, at a glance."""
+    from PIL import Image
+
+    scale = test_output.shape[-1] // test_input.shape[-1]
+    low, high = np.percentile(test_input, [0.0, 100.0])
+    left = np.clip((test_input[0] - low) / (high - low + 1e-6), 0, 1)
+    left = left.repeat(scale, axis=-2).repeat(scale, axis=-1)
+    both = np.concatenate([left, test_output[0]], axis=-1)
+    pixels = (np.moveaxis(both, 0, -1) * 255).round().astype(np.uint8)
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
+
+
+# ---------------------------------------------------------------------------------------- import
+
+
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _describe(path: Path):
+    from bioimageio.spec import InvalidDescr, load_description
+    from bioimageio.spec.model.v0_5 import ModelDescr
+
+    _offline()
+    try:
+        description = load_description(path, format_version="latest", perform_io_checks=False)
+    except Exception as error:
+        raise BioimageioError(
+            f"{path.name}: not a readable bioimage.io package ({_one_line(error)})"
+        ) from None
+    if isinstance(description, InvalidDescr):
+        problems = (
+            [
+                f"{'.'.join(str(part) for part in detail.loc)}: {detail.msg}"
+                for detail in description.validation_summary.details[0].errors[:1]
+            ]
+            if description.validation_summary.details
+            else []
+        )
+        raise BioimageioError(
+            f"{path.name}: invalid bioimage.io package ({problems[0] if problems else 'see bioimageio validate'})"
+        )
+    if not isinstance(description, ModelDescr):
+        raise BioimageioError(f"{path.name}: a bioimage.io {description.type}, not a model")
+    return description
+
+
+def _spatial_scale(description, path: Path) -> tuple[int, int, int, int]:
+    """(scale, channels, input halo, size multiple) of a 2D image-to-image model; refuses
+    anything else in one line."""
+    from bioimageio.spec.model.v0_5 import (
+        BatchAxis,
+        ChannelAxis,
+        ParameterizedSize,
+        SizeReference,
+        SpaceInputAxis,
+    )
+
+    if len(description.inputs) != 1 or len(description.outputs) != 1:
+        raise BioimageioError(
+            f"{path.name}: {len(description.inputs)} inputs and {len(description.outputs)} "
+            "outputs; napari-srgan runs models with one image in and one image out"
+        )
+    source, target = description.inputs[0], description.outputs[0]
+    in_axes = {str(a.id): a for a in source.axes}
+    out_axes = {str(a.id): a for a in target.axes}
+    kinds = [type(a).__name__ for a in source.axes]
+    expected = ["BatchAxis", "ChannelAxis", "SpaceInputAxis", "SpaceInputAxis"]
+    if kinds != expected or list(in_axes)[2:] != ["y", "x"]:
+        raise BioimageioError(
+            f"{path.name}: input axes {[str(a.id) for a in source.axes]}; napari-srgan needs "
+            "batch, channel, y, x"
+        )
+    if [str(a.id) for a in target.axes] != ["batch", "channel", "y", "x"] or not isinstance(
+        target.axes[0], BatchAxis
+    ):
+        raise BioimageioError(
+            f"{path.name}: output axes {[str(a.id) for a in target.axes]}; napari-srgan needs "
+            "batch, channel, y, x"
+        )
+    channels = in_axes["channel"]
+    out_channels = out_axes["channel"]
+    assert isinstance(channels, ChannelAxis)
+    if not isinstance(out_channels, ChannelAxis) or out_channels.size != channels.size:
+        raise BioimageioError(f"{path.name}: the output has other channels than the input")
+    scales, halos, multiples = [], [], []
+    for axis_id in ("y", "x"):
+        axis_in, axis_out = in_axes[axis_id], out_axes[axis_id]
+        assert isinstance(axis_in, SpaceInputAxis)
+        size = axis_out.size
+        if not (
+            isinstance(size, SizeReference)
+            and str(size.tensor_id) == str(source.id)
+            and str(size.axis_id) == axis_id
+            and size.offset == 0
+        ):
+            raise BioimageioError(
+                f"{path.name}: output axis {axis_id} is not a scaled reference to input axis "
+                f"{axis_id}, so its output is not a scaled image of its input"
+            )
+        ratio = axis_in.scale / axis_out.scale
+        if ratio < 1 or abs(ratio - round(ratio)) > 1e-6:
+            raise BioimageioError(
+                f"{path.name}: output axis {axis_id} is {ratio:g} times its input; napari-srgan "
+                "needs a whole-number upscaling factor"
+            )
+        scale = round(ratio)
+        scales.append(scale)
+        halos.append(math.ceil(getattr(axis_out, "halo", 0) / scale))
+        multiples.append(axis_in.size.step if isinstance(axis_in.size, ParameterizedSize) else 0)
+    if scales[0] != scales[1]:
+        raise BioimageioError(f"{path.name}: different scales along y and x ({scales})")
+    if 0 in multiples:
+        raise BioimageioError(
+            f"{path.name}: a fixed input size; napari-srgan tiles images and needs a "
+            "parameterised (min + n * step) input size"
+        )
+    return scales[0], int(channels.size), max(halos), math.lcm(*multiples)
+
+
+def _normalization(description, path: Path) -> NormalizationSpec:
+    from bioimageio.spec.model.v0_5 import ScaleRangeDescr
+
+    source, target = description.inputs[0], description.outputs[0]
+    spec = NormalizationSpec("percentile", 0.0, 100.0)
+    for step in source.preprocessing:
+        if step.id not in SUPPORTED_PREPROCESSING:
+            raise BioimageioError(
+                f"{path.name}: preprocessing {step.id!r} is not supported (supported: "
+                f"{', '.join(SUPPORTED_PREPROCESSING)})"
+            )
+        if isinstance(step, ScaleRangeDescr):
+            kwargs = step.kwargs
+            axes = {str(a) for a in (kwargs.axes or ["channel", "y", "x"])}
+            if not {"y", "x"} <= axes or (
+                "channel" not in axes and len(source.axes) > 1 and source.axes[1].size > 1
+            ):
+                raise BioimageioError(
+                    f"{path.name}: scale_range over axes {sorted(axes)} is not supported; "
+                    "napari-srgan normalises all channels of an image together"
+                )
+            spec = NormalizationSpec("percentile", kwargs.min_percentile, kwargs.max_percentile)
+    for step in target.postprocessing:
+        if step.id not in SUPPORTED_POSTPROCESSING:
+            raise BioimageioError(
+                f"{path.name}: postprocessing {step.id!r} is not supported (supported: "
+                f"{', '.join(SUPPORTED_POSTPROCESSING)})"
+            )
+    return spec
+
+
+def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Module, str]:
+    """TorchScript when the package has it (no Python runs); else the state dict with the
+    package's architecture file, which is imported and run only with ``trust_code``."""
+    from bioimageio.spec.utils import download
+
+    weights = description.weights
+    if weights.torchscript is not None:
+        try:
+            data = io.BytesIO(download(weights.torchscript.source).read())
+            return torch.jit.load(data, map_location=device), "torchscript"
+        except FileNotFoundError as error:
+            raise BioimageioError(
+                f"{path.name}: missing weights file {Path(str(error)).name}"
+            ) from None
+        except Exception as error:
+            raise BioimageioError(
+                f"{path.name}: cannot load its TorchScript weights ({_one_line(error)})"
+            ) from None
+    if weights.pytorch_state_dict is not None:
+        if not trust_code:
+            raise BioimageioError(
+                f"{path.name}: its weights need the package's Python architecture code to run; "
+                "rerun with --trust-code (or trust_code=True) if you trust its authors"
+            )
+        from bioimageio.core.backends.pytorch_backend import load_torch_model
+
+        try:
+            network = load_torch_model(weights.pytorch_state_dict, devices=[str(device)])
+        except FileNotFoundError as error:
+            raise BioimageioError(f"{path.name}: missing file {Path(str(error)).name}") from None
+        except Exception as error:
+            raise BioimageioError(
+                f"{path.name}: cannot build its PyTorch model ({_one_line(error)})"
+            ) from None
+        return network, "pytorch_state_dict"
+    formats = [
+        name
+        for name in (
+            "onnx",
+            "keras_hdf5",
+            "keras_v3",
+            "tensorflow_saved_model_bundle",
+            "tensorflow_js",
+        )
+        if getattr(weights, name, None) is not None
+    ]
+    raise BioimageioError(
+        f"{path.name}: no TorchScript or PyTorch weights (it has {', '.join(formats) or 'none'}); "
+        "napari-srgan runs PyTorch models only"
+    )
+
+
+class ClippedNetwork(nn.Module):
+    """The package's network followed by its declared [0, 1] clip."""
+
+    def __init__(self, network: nn.Module, clip: bool):
+        super().__init__()
+        self.network, self.clip = network, clip
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.network(x)
+        return y.clamp(0, 1) if self.clip else y
+
+
+def load_bioimageio(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, trust_code: bool = False
+) -> SRModel:
+    """A bioimage.io package (zip or folder) whose output is a scaled image of its input."""
+    path = Path(path)
+    if not path.exists():
+        raise BioimageioError(f"model package not found: {path}")
+    if path.is_dir() and not any((path / n).is_file() for n in ("rdf.yaml", "bioimageio.yaml")):
+        raise BioimageioError(f"{path}: a folder without rdf.yaml or bioimageio.yaml")
+    description = _describe(path)
+    scale, channels, halo, multiple = _spatial_scale(description, path)
+    normalization = _normalization(description, path)
+    network, weights = _network(description, path, trust_code, device)
+    clip = any(step.id == "clip" for step in description.outputs[0].postprocessing)
+    license_id = str(description.license) if description.license else "unknown"
+    card = ModelCard(
+        str(description.name),
+        description=str(description.description),
+        scale=scale,
+        in_channels=channels,
+        out_channels=channels,
+        normalization=normalization,
+        degradation="unknown",
+        intended_use="as documented in the package",
+        architecture=f"bioimage.io {weights}",
+        source=f"bioimage.io: {path.name}",
+        license=license_id,
+        theoretical_halo=halo,
+        size_multiple=multiple,
+        supports_half=False,
+    )
+    return SRModel(ClippedNetwork(network, clip).to(device).eval(), card, path)

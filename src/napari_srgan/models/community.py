@@ -1,0 +1,371 @@
+"""Community super-resolution models (ESRGAN/Real-ESRGAN, SwinIR, HAT, SPAN, DAT...) via spandrel.
+
+spandrel (MIT, the loader behind chaiNNer and ComfyUI) recognises an architecture and its
+hyper-parameters from a state dict alone. We never let it open files itself: its ``.pth`` path
+unpickles with a hand-made allow list and its ``.pt`` path runs TorchScript. Instead we read the
+tensors ourselves, with safetensors or ``torch.load(weights_only=True)``, which refuses any
+pickle that would import or call anything, and hand spandrel only the dictionary of tensors.
+
+``napari-srgan models add`` converts such a file into a ``.safetensors`` file with a model card
+and the architecture id in its metadata, so it reloads without the original file and without
+spandrel having to guess again.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import re
+import zipfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from napari_srgan.io.atomic_files import atomic_write
+from napari_srgan.models.files import FORMAT_KEY, ModelFileError
+from napari_srgan.models.interface import ModelCard, SRModel
+
+#: File types spandrel models come in.
+COMMUNITY_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
+#: The ``FORMAT_KEY`` value of a converted community model (native files have "1").
+CONVERTED_FORMAT = "spandrel-1"
+#: Licences of the architectures' reference code, for the ones users meet most. Weights carry
+#: their own licence, set by whoever published them.
+ARCHITECTURE_LICENSES = {
+    "ESRGAN": "Apache-2.0",
+    "Compact": "BSD-3-Clause",
+    "SwinIR": "Apache-2.0",
+    "Swin2SR": "Apache-2.0",
+    "HAT": "Apache-2.0",
+    "DAT": "Apache-2.0",
+    "SPAN": "Apache-2.0",
+    "OmniSR": "Apache-2.0",
+    "RealCUGAN": "MIT",
+}
+#: The widest reach, in input pixels, that :func:`dependency_radius` probes for.
+PROBE_LIMIT = 64
+#: Purposes the engine can serve: an image in, the same image larger (or restored) out.
+SERVED_PURPOSES = ("SR", "Restoration")
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.pth/.pt/.ckpt/.safetensors`` file, without running any code.
+
+    Pickled files go through ``torch.load(weights_only=True)``: a pickle that names any
+    callable other than torch's tensor rebuilders is refused before anything is executed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    if path.suffix.lower() not in COMMUNITY_SUFFIXES:
+        raise ModelFileError(
+            f"{path.name}: unknown model file type {path.suffix!r}; use "
+            f"{', '.join(COMMUNITY_SUFFIXES)} or a bioimage.io package (.zip or folder)"
+        )
+    if path.suffix.lower() == ".safetensors":
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+        except (SafetensorError, OSError, ValueError) as error:
+            raise ModelFileError(
+                f"{path.name} is not a readable .safetensors file ({error})"
+            ) from None
+    if _is_torchscript(path):
+        raise ModelFileError(
+            f"{path.name} is a TorchScript program, not a weights file; napari-srgan runs "
+            "TorchScript only from a bioimage.io package"
+        )
+    try:
+        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+    except pickle.UnpicklingError as error:
+        found = re.search(r"GLOBAL (\S+)", str(error))
+        reason = f": it names {found.group(1)}" if found else ""
+        raise ModelFileError(
+            f"{path.name} was refused: it is a pickle that would run code or build objects, "
+            f"not plain weights{reason}"
+        ) from None
+    except (RuntimeError, OSError, EOFError, ValueError) as error:
+        raise ModelFileError(
+            f"{path.name} is not a readable PyTorch weights file ({error})"
+        ) from None
+    if not isinstance(loaded, dict):
+        raise ModelFileError(
+            f"{path.name} holds a {type(loaded).__name__}, not a state dict of named tensors"
+        )
+    return loaded
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives are zips with a ``code/`` folder (plain torch.save zips have none)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any("/code/" in name for name in archive.namelist())
+
+
+def _spandrel():
+    """spandrel, with spandrel-extra-arches' architectures added when that extra is installed."""
+    import spandrel
+
+    try:
+        import spandrel_extra_arches
+    except ImportError:
+        return spandrel
+    if not getattr(_spandrel, "extra_installed", False):
+        spandrel_extra_arches.install(ignore_duplicates=True)
+        _spandrel.extra_installed = True
+    return spandrel
+
+
+def architecture_license(descriptor) -> str:
+    """The licence of the architecture code, marked when it is not permissive."""
+    arch_id = str(descriptor.architecture.id)
+    if type(descriptor.model).__module__.startswith("spandrel_extra_arches"):
+        return f"see {arch_id}'s licence (spandrel-extra-arches: non-commercial or copyleft)"
+    return ARCHITECTURE_LICENSES.get(arch_id, "permissive (spandrel: MIT, Apache-2.0 or BSD)")
+
+
+def size_multiple(descriptor) -> int:
+    """What input sides must be a multiple of: spandrel's requirement and, for window-attention
+    models (SwinIR, HAT, DAT), the attention window, so tile origins line up with the windows
+    of a whole-image pass."""
+    multiple = descriptor.size_requirements.multiple_of
+    model = descriptor.model
+    window = getattr(model, "window_size", None)
+    split = getattr(model, "split_size", None)
+    for value in [window] if isinstance(window, int) else []:
+        multiple = math.lcm(multiple, value)
+    if isinstance(split, (list, tuple)):
+        multiple = math.lcm(multiple, *(int(v) for v in split))
+    return multiple
+
+
+class SpandrelNetwork(nn.Module):
+    """A spandrel model as the engine expects it: ``(b, c, h, w)`` in [0, 1] to
+    ``(b, c, s*h, s*w)``, padded to the architecture's size requirements and cropped back."""
+
+    def __init__(self, descriptor):
+        super().__init__()
+        self.model = descriptor.model
+        self.scale = descriptor.scale
+        self.requirements = descriptor.size_requirements
+        self.call = getattr(descriptor, "_call_fn", None) or (lambda model, x: model(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from spandrel.__helpers.size_req import pad_tensor
+
+        height, width = x.shape[-2:]
+        _padded, x = pad_tensor(x, self.requirements)
+        y = self.call(self.model, x)
+        return y[..., : height * self.scale, : width * self.scale]
+
+
+def dependency_radius(
+    network: nn.Module, in_channels: int, scale: int, *, multiple: int = 1, limit: int = PROBE_LIMIT
+) -> int | None:
+    """How far, in input pixels, the outputs of a ``multiple``-wide block of input pixels reach.
+
+    The gradient of those outputs with respect to a random input is non-zero exactly on the
+    input pixels they depend on (random weights and inputs leave no accidental zeros), so this is
+    the architecture's receptive field, whatever the architecture. Probes grow from 8 px until
+    the reach fits; ``None`` when it exceeds ``limit`` (attention over the whole image, or a very
+    deep network: the measured halo then decides).
+    """
+    reach = 8
+    while True:
+        radius = _probe(network, in_channels, scale, multiple, reach)
+        if radius is not None or reach >= limit:
+            return radius
+        reach = min(2 * reach, limit)
+
+
+def _probe(
+    network: nn.Module, in_channels: int, scale: int, multiple: int, reach: int
+) -> int | None:
+    size = math.ceil((2 * (reach + multiple) + multiple) / multiple) * multiple
+    start = (size // 2) // multiple * multiple
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(1, in_channels, size, size, generator=generator, requires_grad=True)
+    was_training = network.training
+    network.eval()
+    try:
+        with torch.enable_grad():
+            y = network(x)
+            block = slice(start * scale, (start + multiple) * scale)
+            y[..., block, block].float().pow(2).sum().backward()
+    finally:
+        network.train(was_training)
+    rows, cols = torch.nonzero(x.grad.abs().sum(dim=(0, 1)) > 0, as_tuple=True)
+    if rows.numel() == 0:
+        return 0
+    low = min(int(rows.min()), int(cols.min()))
+    high = max(int(rows.max()), int(cols.max()))
+    if low == 0 or high == size - 1:
+        return None
+    return max(start - low, high - (start + multiple - 1))
+
+
+#: Receptive fields by architecture and tensor shapes (they do not depend on the weights'
+#: values), so reloading a model in the same process (CLI, dask workers) probes once.
+_RECEPTIVE_FIELDS: dict[tuple, int | None] = {}
+
+
+def _receptive_field(network: SpandrelNetwork, descriptor, multiple: int) -> int | None:
+    key = (
+        str(descriptor.architecture.id),
+        tuple((name, tuple(t.shape)) for name, t in network.model.state_dict().items()),
+    )
+    if key not in _RECEPTIVE_FIELDS:
+        _RECEPTIVE_FIELDS[key] = dependency_radius(
+            network, descriptor.input_channels, descriptor.scale, multiple=multiple
+        )
+    return _RECEPTIVE_FIELDS[key]
+
+
+def community_model(
+    state_dict: dict[str, torch.Tensor],
+    *,
+    name: str,
+    source: str,
+    path: Path | None = None,
+    architecture: str | None = None,
+    card: ModelCard | None = None,
+) -> SRModel:
+    """Build the network spandrel recognises in ``state_dict``, with a card describing it.
+
+    ``architecture`` skips detection (converted files store the id); ``card`` is a stored card
+    whose facts are checked against the network.
+    """
+    spandrel = _spandrel()
+    label = path.name if path is not None else name
+    try:
+        if architecture is None:
+            descriptor = spandrel.ModelLoader().load_from_state_dict(state_dict)
+        else:
+            support = spandrel.MAIN_REGISTRY.get(architecture)
+            if support is None:
+                raise ModelFileError(
+                    f"{label}: architecture {architecture!r} is not available; it may need "
+                    "the optional spandrel-extra-arches package (pip install "
+                    "'napari-srgan[extra-arches]', non-commercial licences)"
+                )
+            descriptor = support.architecture.load(spandrel.canonicalize_state_dict(state_dict))
+    except spandrel.UnsupportedModelError:
+        raise ModelFileError(
+            f"{label}: unknown architecture: spandrel {spandrel.__version__} recognises none of "
+            f"its {len(state_dict)} tensors (first: {next(iter(state_dict), 'none')!r})"
+        ) from None
+    except (RuntimeError, KeyError, ValueError, AssertionError, TypeError) as error:
+        raise ModelFileError(
+            f"{label}: the weights do not fit their architecture ({error})"
+        ) from None
+    purpose = getattr(descriptor, "purpose", "Inpainting")
+    if purpose not in SERVED_PURPOSES:
+        raise ModelFileError(
+            f"{label}: a {descriptor.architecture.id} {purpose} model; napari-srgan runs "
+            "super-resolution and restoration models only"
+        )
+    if descriptor.input_channels != descriptor.output_channels:
+        raise ModelFileError(
+            f"{label}: {descriptor.input_channels} input but {descriptor.output_channels} "
+            "output channels; napari-srgan needs the same number in and out"
+        )
+    network = SpandrelNetwork(descriptor).eval()
+    multiple = size_multiple(descriptor)
+    facts = {
+        "scale": descriptor.scale,
+        "in_channels": descriptor.input_channels,
+        "out_channels": descriptor.output_channels,
+        "architecture": str(descriptor.architecture.id),
+        "size_multiple": multiple,
+    }
+    if card is None:
+        card = ModelCard(
+            name,
+            description=f"{descriptor.architecture.name} ({', '.join(descriptor.tags)}) "
+            "loaded with spandrel",
+            intended_use=f"{descriptor.scale}x {purpose} of "
+            f"{'RGB' if descriptor.input_channels == 3 else 'grey'} images, as trained by "
+            "its authors",
+            degradation="unknown",
+            source=source,
+            license=architecture_license(descriptor) + " (architecture code); weights: as "
+            "published by their authors",
+            supports_half=bool(descriptor.supports_half),
+            theoretical_halo=_receptive_field(network, descriptor, multiple),
+            **facts,
+        )
+    for field_name, value in facts.items():
+        if getattr(card, field_name) != value:
+            raise ModelFileError(
+                f"{label}: the model card says {field_name} {getattr(card, field_name)}, "
+                f"but the network has {value}"
+            )
+    return SRModel(network, card, path)
+
+
+def load_community_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> SRModel:
+    """A ``.pth/.pt/.ckpt/.safetensors`` community model, its architecture detected by spandrel."""
+    path = Path(path)
+    model = community_model(
+        read_state_dict(path), name=path.stem, source=f"spandrel: {path.name}", path=path
+    )
+    model.network.to(device)
+    return model
+
+
+def save_converted(model: SRModel, path: str | os.PathLike) -> Path:
+    """Write a spandrel model as ``.safetensors`` with its card and architecture id (atomic)."""
+    if not isinstance(model.network, SpandrelNetwork):
+        raise ModelFileError(f"{model.card.name} is not a spandrel model")
+    tensors = {
+        name: t.detach().cpu().contiguous().clone()
+        for name, t in model.network.model.state_dict().items()
+    }
+    metadata = {
+        FORMAT_KEY: CONVERTED_FORMAT,
+        "spandrel_architecture": model.card.architecture,
+        "model_card": model.card.to_json(),
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))
+
+
+def read_converted_card(path: Path, metadata: dict[str, str]) -> ModelCard:
+    try:
+        return ModelCard.from_json(metadata["model_card"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ModelFileError(f"{path}: broken model card in a converted model ({error})") from None
+
+
+def load_converted(
+    path: Path, metadata: dict[str, str], device: str | torch.device = "cpu"
+) -> SRModel:
+    """A model written by :func:`save_converted`: the stored architecture, no detection."""
+    card = read_converted_card(path, metadata)
+    state_dict = read_state_dict(path)
+    model = community_model(
+        state_dict,
+        name=card.name,
+        source=card.source,
+        path=path,
+        architecture=metadata.get("spandrel_architecture", card.architecture),
+        card=card,
+    )
+    model.network.to(device)
+    return model
+
+
+def describe(model: SRModel) -> str:
+    """One line: what was detected, for the CLI and the widget."""
+    card = model.card
+    halo = "unbounded" if card.theoretical_halo is None else f"{card.theoretical_halo} px"
+    return (
+        f"{card.architecture} {card.scale}x, {card.in_channels}->{card.out_channels} channels, "
+        f"receptive field {halo}, size multiple {card.size_multiple}, licence {card.license}"
+    )
