@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -30,10 +31,19 @@ from napari_srgan.training.losses import (
     load_vgg19_features,
     pixel_loss,
 )
-from napari_srgan.training.patches import PatchSampler
 from napari_srgan.training.validation import ValidationImage, evaluate
 
 CHECKPOINT_FORMAT = 1
+
+
+class Sampler(Protocol):
+    """Where batches come from: the device sampler, the slicing sampler, or worker processes."""
+
+    def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 @dataclass
@@ -156,12 +166,12 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 
 class Trainer:
-    """Runs :class:`TrainingConfig` on a generator with batches from a :class:`PatchSampler`."""
+    """Runs :class:`TrainingConfig` on a generator with batches from a :class:`Sampler`."""
 
     def __init__(
         self,
         generator: Generator,
-        sampler: PatchSampler,
+        sampler: Sampler,
         config: TrainingConfig,
         *,
         validation: Sequence[ValidationImage] = (),
