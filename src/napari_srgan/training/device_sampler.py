@@ -92,11 +92,13 @@ class DeviceSampler:
         self.degradation = degradation or Bicubic()
         self.min_std, self.max_tries = min_std, max_tries
         self.device = torch.device(device)
+        #: Border context read around each patch: CONTEXT rounded up to a multiple of the scale.
+        self.context = -(-CONTEXT // scale) * scale
         self.skipped: list[str] = []
         self.images: list[TrainingImage] = []
         for image in images:
             image.prepare(normalization, scale)
-            if min(image.rows, image.layout.width) >= max(patch_size, CONTEXT):
+            if min(image.rows, image.layout.width) >= max(patch_size, self.context):
                 self.images.append(image)
             elif skip_small:
                 self.skipped.append(image.name)
@@ -114,7 +116,7 @@ class DeviceSampler:
         self._load(pinned)
         self.generator = torch.Generator(self.storage).manual_seed(seed)
         self.noise_generator = torch.Generator(self.device).manual_seed(seed + 1)
-        self._grids = _augmented_grids(patch_size + 2 * CONTEXT, self.storage)
+        self._grids = _augmented_grids(patch_size + 2 * self.context, self.storage)
 
     def _load(self, pinned: bool) -> None:
         """Every plane, normalised to the model's channels, into flat HR / LR buffers."""
@@ -170,7 +172,7 @@ class DeviceSampler:
 
     def batch(self, size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(lr, hr)`` float32 on the device: ``(size, C, p/scale, p/scale)``, ``(size, C, p, p)``."""
-        patch, scale = self.patch_size, self.scale
+        patch, scale, context_lr = self.patch_size, self.scale, self.context // self.scale
         chosen = torch.multinomial(
             self.probabilities, size, replacement=True, generator=self.generator
         )
@@ -180,29 +182,31 @@ class DeviceSampler:
         y, x = self._positions(chosen, step)
         augment = (self._uniform(size) * 8).long()
         hr_windows = self._gather(
-            self.hr, self.hr_planes, chosen, y - CONTEXT, x - CONTEXT, augment
+            self.hr, self.hr_planes, chosen, y - self.context, x - self.context, augment
         )
-        hr = hr_windows[..., CONTEXT:-CONTEXT, CONTEXT:-CONTEXT]
+        hr = hr_windows[..., self.context : -self.context, self.context : -self.context]
         hr_windows = hr_windows.to(self.device, non_blocking=True)
         small = patch // scale
         lr = torch.empty((size, self.channels, small, small), device=self.device)
         synthetic = (kinds == 0).to(self.device)
         if bool(synthetic.any()):
             degraded = self.degradation(hr_windows[synthetic], self.noise_generator, scale)
-            crop = CONTEXT // scale
-            lr[synthetic] = degraded[..., crop : crop + small, crop : crop + small].float()
+            lr[synthetic] = degraded[
+                ..., context_lr : context_lr + small, context_lr : context_lr + small
+            ].float()
         on_grid = kinds == 2
         if bool(on_grid.any()):
             grid = self._gather(
                 self.lr,
                 self.lr_planes,
                 chosen[on_grid],
-                y[on_grid] - CONTEXT,
-                x[on_grid] - CONTEXT,
+                y[on_grid] - self.context,
+                x[on_grid] - self.context,
                 augment[on_grid],
             ).to(self.device, non_blocking=True)
-            crop = CONTEXT // scale
-            down = bicubic_downscale(grid, scale)[..., crop : crop + small, crop : crop + small]
+            down = bicubic_downscale(grid, scale)[
+                ..., context_lr : context_lr + small, context_lr : context_lr + small
+            ]
             lr[on_grid.to(self.device)] = down
         paired = kinds == 1
         if bool(paired.any()):
