@@ -7,6 +7,8 @@ one-line message on stderr and exit status 2; nothing is written.
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,63 @@ BATCH_FORMATS = ("ome.tif", "tif", "png", "jpg", "zarr")
 
 class CommandError(Exception):
     """A user error to report in one line."""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (the usage is in ``--help``)."""
+
+    def error(self, message: str) -> None:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+# argparse ``type=`` checks: a bad value is an argparse error (exit 2) before anything runs.
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1, not {text}")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {text}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text}")
+    return value
+
+
+def open_fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), not {text}")
+    return value
+
+
+def device_name(text: str) -> str:
+    if not re.fullmatch(r"(auto|cpu|cuda|mps)(:\d+)?", text.lower()):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a device; use auto, cpu, cuda, cuda:N or mps"
+        )
+    return text
+
+
+def scheduler_name(text: str) -> str:
+    from napari_srgan.engine.schedulers import parse_scheduler
+
+    try:
+        return parse_scheduler(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+for _check in (positive_int, non_negative_int, positive_float, open_fraction):
+    _check.__name__ = "number"  # argparse names the type in "invalid <type> value: ..."
 
 
 def _add_upscale(commands) -> None:
@@ -64,7 +123,7 @@ def _add_upscale(commands) -> None:
     _add_trust_code(parser)
     parser.add_argument(
         "--tile",
-        type=int,
+        type=positive_int,
         default=None,
         help="kept tile size in input pixels (default: the largest that fits in --memory-limit)",
     )
@@ -80,8 +139,10 @@ def _add_upscale(commands) -> None:
         help="overlap tiles by the theoretical receptive field (bit-for-bit as untiled up to "
         "float rounding) instead of the model's measured halo (within 1e-4)",
     )
-    parser.add_argument("--batch", type=int, default=1, help="tiles per batch")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
+    parser.add_argument("--batch", type=positive_int, default=1, help="tiles per batch")
+    parser.add_argument(
+        "--device", type=device_name, default="auto", help="auto, cpu, cuda[:N] or mps"
+    )
     parser.add_argument(
         "--precision",
         choices=["fp32", "fp16", "bf16", "auto"],
@@ -95,10 +156,13 @@ def _add_upscale(commands) -> None:
     )
     parser.add_argument(
         "--scheduler",
+        type=scheduler_name,
         default=None,
         help="compute with dask: threads, processes, synchronous, or a dask.distributed "
-        "address (tcp://host:8786); needs a .zarr output",
+        "address (tcp://host:8786 or tls://host:8786); needs a .zarr output. Use a scheduler "
+        "on a trusted network only: dask's protocol trusts its peer",
     )
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
     colour = parser.add_mutually_exclusive_group()
     colour.add_argument(
         "--rgb", dest="rgb", action="store_true", default=None, help="last axis is colour"
@@ -131,8 +195,10 @@ def _add_train(commands) -> None:
         help="model to fine-tune (default: the bundled one for the data's channels)",
     )
     start.add_argument("--from-scratch", action="store_true", help="train a new generator")
-    parser.add_argument("--channels", type=int, default=64, help="new generator: features")
-    parser.add_argument("--blocks", type=int, default=16, help="new generator: residual blocks")
+    parser.add_argument("--channels", type=positive_int, default=64, help="new generator: features")
+    parser.add_argument(
+        "--blocks", type=non_negative_int, default=16, help="new generator: residual blocks"
+    )
     parser.add_argument(
         "--scale",
         type=int,
@@ -146,15 +212,22 @@ def _add_train(commands) -> None:
         "--input-skip", action="store_true", help="new generator: add bicubic input"
     )
     parser.add_argument(
-        "--residual-scale", type=float, default=1.0, help="new generator: block output scale"
+        "--residual-scale",
+        type=positive_float,
+        default=1.0,
+        help="new generator: block output scale",
     )
     parser.add_argument("--normalization", choices=["dtype", "percentile"], default=None)
-    parser.add_argument("--steps", type=int, default=1000, help="content (pixel loss) steps")
-    parser.add_argument("--adversarial-steps", type=int, default=0, help="SRGAN steps after that")
-    parser.add_argument("--patch", type=int, default=96, help="HR patch size")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--learning-rate", type=float, default=2e-4)
-    parser.add_argument("--adversarial-learning-rate", type=float, default=1e-4)
+    parser.add_argument(
+        "--steps", type=non_negative_int, default=1000, help="content (pixel loss) steps"
+    )
+    parser.add_argument(
+        "--adversarial-steps", type=non_negative_int, default=0, help="SRGAN steps after that"
+    )
+    parser.add_argument("--patch", type=positive_int, default=96, help="HR patch size")
+    parser.add_argument("--batch", type=positive_int, default=16)
+    parser.add_argument("--learning-rate", type=positive_float, default=2e-4)
+    parser.add_argument("--adversarial-learning-rate", type=positive_float, default=1e-4)
     parser.add_argument("--schedule", choices=["cosine", "constant"], default="cosine")
     parser.add_argument("--pixel-loss", choices=["l1", "mse"], default="l1")
     parser.add_argument("--relativistic", action="store_true", help="relativistic average GAN loss")
@@ -191,20 +264,28 @@ def _add_train(commands) -> None:
     parser.add_argument(
         "--val", nargs="+", help="validation images (default: hold out part of the first HR image)"
     )
-    parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--val-fraction", type=open_fraction, default=0.1)
     parser.add_argument(
-        "--val-crop", type=int, default=256, help="centre crop of validation images (0: whole)"
+        "--val-crop",
+        type=non_negative_int,
+        default=256,
+        help="centre crop of validation images (0: whole)",
     )
-    parser.add_argument("--validate-every", type=int, default=100)
+    parser.add_argument("--validate-every", type=positive_int, default=100)
     parser.add_argument(
         "--checkpoint", type=Path, help="checkpoint file (default: beside the model)"
     )
-    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--checkpoint-every", type=positive_int, default=100)
     parser.add_argument(
         "--resume", action="store_true", help="continue from the checkpoint if it exists"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--device", type=device_name, default="auto")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing model and checkpoint (without --resume)",
+    )
     parser.add_argument("--no-download", action="store_true", help="never download VGG19 weights")
     parser.add_argument("--description", default="", help="text for the model card")
     parser.add_argument("--half", action="store_true", help="save fp16 weights (half the size)")
@@ -224,7 +305,7 @@ def _add_evaluate(commands) -> None:
     )
     parser.add_argument("--hr", nargs="+", required=True, help="HR image files or folders")
     parser.add_argument("--degradation", choices=["bicubic", "crappifier"], default="bicubic")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", type=device_name, default="auto")
 
 
 def _add_models(commands) -> None:
@@ -269,7 +350,7 @@ def _add_export_bmz(commands) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="napari-srgan", description=__doc__.splitlines()[0].replace("``", "")
     )
     parser.add_argument("--version", action="version", version=f"napari-srgan {__version__}")
@@ -282,6 +363,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample = commands.add_parser("sample", help="write a low-resolution sample image")
     sample.add_argument("name", help="astronaut, cell or ihc")
     sample.add_argument("output", type=Path, help="output image (.png or .tif)")
+    sample.add_argument("--overwrite", action="store_true", help="replace an existing output")
     return parser
 
 
@@ -299,6 +381,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return handler(args) or 0
     except (CommandError, ValueError, OSError) as error:  # ModelFileError is a ValueError
         print(f"napari-srgan: error: {_one_line(error)}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("napari-srgan: error: not enough memory for this image", file=sys.stderr)
         return 2
     except _interruptions():
         print("napari-srgan: interrupted", file=sys.stderr)
@@ -354,12 +439,13 @@ def upscale_command(args: argparse.Namespace) -> int:
         check_output,
         input_is_rgb,
     )
-    from napari_srgan.io.atomic_files import check_writable
+    from napari_srgan.io.atomic_files import check_writable, refuse_same_file
     from napari_srgan.models.registry import default_model
 
     sources, folder = _upscale_plan(args.inputs, args.output)
     if folder is None:
-        check_output(args.output)  # before the (slow) model load
+        refuse_same_file(sources[0], args.output)
+        check_output(args.output, overwrite=args.overwrite)  # before the (slow) model load
     else:
         if folder.exists() and not folder.is_dir():
             raise CommandError(f"{folder} is a file; several inputs need an output folder")
@@ -392,7 +478,9 @@ def upscale_command(args: argparse.Namespace) -> int:
     if args.model is not None:
         model_for(sources[0])  # a wrong model name stops the run before any file
     if folder is None:
-        _upscale_one(sources[0], args.output, model_for(sources[0]), args.rgb, settings, [])
+        _upscale_one(
+            sources[0], args.output, model_for(sources[0]), args.rgb, settings, [], args.overwrite
+        )
         return 0
     folder.mkdir(exist_ok=True)
     failed: list[Path] = []
@@ -402,7 +490,9 @@ def upscale_command(args: argparse.Namespace) -> int:
         try:
             model = model_for(source)
             output = batch_output(source, folder, model.scale, f".{args.format}")
-            _upscale_one(source, output, model, args.rgb, settings, warned, label=label)
+            _upscale_one(
+                source, output, model, args.rgb, settings, warned, args.overwrite, label=label
+            )
         except (ValueError, OSError) as error:
             failed.append(source)
             print(f"napari-srgan: error: {source}: {_one_line(error)}", file=sys.stderr)
@@ -439,7 +529,7 @@ def _upscale_plan(inputs: list[Path], output: Path) -> tuple[list[Path], Path | 
 
 
 def _upscale_one(
-    source: Path, output: Path, model, rgb, settings, warned: list, label: str = ""
+    source: Path, output: Path, model, rgb, settings, warned: list, overwrite: bool, label: str = ""
 ) -> None:
     """One file, with its progress; ``warned`` holds the models whose "untrained" warning was
     given (once per run, not once per file)."""
@@ -462,6 +552,7 @@ def _upscale_one(
             settings=settings,
             progress=progress.update,
             before_work=start,
+            overwrite=overwrite,
         )
     (height, width), (out_height, out_width) = result.input_shape, result.output_shape
     print(f"{source} {height}x{width} -> {output} {out_height}x{out_width} with {model.card.name}")
@@ -578,6 +669,7 @@ def train_command(args: argparse.Namespace) -> None:
         description=args.description,
         skip_small=True,
         half=args.half,
+        overwrite=args.overwrite,
     )
     from napari_srgan.terminal import Progress
 
@@ -641,7 +733,7 @@ def sample_command(args: argparse.Namespace) -> None:
     from napari_srgan.samples import low_resolution_sample
 
     image, description = low_resolution_sample(args.name)
-    write_image(args.output, image, rgb=image.ndim == 3)
+    write_image(args.output, image, rgb=image.ndim == 3, overwrite=args.overwrite)
     print(f"wrote {args.output} {image.shape[0]}x{image.shape[1]}: {description}")
 
 

@@ -31,11 +31,15 @@ def choose_device(preference: str | torch.device | None = "auto") -> torch.devic
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    kind = preference.split(":")[0]
-    if kind not in DEVICE_CHOICES:
-        raise ValueError(f"unknown device {preference!r}; choose one of {DEVICE_CHOICES}")
+    kind, _, index = preference.partition(":")
+    if kind not in DEVICE_CHOICES or (kind == "auto" and index) or (index and not index.isdigit()):
+        raise ValueError(
+            f"unknown device {preference!r}; choose one of {DEVICE_CHOICES} (cuda:N for a GPU)"
+        )
     if kind == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for, but no CUDA GPU is available")
+    if kind == "cuda" and index and int(index) >= torch.cuda.device_count():
+        raise ValueError(f"device {preference!r}: there are {torch.cuda.device_count()} CUDA GPUs")
     if kind == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' was asked for, but Apple MPS is not available")
     return torch.device(preference)

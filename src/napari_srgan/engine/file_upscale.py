@@ -3,13 +3,11 @@ into OME-Zarr for images larger than memory. Used by the CLI and the widget's za
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import dask
 import dask.array as da
 import imageio.v3 as iio
 import numpy as np
@@ -17,13 +15,25 @@ import numpy as np
 from napari_srgan.engine.geometry import upscaled_placement
 from napari_srgan.engine.lazy import upscale_lazy
 from napari_srgan.engine.provenance import provenance
+from napari_srgan.engine.schedulers import (
+    SCHEDULERS,
+    dask_scheduler,
+    parse_scheduler,
+    probe_scheduler,
+)
 from napari_srgan.engine.tiling import check_tile_size
 from napari_srgan.engine.upscale import ImageLayout, check_image, upscale
-from napari_srgan.io.atomic_files import check_writable
+from napari_srgan.io.atomic_files import (
+    check_writable,
+    disk_full_is_one_line,
+    refuse_existing,
+    refuse_same_file,
+)
 from napari_srgan.io.images import (
     PLAIN_SUFFIXES,
     TIFF_SUFFIXES,
     ImageFile,
+    check_output_format,
     guess_rgb,
     read_image,
     tiff_metadata,
@@ -32,7 +42,6 @@ from napari_srgan.io.images import (
 from napari_srgan.io.zarr_files import OmeZarrWriter, is_zarr, open_lazy
 from napari_srgan.models.interface import SRModel
 
-SCHEDULERS = ("threads", "processes", "synchronous")
 #: What a folder contributes to a batch: image files (and OME-Zarr stores, by their suffix).
 INPUT_SUFFIXES = (*TIFF_SUFFIXES, *PLAIN_SUFFIXES, ".webp", ".zarr")
 
@@ -67,32 +76,13 @@ class UpscaleSettings:
         }
 
 
-@contextlib.contextmanager
-def dask_scheduler(scheduler: str) -> Iterator[None]:
-    """Compute with a local dask scheduler, or connect to a distributed one by address."""
-    if scheduler in SCHEDULERS:
-        with dask.config.set(scheduler=scheduler):
-            yield
-        return
-    if "://" not in scheduler:
-        raise ValueError(
-            f"scheduler must be one of {SCHEDULERS} or an address like tcp://host:8786"
-        )
-    try:
-        from distributed import Client
-    except ImportError:
-        raise ValueError(
-            "a scheduler address needs dask.distributed: pip install distributed"
-        ) from None
-    with Client(scheduler, set_as_default=False) as client, dask.config.set(scheduler=client.get):
-        yield
-
-
-def open_input(path: Path, stream: bool) -> ImageFile:
-    """Zarr inputs always open lazily; TIFFs do when the output is streamed (big files)."""
+def open_input(path: Path, stream: bool, scale: int = 4) -> ImageFile:
+    """Zarr inputs always open lazily; TIFFs do when the output is streamed (big files). An
+    input read whole must fit in memory, with its ``scale``-times larger result unless that
+    is streamed (checked from the file's header before reading)."""
     if is_zarr(path) or (stream and path.suffix.lower() in TIFF_SUFFIXES):
         return open_lazy(path)
-    return read_image(path)
+    return read_image(path, memory_factor=1 if stream else 1 + scale**2)
 
 
 def folder_inputs(folder: Path) -> list[Path]:
@@ -130,9 +120,11 @@ def input_is_rgb(path: Path) -> bool:
         raise ValueError(f"cannot read {path} as an image: {error}") from None
 
 
-def check_output(path: Path) -> None:
+def check_output(path: Path, *, overwrite: bool = False) -> None:
+    """A known format in a writable folder, not replacing anything unless ``overwrite``."""
     if not (is_zarr(path) or path.suffix.lower() in TIFF_SUFFIXES + PLAIN_SUFFIXES):
         raise ValueError(f"unknown output format {path.suffix!r}; use .tif, .png, .jpg or .zarr")
+    refuse_existing(path, overwrite=overwrite)
     check_writable(path.parent)
 
 
@@ -149,10 +141,14 @@ def upscale_to_zarr(
     settings: UpscaleSettings,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write the upscaled result of ``data`` to an OME-Zarr store; ``scale`` / ``translate`` are the
-    result's. Memory stays at a few tiles (or dask blocks) whatever the image size."""
+    result's. Memory stays at a few tiles (or dask blocks) whatever the image size. An existing
+    store (one this package wrote) is replaced only with ``overwrite``, atomically."""
     dtype = np.dtype(data.dtype)
+    if settings.scheduler is not None:
+        parse_scheduler(settings.scheduler)
     writer = OmeZarrWriter(
         output,
         layout.output_shape(model.scale),
@@ -162,36 +158,38 @@ def upscale_to_zarr(
         translate=translate,
         unit=unit,
         provenance=record,
+        overwrite=overwrite,
     )
     try:
-        if settings.scheduler is None:
-            upscale(
-                data,
-                model,
-                rgb=layout.rgb,
-                out=writer.level0,
-                progress=progress,
-                should_stop=should_stop,
-                **settings.engine_options(),
-            )
-        else:
-            if model.path is None:
-                raise ValueError("computing with dask needs a model saved to a file")
-            result = upscale_lazy(
-                data,
-                model.path,
-                rgb=layout.rgb,
-                tile=settings.tile,
-                device=settings.device,
-                ensemble=settings.ensemble,
-                exact=settings.exact,
-                memory_limit=settings.memory_limit,
-            )
-            if layout.rgb:
-                result = da.moveaxis(result, -1, -3)
-            with dask_scheduler(settings.scheduler):
-                da.store(result.rechunk(writer.array.chunks), writer.array, lock=False)
-        return writer.finish()
+        with disk_full_is_one_line(output):
+            if settings.scheduler is None:
+                upscale(
+                    data,
+                    model,
+                    rgb=layout.rgb,
+                    out=writer.level0,
+                    progress=progress,
+                    should_stop=should_stop,
+                    **settings.engine_options(),
+                )
+            else:
+                if model.path is None:
+                    raise ValueError("computing with dask needs a model saved to a file")
+                result = upscale_lazy(
+                    data,
+                    model.path,
+                    rgb=layout.rgb,
+                    tile=settings.tile,
+                    device=settings.device,
+                    ensemble=settings.ensemble,
+                    exact=settings.exact,
+                    memory_limit=settings.memory_limit,
+                )
+                if layout.rgb:
+                    result = da.moveaxis(result, -1, -3)
+                with dask_scheduler(settings.scheduler):
+                    da.store(result.rechunk(writer.array.chunks), writer.array, lock=False)
+            return writer.finish()
     except BaseException:
         writer.abort()
         raise
@@ -213,21 +211,28 @@ def upscale_file(
     settings: UpscaleSettings | None = None,
     progress: Callable[[int, int], None] | None = None,
     before_work: Callable[[], None] | None = None,
+    overwrite: bool = False,
 ) -> FileResult:
     """Read ``source``, upscale it and write ``output`` with pixel size and provenance.
 
     Everything is validated before any work (``before_work`` runs then, e.g. to print
-    warnings), so bad input changes nothing on disk.
+    warnings), so bad input changes nothing on disk. An existing ``output`` is replaced only
+    with ``overwrite``; the input itself never is.
     """
     source, output = Path(source), Path(output)
     settings = settings or UpscaleSettings()
-    check_output(output)
+    refuse_same_file(source, output)
+    check_output(output, overwrite=overwrite)
     if settings.scheduler is not None and not is_zarr(output):
         raise ValueError("computing with a dask scheduler writes to a .zarr output")
-    image = open_input(source, stream=is_zarr(output))
+    image = open_input(source, stream=is_zarr(output), scale=model.scale)
     layout = check_image(image.data, image.rgb if rgb is None else rgb)
+    if not is_zarr(output):
+        check_output_format(output, image.data.dtype, rgb=layout.rgb, colours=layout.shape[-1])
     if settings.tile is not None:
         check_tile_size(settings.tile)
+    if settings.scheduler is not None and settings.scheduler not in SCHEDULERS:
+        probe_scheduler(settings.scheduler)
     spatial = [len(image.scale) - 2, len(image.scale) - 1]
     scale, translate = upscaled_placement(image.scale, image.translate, spatial, factor=model.scale)
     record = provenance(model, source=str(source))
@@ -245,6 +250,7 @@ def upscale_file(
             record=record,
             settings=settings,
             progress=progress,
+            overwrite=overwrite,
         )
     else:
         result = upscale(
@@ -262,6 +268,7 @@ def upscale_file(
             translate=translate,
             unit=image.unit,
             provenance=record,
+            overwrite=overwrite,
         )
     return FileResult(
         output,

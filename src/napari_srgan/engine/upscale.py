@@ -61,12 +61,13 @@ class ImageLayout:
 
     @property
     def channels(self) -> int:
-        """Colour channels the network sees (alpha excluded)."""
-        return 3 if self.rgb else 1
+        """Colour channels the network sees (alpha excluded; grey + alpha has one)."""
+        return 3 if self.rgb and self.shape[-1] >= 3 else 1
 
     @property
     def has_alpha(self) -> bool:
-        return self.rgb and self.shape[-1] == 4
+        """RGBA, or grey + alpha (a colour axis of 2)."""
+        return self.rgb and self.shape[-1] in (2, 4)
 
     @property
     def plane_count(self) -> int:
@@ -79,6 +80,10 @@ class ImageLayout:
 
 def check_image(data, rgb: bool | None = None) -> ImageLayout:
     """Validate ``data`` and say how it is laid out; raise :class:`InvalidImageError` if unusable."""
+    if isinstance(data, torch.Tensor):
+        raise InvalidImageError(
+            "got a torch tensor; pass a numpy, dask or zarr array (e.g. tensor.cpu().numpy())"
+        )
     shape = tuple(int(s) for s in getattr(data, "shape", ()))
     dtype = np.dtype(getattr(data, "dtype", object))
     if dtype.kind not in "uif":
@@ -94,8 +99,10 @@ def check_image(data, rgb: bool | None = None) -> ImageLayout:
     if math.prod(shape) == 0:
         raise InvalidImageError(f"the image is empty (shape {shape})")
     rgb = guess_rgb(shape) if rgb is None else rgb
-    if rgb and (len(shape) < 3 or shape[-1] not in (3, 4)):
-        raise InvalidImageError(f"an RGB(A) image needs a last axis of 3 or 4, got shape {shape}")
+    if rgb and (len(shape) < 3 or shape[-1] not in (2, 3, 4)):
+        raise InvalidImageError(
+            f"a colour axis must have 2 (grey + alpha), 3 or 4 channels, got shape {shape}"
+        )
     layout = ImageLayout(shape, rgb)
     if min(layout.height, layout.width) < MIN_SIDE:
         raise InvalidImageError(
@@ -109,7 +116,7 @@ def check_image(data, rgb: bool | None = None) -> ImageLayout:
 
 def colour_range(data, layout: ImageLayout, spec: NormalizationSpec) -> IntensityRange:
     """The intensity range over all colour channels and planes (alpha excluded)."""
-    colour = data[..., :3] if layout.has_alpha else data
+    colour = data[..., : layout.channels] if layout.has_alpha else data
     return intensity_range(colour, spec)
 
 
@@ -334,17 +341,19 @@ class PlaneCodec:
         """A raw ``(h, w, c)`` block as float32 in [0, 1] (the host path)."""
         if not self.layout.rgb:
             return self.intensity.to_unit(block)
-        unit = self.intensity.to_unit(block[..., :3])
+        colours = self.layout.channels
+        unit = self.intensity.to_unit(block[..., :colours])
         if self.layout.has_alpha:
-            unit = np.concatenate([unit, _alpha_to_unit(block[..., 3:])], axis=-1)
+            unit = np.concatenate([unit, _alpha_to_unit(block[..., colours:])], axis=-1)
         return unit
 
     def from_host_unit(self, block: np.ndarray) -> np.ndarray:
         if not self.layout.rgb:
             return self.intensity.from_unit(block)
-        result = self.intensity.from_unit(block[..., :3])
+        colours = self.layout.channels
+        result = self.intensity.from_unit(block[..., :colours])
         if self.layout.has_alpha:
-            alpha = _alpha_from_unit(block[..., 3:], self.intensity.dtype)
+            alpha = _alpha_from_unit(block[..., colours:], self.intensity.dtype)
             result = np.concatenate([result, alpha], axis=-1)
         return result
 
@@ -355,8 +364,9 @@ class PlaneCodec:
         low, span = self.intensity.low, self.intensity.span
         unit = (x.float() - low) / span
         if self.layout.has_alpha:
-            alpha = x[:, 3:].float() / float(np.iinfo(self.intensity.dtype).max)
-            unit = torch.cat([unit[:, :3], alpha], dim=1)
+            colours = self.layout.channels
+            alpha = x[:, colours:].float() / float(np.iinfo(self.intensity.dtype).max)
+            unit = torch.cat([unit[:, :colours], alpha], dim=1)
         return unit
 
     def decode(self, y: torch.Tensor) -> torch.Tensor:
@@ -365,11 +375,12 @@ class PlaneCodec:
             return y
         info = np.iinfo(self.intensity.dtype)
         dtype = DEVICE_DTYPES[self.intensity.dtype]
-        colour = y[:, :3] if self.layout.has_alpha else y
+        colours = self.layout.channels
+        colour = y[:, :colours] if self.layout.has_alpha else y
         raw = colour * self.intensity.span + self.intensity.low
         result = raw.round_().clamp_(info.min, info.max).to(dtype)
         if self.layout.has_alpha:
-            alpha = (y[:, 3:].clamp(0.0, 1.0) * float(info.max)).round_().to(dtype)
+            alpha = (y[:, colours:].clamp(0.0, 1.0) * float(info.max)).round_().to(dtype)
             result = torch.cat([result, alpha], dim=1)
         return result
 

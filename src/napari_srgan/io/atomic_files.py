@@ -1,12 +1,62 @@
-"""Write files so that a crash, a full disk or a kill never leaves a truncated file behind."""
+"""Write files and zarr stores so that a crash, a full disk, a kill or a second writer never
+leaves a truncated result behind, and an existing result is replaced only when asked.
+
+Files are written to a temporary name beside the target and renamed into place. Zarr stores
+(folders) are written to a unique temporary store and swapped in atomically (Linux
+``renameat2(RENAME_EXCHANGE)``; elsewhere: old store aside, new store in, old store deleted,
+with the next run restoring the old store if a kill came between the two renames). Temporary
+names carry the writer's process id, so leftovers of a killed writer are recognised and removed
+by the next write to the same output, and a live writer's temporary files are never touched.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import errno
+import json
 import os
+import re
 import secrets
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+import psutil
+
+#: A file inside every zarr store this package writes; only such stores are ever replaced or
+#: deleted (a folder without it is someone else's data).
+STORE_MARKER = ".napari-srgan-store"
+#: Errors that mean the disk (or the user's quota) is full.
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class OutputExistsError(FileExistsError):
+    """The output exists and the user did not ask to replace it."""
+
+
+class DiskFullError(OSError):
+    """No space left while writing an output (nothing partial is left behind)."""
+
+
+def refuse_existing(path: str | os.PathLike, *, overwrite: bool) -> None:
+    """Raise :class:`OutputExistsError` if ``path`` exists and may not be replaced."""
+    path = Path(path)
+    if not overwrite and os.path.lexists(path):
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+    if path.is_dir() and not is_own_store(path):
+        raise OutputExistsError(f"{path} is a folder napari-srgan did not write; not replacing it")
+
+
+def refuse_same_file(source: str | os.PathLike, output: str | os.PathLike) -> None:
+    """Writing a result over its own input would destroy the input: always refused."""
+    source, output = Path(source), Path(output)
+    same = source.resolve() == output.resolve()
+    with contextlib.suppress(OSError):
+        same = same or os.path.samefile(source, output)
+    if same:
+        raise OutputExistsError(f"the output {output} is the input file; choose another name")
 
 
 def check_writable(directory: str | os.PathLike) -> None:
@@ -19,27 +69,172 @@ def check_writable(directory: str | os.PathLike) -> None:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as error:
+        if error.errno in DISK_FULL:
+            raise DiskFullError(f"no space left on device in {directory}") from None
         raise PermissionError(
             f"output folder is not writable: {directory} ({error.strerror})"
         ) from None
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[str], object]) -> Path:
-    """Call ``write(temp_path)`` on a temporary file beside ``path``, flush it to disk, then
-    rename it over ``path`` (an atomic step on POSIX and Windows). On failure the temporary file
-    is removed and ``path`` is untouched."""
+@contextlib.contextmanager
+def disk_full_is_one_line(path: str | os.PathLike) -> Iterator[None]:
+    """Turn a full disk (however deep in a writer it happens) into one clear error."""
+    try:
+        yield
+    except DiskFullError:
+        raise
+    except OSError as error:
+        if error.errno not in DISK_FULL:
+            raise
+        raise DiskFullError(f"no space left on device while writing {path}") from None
+
+
+def _temporary_name(path: Path, kind: str) -> Path:
+    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}")
+
+
+def _leftovers(path: Path) -> Iterator[tuple[Path, str]]:
+    """This package's temporary names for ``path`` whose writer process is gone."""
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)-[0-9a-f]{{8}}\.(tmp|partial|old)")
+    if not path.parent.is_dir():
+        return
+    for entry in path.parent.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match and not psutil.pid_exists(int(match.group(1))):
+            yield entry, match.group(2)
+
+
+def clean_leftovers(path: str | os.PathLike) -> None:
+    """Remove what killed writers of ``path`` left behind; if a kill came between moving an old
+    store aside and moving the new one in, put the old store back under its name."""
     path = Path(path)
+    for entry, kind in sorted(_leftovers(path), key=lambda item: item[1] != "old"):
+        if kind == "tmp" and entry.is_file():
+            entry.unlink(missing_ok=True)
+        elif is_own_store(entry):
+            if kind == "old" and not os.path.lexists(path):
+                os.rename(entry, path)
+            else:
+                remove_store(entry)
+
+
+def atomic_write(
+    path: str | os.PathLike, write: Callable[[str], object], *, overwrite: bool = False
+) -> Path:
+    """Call ``write(temp_path)`` on a temporary file beside ``path``, flush it to disk, then
+    rename it to ``path`` (an atomic step). Without ``overwrite`` the last step is a hard link
+    that fails if ``path`` appeared meanwhile, so of two writers one wins. On failure the
+    temporary file is removed and ``path`` is untouched."""
+    path = Path(path)
+    refuse_existing(path, overwrite=overwrite)
     directory = path.parent
     check_writable(directory)
+    clean_leftovers(path)
     # Not mkstemp: its files are private (0600); results should get the usual umask permissions.
-    temp_name = str(directory / f".{path.name}.{secrets.token_hex(6)}.tmp")
+    temp_name = str(_temporary_name(path, "tmp"))
     os.close(os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
-        write(temp_name)
-        with open(temp_name, "rb+") as stream:
-            os.fsync(stream.fileno())
-        os.replace(temp_name, path)
+        with disk_full_is_one_line(path):
+            write(temp_name)
+            with open(temp_name, "rb+") as stream:
+                os.fsync(stream.fileno())
+        if overwrite:
+            os.replace(temp_name, path)
+        else:
+            _link_new(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
+    return path
+
+
+def _link_new(temp_name: str, path: Path) -> None:
+    """Give the finished file its final name only if that name is still free."""
+    try:
+        os.link(temp_name, path)
+    except FileExistsError:
+        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it") from None
+    except OSError:  # a file system without hard links: a (tiny) race is unavoidable there
+        refuse_existing(path, overwrite=False)
+        os.rename(temp_name, path)
+    else:
+        os.unlink(temp_name)
+
+
+def remove_store(path: str | os.PathLike) -> None:
+    """Delete a store this package wrote, its marker last: a kill halfway leaves a folder that
+    is still recognised as this package's and removed by the next run."""
+    path = Path(path)
+    for entry in path.iterdir():
+        if entry.name == STORE_MARKER:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    (path / STORE_MARKER).unlink(missing_ok=True)
+    path.rmdir()
+
+
+def is_own_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder this package wrote (it holds :data:`STORE_MARKER`)."""
+    return (Path(path) / STORE_MARKER).is_file()
+
+
+def new_store(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """A fresh, uniquely named temporary folder beside ``path`` for a store that will replace
+    it, marked as this package's. Refuses before any work if ``path`` may not be replaced."""
+    path = Path(path)
+    refuse_existing(path, overwrite=overwrite)
+    if os.path.lexists(path) and not is_own_store(path):
+        raise OutputExistsError(f"{path} is not a store napari-srgan wrote; not replacing it")
+    check_writable(path.parent)
+    clean_leftovers(path)
+    temporary = _temporary_name(path, "partial")
+    temporary.mkdir()
+    (temporary / STORE_MARKER).write_text(json.dumps({"written_by": "napari-srgan"}))
+    return temporary
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one atomic step (Linux renameat2); False where that is unsupported."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(first), at_fdcwd, os.fsencode(second), rename_exchange):
+        code = ctypes.get_errno()
+        if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            return False
+        raise OSError(code, os.strerror(code), str(second))
+    return True
+
+
+def replace_store(
+    temporary: str | os.PathLike, path: str | os.PathLike, *, overwrite: bool
+) -> Path:
+    """Move the complete store ``temporary`` (from :func:`new_store`) to ``path``.
+
+    At every moment ``path`` holds either the complete old store or the complete new one.
+    Without ``overwrite`` an existing ``path`` (e.g. from a concurrent writer) is an error.
+    """
+    temporary, path = Path(temporary), Path(path)
+    if not os.path.lexists(path):
+        try:
+            os.rename(temporary, path)
+        except OSError as error:  # another writer got there first
+            if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+                raise
+            raise OutputExistsError(f"{path} exists; pass --overwrite to replace it") from None
+        return path
+    refuse_existing(path, overwrite=overwrite)
+    if not is_own_store(path):
+        raise OutputExistsError(f"{path} is not a store napari-srgan wrote; not replacing it")
+    if _exchange(temporary, path):
+        remove_store(temporary)  # now the old store
+        return path
+    aside = _temporary_name(path, "old")
+    os.rename(path, aside)
+    os.rename(temporary, path)
+    remove_store(aside)
     return path

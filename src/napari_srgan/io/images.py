@@ -8,6 +8,7 @@ layer exactly. Writes go to a temporary file that is renamed only when complete.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -15,15 +16,28 @@ from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
+import psutil
 import tifffile
+from PIL import Image
 
-from napari_srgan.io.atomic_files import atomic_write
+from napari_srgan.io.atomic_files import atomic_write, refuse_existing
+
+log = logging.getLogger(__name__)
 
 #: Private TIFF tag (in the 65000+ reusable range) holding the provenance JSON.
 PROVENANCE_TAG = 65420
 PROVENANCE_KEY = "napari_srgan"
 TIFF_SUFFIXES = (".tif", ".tiff")
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+#: Pixel types OME-XML can describe (int64, uint64 and float16 have no OME name).
+OME_DTYPES = ("int8", "int16", "int32", "uint8", "uint16", "uint32", "float32", "float64")
+#: Pixel types each plain format holds.
+PLAIN_DTYPES = {
+    ".png": ("uint8", "uint16"),
+    ".jpg": ("uint8",),
+    ".jpeg": ("uint8",),
+    ".bmp": ("uint8",),
+}
 
 
 @dataclass
@@ -83,11 +97,57 @@ def _spatial_axes_count(shape: tuple[int, ...], rgb: bool) -> int:
     return len(shape) - (1 if rgb else 0)
 
 
-def read_image(path: str | os.PathLike) -> ImageFile:
-    """Read PNG / JPEG / BMP / WebP / TIFF (plain, ImageJ or OME, with pixel sizes)."""
+class ImageTooLargeError(ValueError):
+    """A file's header claims more pixels than fit in memory (checked before reading)."""
+
+
+#: Values per pixel and bytes per value of Pillow's modes (palette images may expand to RGBA).
+_PIL_MODES = {"1": (1, 1), "L": (1, 1), "P": (4, 1), "LA": (2, 1), "RGB": (3, 1)}
+_PIL_MODES |= {"RGBA": (4, 1), "I;16": (1, 2), "I": (1, 4), "F": (1, 4), "CMYK": (4, 1)}
+
+
+def declared_bytes(path: str | os.PathLike) -> tuple[tuple[int, ...], int]:
+    """The shape a file's header claims and the bytes its pixels take, without decoding them
+    (a 130-byte TIFF may claim 100000x100000 pixels)."""
+    path = Path(path)
+    try:
+        if path.suffix.lower() in TIFF_SUFFIXES:
+            with tifffile.TiffFile(path) as tif:
+                series = tif.series[0]
+                return tuple(series.shape), math.prod(series.shape) * series.dtype.itemsize
+        with Image.open(path) as image:
+            values, size = _PIL_MODES.get(image.mode, (4, 4))
+            frames = getattr(image, "n_frames", 1)
+            shape = (frames, image.height, image.width, values)
+            return shape, math.prod(shape) * size
+    except Image.DecompressionBombError as error:
+        raise ImageTooLargeError(f"{path}: {error}; use a .zarr or TIFF input") from None
+    except (tifffile.TiffFileError, OSError, ValueError, IndexError, SyntaxError) as error:
+        raise ValueError(f"cannot read {path} as an image: {error}") from None
+
+
+def check_fits_in_memory(path: str | os.PathLike, factor: float = 1.0) -> None:
+    """Refuse a file whose pixels (times ``factor``: e.g. input plus result) would not fit in
+    the memory available now."""
+    shape, size = declared_bytes(path)
+    need, free = size * factor, psutil.virtual_memory().available
+    if need > free:
+        raise ImageTooLargeError(
+            f"{path} declares {'x'.join(map(str, shape))} pixels: {need / 1e9:.1f} GB needed in "
+            f"memory, {free / 1e9:.1f} GB free; write a .zarr output to stream it tile by tile"
+        )
+
+
+def read_image(path: str | os.PathLike, *, memory_factor: float = 1.0) -> ImageFile:
+    """Read PNG / JPEG / BMP / WebP / TIFF (plain, ImageJ or OME, with pixel sizes).
+
+    The header's size is checked against free memory first (``memory_factor`` times the
+    pixels: callers that also hold a result say so), so a huge claim fails in one line.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such image file: {path}")
+    check_fits_in_memory(path, memory_factor)
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
         return _read_tiff(path)
@@ -95,7 +155,7 @@ def read_image(path: str | os.PathLike) -> ImageFile:
         data = np.asarray(iio.imread(path))
     except Exception as error:
         raise ValueError(f"cannot read {path} as an image: {error}") from None
-    rgb = guess_rgb(data.shape)
+    rgb = guess_rgb(data.shape) or (data.ndim == 3 and data.shape[-1] == 2)  # grey + alpha
     count = _spatial_axes_count(data.shape, rgb)
     return ImageFile(data, rgb, (1.0,) * count, (0.0,) * count)
 
@@ -109,11 +169,11 @@ def _read_tiff(path: Path, load: bool = True) -> ImageFile:
             data = series.asarray() if load else None
             page = tif.pages[0]
             tag = page.tags.get(PROVENANCE_TAG)
-            provenance = json.loads(tag.value) if tag is not None else {}
-            pixel_size, unit = _tiff_pixel_size(tif)
+            provenance = _provenance(path, tag.value) if tag is not None else {}
+            pixel_size, unit = _tiff_pixel_size(tif, path)
             z_spacing = _tiff_z_spacing(tif)
             photometric = page.photometric
-    except (tifffile.TiffFileError, OSError, ValueError, IndexError) as error:
+    except (tifffile.TiffFileError, OSError, IndexError) as error:
         raise ValueError(f"cannot read {path} as a TIFF: {error}") from None
     rgb = bool(photometric == tifffile.PHOTOMETRIC.RGB and guess_rgb(shape))
     count = _spatial_axes_count(shape, rgb)
@@ -129,6 +189,42 @@ def _read_tiff(path: Path, load: bool = True) -> ImageFile:
     if len(stored.get("translate", ())) == count:
         translate = list(stored["translate"])
     return ImageFile(data, rgb, tuple(scale), tuple(translate), ome_unit(unit), provenance)
+
+
+def _provenance(path: Path, text) -> dict:
+    """The provenance tag's JSON, checked field by field (a bad one is named in one line)."""
+    try:
+        record = json.loads(text)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: provenance tag {PROVENANCE_TAG} is not JSON ({error})") from None
+    if not isinstance(record, dict):
+        raise ValueError(f"{path}: provenance tag {PROVENANCE_TAG} is not a JSON object")
+    layer = record.get("layer", {})
+    if not isinstance(layer, dict):
+        raise ValueError(f"{path}: provenance field 'layer' is not an object")
+    for name in ("scale", "translate"):
+        values = layer.get(name, [])
+        if not isinstance(values, list) or not all(
+            isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            for v in values
+        ):
+            raise ValueError(f"{path}: provenance field 'layer.{name}' is not a list of numbers")
+        if name == "scale" and any(v <= 0 for v in values):
+            raise ValueError(f"{path}: provenance field 'layer.scale' has a value <= 0")
+    return record
+
+
+def positive_pixel_size(values, path, field: str) -> tuple[float, ...] | None:
+    """Pixel sizes as floats, or None (with a warning) if any is not a positive number: a
+    size <= 0 would turn into a negative or empty layer scale."""
+    try:
+        sizes = tuple(float(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{path}: {field} is not a number: {values!r}") from None
+    if not all(math.isfinite(v) and v > 0 for v in sizes):
+        log.warning("%s: ignoring %s %s (not a positive number)", path, field, list(values))
+        return None
+    return sizes
 
 
 def tiff_metadata(path: str | os.PathLike) -> ImageFile:
@@ -151,14 +247,31 @@ def _tiff_z_spacing(tif: tifffile.TiffFile) -> float | None:
     return value if value is not None and math.isfinite(value) and value > 0 else None
 
 
-def _tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None, str | None]:
+def _ome_pixels(tif: tifffile.TiffFile, path: Path) -> dict:
+    """The first image's ``Pixels`` element of the OME-XML, or a one-line error naming it."""
+    try:
+        root = tifffile.xml2dict(tif.ome_metadata)
+    except Exception as error:  # tifffile passes on ElementTree's parse errors
+        raise ValueError(f"{path}: the OME-XML does not parse ({error})") from None
+    image = root.get("OME", {}).get("Image") if isinstance(root.get("OME"), dict) else None
+    image = image[0] if isinstance(image, list) and image else image
+    pixels = image.get("Pixels") if isinstance(image, dict) else None
+    if not isinstance(pixels, dict):
+        raise ValueError(f"{path}: the OME-XML has no OME/Image/Pixels element")
+    return pixels
+
+
+def _tiff_pixel_size(
+    tif: tifffile.TiffFile, path: Path
+) -> tuple[tuple[float, float] | None, str | None]:
     """(y, x) pixel size and unit from OME-XML, else ImageJ resolution tags."""
     if tif.is_ome and tif.ome_metadata:
-        pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]
-        pixels = (pixels[0] if isinstance(pixels, list) else pixels)["Pixels"]
+        pixels = _ome_pixels(tif, path)
         if "PhysicalSizeX" in pixels and "PhysicalSizeY" in pixels:
             unit = pixels.get("PhysicalSizeXUnit", "µm")
-            return (float(pixels["PhysicalSizeY"]), float(pixels["PhysicalSizeX"])), unit
+            sizes = (pixels["PhysicalSizeY"], pixels["PhysicalSizeX"])
+            sizes = positive_pixel_size(sizes, path, "OME PhysicalSizeY/X")
+            return sizes, unit if sizes else None
     if tif.is_imagej:
         page = tif.pages[0]
         x_res, y_res = page.tags.get("XResolution"), page.tags.get("YResolution")
@@ -167,8 +280,35 @@ def _tiff_pixel_size(tif: tifffile.TiffFile) -> tuple[tuple[float, float] | None
             y_num, y_den = y_res.value
             if x_num and y_num:
                 unit = (tif.imagej_metadata or {}).get("unit")
-                return (y_den / y_num, x_den / x_num), unit
+                sizes = (y_den / y_num, x_den / x_num)
+                sizes = positive_pixel_size(sizes, path, "ImageJ resolution")
+                return sizes, unit if sizes else None
     return None, None
+
+
+def check_output_format(path: str | os.PathLike, dtype, *, rgb: bool, colours: int = 3) -> None:
+    """Raise ValueError, before any work, if the output's format cannot hold ``dtype`` data
+    (``colours``: the length of the colour axis when ``rgb``)."""
+    path = Path(path)
+    suffix, name = path.suffix.lower(), np.dtype(dtype).name
+    if suffix in TIFF_SUFFIXES:
+        if name not in OME_DTYPES:
+            raise ValueError(
+                f"OME-TIFF cannot hold {name} pixels ({path}); write a .zarr output instead"
+            )
+        if rgb and colours == 2:
+            raise ValueError(
+                f"OME-TIFF output of grey + alpha is not supported ({path}); write a .png"
+            )
+        return
+    if suffix not in PLAIN_SUFFIXES:
+        raise ValueError(
+            f"unknown output format {suffix!r}; use one of {TIFF_SUFFIXES + PLAIN_SUFFIXES}"
+        )
+    if name not in PLAIN_DTYPES[suffix]:
+        kind = "JPEG" if suffix in (".jpg", ".jpeg") else suffix[1:].upper()
+        bits = "8-bit" if PLAIN_DTYPES[suffix] == ("uint8",) else "8- or 16-bit unsigned"
+        raise ValueError(f"{kind} holds {bits} data only, this image is {name}; write a TIFF")
 
 
 def write_tiff(
@@ -181,11 +321,15 @@ def write_tiff(
     unit: str | None = None,
     name: str | None = None,
     provenance: dict | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write OME-TIFF with the pixel size of the last two spatial axes and the provenance
-    (which also keeps the layer's full scale, translate and name)."""
+    (which also keeps the layer's full scale, translate and name). An existing ``path`` is
+    replaced only with ``overwrite``."""
     path = Path(path)
     data = np.asarray(data)
+    refuse_existing(path, overwrite=overwrite)
+    check_output_format(path, data.dtype, rgb=rgb, colours=data.shape[-1])
     count = _spatial_axes_count(data.shape, rgb)
     scale = tuple(scale or (1.0,) * count)
     translate = tuple(translate or (0.0,) * count)
@@ -215,19 +359,26 @@ def write_tiff(
             metadata=metadata,
             extratags=extratags,
         ),
+        overwrite=overwrite,
     )
 
 
-def write_image(path: str | os.PathLike, data: np.ndarray, *, rgb: bool, **tiff_options) -> Path:
-    """TIFF (with metadata) or a plain format chosen by the file's suffix."""
+def write_image(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    *,
+    rgb: bool,
+    overwrite: bool = False,
+    **tiff_options,
+) -> Path:
+    """TIFF (with metadata) or a plain format chosen by the file's suffix; an existing ``path``
+    is replaced only with ``overwrite``."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
-        return write_tiff(path, data, rgb=rgb, **tiff_options)
-    if suffix not in PLAIN_SUFFIXES:
-        raise ValueError(
-            f"unknown output format {suffix!r}; use one of {TIFF_SUFFIXES + PLAIN_SUFFIXES}"
-        )
-    if suffix in (".jpg", ".jpeg") and data.dtype != np.uint8:
-        raise ValueError(f"JPEG holds 8-bit data only, this image is {data.dtype}; write a TIFF")
-    return atomic_write(path, lambda temp: iio.imwrite(temp, data, extension=suffix))
+        return write_tiff(path, data, rgb=rgb, overwrite=overwrite, **tiff_options)
+    refuse_existing(path, overwrite=overwrite)
+    check_output_format(path, data.dtype, rgb=rgb, colours=data.shape[-1])
+    return atomic_write(
+        path, lambda temp: iio.imwrite(temp, data, extension=suffix), overwrite=overwrite
+    )

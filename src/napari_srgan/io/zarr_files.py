@@ -3,7 +3,8 @@
 Inputs open lazily (plain zarr arrays, OME-Zarr multiscale groups at full resolution, big TIFFs
 through tifffile's zarr view). Outputs are OME-Zarr (NGFF 0.4, zarr format 2, which napari and
 Fiji read): axes, the new pixel size, provenance, and a 2x mean pyramid so viewers stay fast.
-A store is written under a temporary name and renamed when complete.
+A store is written under a unique temporary name and swapped in atomically when complete
+(:mod:`napari_srgan.io.atomic_files`); an existing store is replaced only with ``overwrite``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,14 @@ import numpy as np
 import tifffile
 import zarr
 
-from napari_srgan.io.atomic_files import check_writable
-from napari_srgan.io.images import PROVENANCE_KEY, ImageFile, tiff_metadata, unit_name
+from napari_srgan.io.atomic_files import disk_full_is_one_line, new_store, replace_store
+from napari_srgan.io.images import (
+    PROVENANCE_KEY,
+    ImageFile,
+    positive_pixel_size,
+    tiff_metadata,
+    unit_name,
+)
 
 #: Output chunks on the two image axes: a good size for napari tiles and for compression.
 CHUNK = 512
@@ -58,16 +65,58 @@ def _open_node(path: Path):
 
 
 def _multiscales(group: zarr.Group, path: Path) -> dict:
-    """The first OME-Zarr multiscale of ``group`` (NGFF 0.4, or 0.5's ``ome`` key)."""
-    multiscales = group.attrs.get("multiscales") or group.attrs.get("ome", {}).get("multiscales")
+    """The first OME-Zarr multiscale of ``group`` (NGFF 0.4, or 0.5's ``ome`` key), checked:
+    a malformed one fails in one line naming the field."""
+    ome = group.attrs.get("ome", {})
+    multiscales = group.attrs.get("multiscales") or (
+        ome.get("multiscales") if isinstance(ome, dict) else None
+    )
     if not multiscales:
         raise ValueError(f"{path} is a zarr group without OME-Zarr multiscales metadata")
+    if not isinstance(multiscales, list) or not isinstance(multiscales[0], dict):
+        raise ValueError(f"{path}: OME-Zarr field 'multiscales' is not a list of objects")
+    datasets = multiscales[0].get("datasets")
+    if not isinstance(datasets, list) or not datasets:
+        raise ValueError(f"{path}: OME-Zarr field 'multiscales[0].datasets' is missing or empty")
+    for index, dataset in enumerate(datasets):
+        if not isinstance(dataset, dict) or not isinstance(dataset.get("path"), str):
+            raise ValueError(f"{path}: OME-Zarr field 'datasets[{index}].path' is missing")
+        if not isinstance(group.get(dataset["path"]), zarr.Array):
+            raise ValueError(
+                f"{path}: OME-Zarr dataset {dataset['path']!r} (datasets[{index}]) is not an array"
+            )
     return multiscales[0]
+
+
+def _transforms(dataset: dict, ndim: int, path: Path) -> tuple[list[float], list[float]]:
+    """The scale and translation of a dataset; a pixel size <= 0 is ignored with a warning."""
+    scale, translate = [1.0] * ndim, [0.0] * ndim
+    transforms = dataset.get("coordinateTransformations", [])
+    if not isinstance(transforms, list):
+        raise ValueError(f"{path}: OME-Zarr field 'coordinateTransformations' is not a list")
+    for transform in transforms:
+        kind = transform.get("type") if isinstance(transform, dict) else None
+        values = transform.get(kind) if kind in ("scale", "translation") else None
+        if kind not in ("scale", "translation"):
+            continue
+        if not isinstance(values, list) or len(values) != ndim:
+            raise ValueError(f"{path}: OME-Zarr {kind} is not a list of {ndim} numbers")
+        if kind == "scale":
+            scale = list(positive_pixel_size(values, path, "OME-Zarr scale") or scale)
+        else:
+            try:
+                translate = [float(v) for v in values]
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: OME-Zarr translation is not numbers") from None
+    return scale, translate
 
 
 def _zarr_image(node, path: Path) -> ImageFile:
     """A plain zarr array, or the full-resolution level of an OME-Zarr group, with metadata."""
-    provenance = dict(node.attrs.get(PROVENANCE_KEY, {}))
+    provenance = node.attrs.get(PROVENANCE_KEY, {})
+    if not isinstance(provenance, dict):
+        raise ValueError(f"{path}: the {PROVENANCE_KEY!r} attribute is not an object")
+    provenance = dict(provenance)
     if isinstance(node, zarr.Array):
         rgb = node.ndim >= 3 and node.shape[-1] in (3, 4)
         count = node.ndim - rgb
@@ -75,13 +124,12 @@ def _zarr_image(node, path: Path) -> ImageFile:
     first = _multiscales(node, path)
     dataset = first["datasets"][0]
     data = node[dataset["path"]]
-    scale, translate = [1.0] * data.ndim, [0.0] * data.ndim
-    for transform in dataset.get("coordinateTransformations", []):
-        if transform["type"] == "scale":
-            scale = [float(v) for v in transform["scale"]]
-        elif transform["type"] == "translation":
-            translate = [float(v) for v in transform["translation"]]
-    unit = next((a.get("unit") for a in first.get("axes", []) if a.get("type") == "space"), None)
+    scale, translate = _transforms(dataset, data.ndim, path)
+    axes = first.get("axes", [])
+    axes = axes if isinstance(axes, list) else []
+    unit = next(
+        (a.get("unit") for a in axes if isinstance(a, dict) and a.get("type") == "space"), None
+    )
     return ImageFile(data, False, tuple(scale), tuple(translate), unit, provenance)
 
 
@@ -146,11 +194,10 @@ class OmeZarrWriter:
         translate: tuple[float, ...],
         unit: str | None = None,
         provenance: dict | None = None,
+        overwrite: bool = False,
     ) -> None:
         self.path = Path(path)
-        check_writable(self.path.parent)
-        self.temporary = self.path.with_name(f".{self.path.name}.partial")
-        shutil.rmtree(self.temporary, ignore_errors=True)
+        self.overwrite = overwrite
         self.rgb = rgb
         stored = (*shape[:-3], shape[-1], *shape[-3:-1]) if rgb else tuple(shape)
         if len(stored) > 5:
@@ -162,11 +209,17 @@ class OmeZarrWriter:
         self.scale, self.translate, self.unit = scale, translate, unit
         self.provenance = dict(provenance or {})
         self.provenance["layer"] = {**self.provenance.get("layer", {}), "rgb": rgb}
-        self.group = zarr.open_group(str(self.temporary), mode="w", zarr_format=2)
         chunks = (1,) * (len(stored) - 2) + (CHUNK, CHUNK)
         if rgb:
             chunks = (*chunks[:-3], stored[-3], CHUNK, CHUNK)
-        self.array = self.group.create_array("0", shape=stored, dtype=dtype, chunks=chunks)
+        self.temporary = new_store(self.path, overwrite=overwrite)
+        try:
+            with disk_full_is_one_line(self.path):
+                self.group = zarr.open_group(str(self.temporary), mode="a", zarr_format=2)
+                self.array = self.group.create_array("0", shape=stored, dtype=dtype, chunks=chunks)
+        except BaseException:
+            self.abort()
+            raise
         self.level0 = ChannelsFirst(self.array) if rgb else self.array
 
     def finish(self) -> Path:
@@ -197,10 +250,7 @@ class OmeZarrWriter:
             }
         ]
         self.group.attrs[PROVENANCE_KEY] = self.provenance
-        if self.path.exists():
-            shutil.rmtree(self.path)
-        os.replace(self.temporary, self.path)
-        return self.path
+        return replace_store(self.temporary, self.path, overwrite=self.overwrite)
 
     def abort(self) -> None:
         shutil.rmtree(self.temporary, ignore_errors=True)

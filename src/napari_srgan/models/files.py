@@ -25,11 +25,17 @@ FORMAT_VERSION = "1"
 
 
 def save_model(
-    path: str | os.PathLike, generator: Generator, card: ModelCard, *, half: bool = False
+    path: str | os.PathLike,
+    generator: Generator,
+    card: ModelCard,
+    *,
+    half: bool = False,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``generator`` and ``card`` to ``path`` atomically (a crash leaves no partial file).
 
-    ``half`` stores fp16 weights (half the size; inference upcasts them to fp32 on load).
+    ``half`` stores fp16 weights (half the size; inference upcasts them to fp32 on load). An
+    existing ``path`` is replaced only with ``overwrite``.
     """
     path = Path(path)
     card = describe_network(card, generator.config)
@@ -45,7 +51,9 @@ def save_model(
         "model_card": card.to_json(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))
+    return atomic_write(
+        path, lambda temp: save_file(tensors, temp, metadata=metadata), overwrite=overwrite
+    )
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[GeneratorConfig, ModelCard]:
@@ -111,6 +119,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFileError(f"{path}: cannot read weights ({error})") from None
     _check_fits(path, generator, tensors)
+    broken = [n for n, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
+    if broken:
+        raise ModelFileError(
+            f"{path}: weights contain NaN or infinite values ({', '.join(sorted(broken)[:3])}"
+            f"{', ...' if len(broken) > 3 else ''}); the file is damaged or the training diverged"
+        )
     generator.load_state_dict({name: t.float() for name, t in tensors.items()})
     generator.to(device).eval()
     return native_model(generator, card, path)

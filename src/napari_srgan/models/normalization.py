@@ -15,6 +15,9 @@ import numpy as np
 #: Arrays with more elements than this get their percentiles from a regular subsample, so the
 #: cost (and memory) of normalising a huge zarr or dask array stays bounded.
 PERCENTILE_SAMPLE_SIZE = 1 << 22
+#: Magnitudes (of the range ends and span) that float32 arithmetic handles without overflow,
+#: underflow or losing the span; ranges outside are scaled in float64.
+FLOAT32_SAFE = (1e-30, 1e30)
 
 
 @dataclass(frozen=True)
@@ -50,21 +53,46 @@ class IntensityRange:
     high: float
     dtype: np.dtype
 
+    @property
+    def wide(self) -> bool:
+        """Whether float32 arithmetic would overflow or lose the range (values near float32's
+        or float64's limits, or a tiny span): then scaling runs in float64 on halved values,
+        which cannot overflow even at +-1.8e308."""
+        sizes = [abs(v) for v in (self.low, self.high) if v] + [self.span]
+        return not all(FLOAT32_SAFE[0] <= v <= FLOAT32_SAFE[1] for v in sizes)
+
     def to_unit(self, values: np.ndarray) -> np.ndarray:
+        if self.wide:
+            half = np.asarray(values, dtype=np.float64) / 2
+            return ((half - self.low / 2) / self.half_span).astype(np.float32)
         return ((np.asarray(values, dtype=np.float32) - self.low) / self.span).astype(
             np.float32, copy=False
         )
 
     def from_unit(self, values: np.ndarray) -> np.ndarray:
-        raw = np.asarray(values, dtype=np.float32) * self.span + self.low
+        if self.wide:
+            with np.errstate(over="ignore"):  # beyond the dtype's range: clipped below
+                raw = (np.asarray(values, dtype=np.float64) * self.half_span + self.low / 2) * 2
+        else:
+            raw = np.asarray(values, dtype=np.float32) * self.span + self.low
         if np.issubdtype(self.dtype, np.integer):
             info = np.iinfo(self.dtype)
             return np.clip(np.rint(raw), info.min, info.max).astype(self.dtype)
+        limit = np.finfo(self.dtype).max
+        if self.wide or limit < np.finfo(np.float32).max:
+            raw = np.clip(raw, -limit, limit)
         return raw.astype(self.dtype, copy=False)
 
     @property
     def span(self) -> float:
-        return self.high - self.low
+        """``high - low`` (inf when the range spans more than float64 holds: see ``wide``)."""
+        with np.errstate(over="ignore"):
+            return float(np.float64(self.high) - np.float64(self.low))
+
+    @property
+    def half_span(self) -> float:
+        """``(high - low) / 2``, finite for any finite range."""
+        return self.high / 2 - self.low / 2
 
 
 def regular_subsample(data, max_elements: int = PERCENTILE_SAMPLE_SIZE) -> np.ndarray:
@@ -95,8 +123,12 @@ def intensity_range(
         low, high = (0.0, float(info.max)) if info.min == 0 else (float(info.min), float(info.max))
     else:
         values = regular_subsample(data) if sample is None else sample
-        low, high = (float(v) for v in np.percentile(values, [spec.low, spec.high]))
+        # Halved float64 values: interpolating between +-1e308 cannot overflow.
+        halves = np.asarray(values, dtype=np.float64) / 2
+        low, high = (2 * float(v) for v in np.percentile(halves, [spec.low, spec.high]))
     if not high > low:
-        # A constant image: any positive span maps it consistently.
-        high = low + 1.0
+        # A constant image: any positive span maps it consistently (a relative one where +1
+        # would be lost in rounding).
+        step = max(1.0, abs(low) * 2.0**-20)
+        low, high = (low, low + step) if math.isfinite(low + step) else (low - step, low)
     return IntensityRange(low, high, dtype)

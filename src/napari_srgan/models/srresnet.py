@@ -19,6 +19,11 @@ SCALE = 4
 UPSAMPLE_STAGES = {1: (), 2: (2,), 3: (3,), 4: (2, 2), 8: (2, 2, 2)}
 
 
+#: Largest sizes a generator may declare (far above any useful model, far below what would
+#: exhaust memory while the network is built).
+GENERATOR_LIMITS = {"in_channels": 16, "out_channels": 16, "channels": 1024, "residual_blocks": 256}
+
+
 @dataclass(frozen=True)
 class GeneratorConfig:
     """Architecture of an SRResNet / SRGAN generator (4x as in the paper; 1x, 2x, 3x, 8x too).
@@ -44,12 +49,15 @@ class GeneratorConfig:
             raise ValueError(
                 f"GeneratorConfig.scale must be one of {sorted(UPSAMPLE_STAGES)}, got {self.scale}"
             )
-        for name in ("in_channels", "out_channels", "channels"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"GeneratorConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.residual_blocks < 0:
+        # Checked before any layer is built: a file claiming 20000 features must not allocate.
+        for name, top in GENERATOR_LIMITS.items():
+            value = getattr(self, name)
+            low = 0 if name == "residual_blocks" else 1
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= top:
+                raise ValueError(f"GeneratorConfig.{name} must be {low}..{top}, got {value!r}")
+        if not (isinstance(self.residual_scale, int | float) and 0 < self.residual_scale <= 10):
             raise ValueError(
-                f"GeneratorConfig.residual_blocks must be >= 0, got {self.residual_blocks}"
+                f"GeneratorConfig.residual_scale must be in (0, 10], got {self.residual_scale!r}"
             )
         if self.input_skip and self.in_channels != self.out_channels:
             raise ValueError("input_skip needs in_channels == out_channels")

@@ -27,5 +27,6 @@ def write_image_layer(path: str, data, meta: dict) -> list[str]:
         unit=length_unit(meta.get("units")),
         name=meta.get("name"),
         provenance=provenance,
+        overwrite=True,  # napari's save dialog has asked the user already
     )
     return [str(written)]

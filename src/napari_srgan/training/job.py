@@ -14,6 +14,7 @@ import torch
 
 from napari_srgan.engine.devices import choose_device
 from napari_srgan.engine.upscale import InvalidImageError
+from napari_srgan.io.atomic_files import refuse_existing
 from napari_srgan.models.files import ModelFileError, load_model, save_model
 from napari_srgan.models.interface import ModelCard
 from napari_srgan.models.normalization import NormalizationSpec
@@ -68,6 +69,8 @@ class TrainingJob:
     half: bool = False
     #: Sampling processes for data larger than memory; 0 always uses the device sampler.
     workers: int = 2
+    #: Replace an existing model file (and, without ``resume``, an existing checkpoint).
+    overwrite: bool = False
 
 
 @dataclass(frozen=True)
@@ -215,6 +218,19 @@ def machine_description(device: torch.device) -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
+def _check_outputs(job: TrainingJob) -> bool:
+    """Refuse, before any work, to replace a model or checkpoint without ``overwrite``; a
+    resumed run continues its own checkpoint and model. Returns whether the run resumes."""
+    resuming = bool(job.resume and job.checkpoint and Path(job.checkpoint).is_file())
+    if not resuming:
+        refuse_existing(job.output, overwrite=job.overwrite)
+        if job.checkpoint is not None:
+            refuse_existing(job.checkpoint, overwrite=job.overwrite)
+    if job.checkpoint is not None and Path(job.checkpoint).resolve() == Path(job.output).resolve():
+        raise ValueError(f"the checkpoint and the model are the same file: {job.output}")
+    return resuming
+
+
 def run_training(
     job: TrainingJob,
     *,
@@ -227,6 +243,8 @@ def run_training(
     finished step (and a checkpoint to resume from).
     """
     started = time.perf_counter()
+    resuming = _check_outputs(job)
+    torch.manual_seed(job.config.seed)  # a new generator's initial weights come from the seed
     generator, spec, base_name = _starting_point(job)
     channels, scale = generator.config.in_channels, generator.config.scale
     validation = _validation_set(job, spec, channels, scale)
@@ -242,7 +260,7 @@ def run_training(
         on_event=on_event,
         should_stop=should_stop,
     )
-    if job.resume and job.checkpoint and Path(job.checkpoint).is_file():
+    if resuming:
         trainer.load_checkpoint(job.checkpoint)
     trainer.run()
     last = trainer.validations[-1] if trainer.validations else None
@@ -271,7 +289,9 @@ def run_training(
         },
         metrics={"validation": last} if last else {},
     )
-    path = save_model(job.output, trainer.model, card, half=job.half)
+    path = save_model(
+        job.output, trainer.model, card, half=job.half, overwrite=job.overwrite or resuming
+    )
     return TrainingOutcome(
         path, job.checkpoint, trainer.step, trainer.step >= job.config.total_steps, last
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -32,28 +33,78 @@ def pixel_loss(kind: str) -> nn.Module:
     return losses[kind]
 
 
+class WeightsFileError(ValueError):
+    """A weights file is not the published one (or not a plain tensor file); never loaded."""
+
+
 def cached_vgg19_file() -> Path:
     """Where torchvision keeps the ImageNet VGG19 weights once downloaded."""
     return Path(torch.hub.get_dir()) / "checkpoints" / Path(VGG19_Weights.IMAGENET1K_V1.url).name
 
 
+def published_hash_prefix(path: Path) -> str:
+    """torchvision names its files ``<name>-<first 8 hex digits of the SHA-256>.pth``."""
+    return path.stem.rsplit("-", 1)[-1]
+
+
+def load_checked_state_dict(path: Path, sha256_prefix: str) -> dict[str, torch.Tensor]:
+    """Tensors from a torch file whose SHA-256 starts with ``sha256_prefix``.
+
+    The file is hashed before it is opened, then read with ``weights_only=True`` (torch's
+    restricted unpickler: tensors and plain containers only), so a planted or damaged file is
+    refused and no code in it can run. torch.hub's own loader unpickles without that guard.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(sha256_prefix):
+        raise WeightsFileError(
+            f"{path} is not the published VGG19 weights file (its SHA-256 does not start with "
+            f"{sha256_prefix}); not loading it: delete it to download the real one"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # any unpickling refusal or damage: never fall back
+        raise WeightsFileError(
+            f"{path} holds more than tensors; not loading it ({error})"
+        ) from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise WeightsFileError(f"{path} is not a state dict of tensors; not loading it")
+    return state
+
+
 def load_vgg19_features(weights: str, allow_download: bool) -> nn.Sequential | None:
     """VGG19's convolutional part, or None when ImageNet weights are wanted but unavailable.
 
-    ``weights="imagenet"`` uses the torch cache, downloading only when ``allow_download``;
-    ``weights="random"`` is for tests only (a random VGG is no perceptual loss).
+    ``weights="imagenet"`` uses the torch cache, downloading only when ``allow_download``
+    (torchvision's URL, checked against the SHA-256 prefix in its name); a cached file that is
+    not the published one raises :class:`WeightsFileError`. ``weights="random"`` is for tests
+    only (a random VGG is no perceptual loss).
     """
     if weights == "random":
         return vgg19(weights=None).features
     if weights != "imagenet":
         raise ValueError(f"VGG weights must be 'imagenet' or 'random', not {weights!r}")
-    if not cached_vgg19_file().is_file() and not allow_download:
-        return None
-    try:
-        return vgg19(weights=VGG19_Weights.IMAGENET1K_V1).features
-    except Exception as error:  # offline, proxy, disk full: all mean "not available"
-        log.warning("could not get VGG19 ImageNet weights: %s", error)
-        return None
+    path = cached_vgg19_file()
+    if not path.is_file():
+        if not allow_download:
+            return None
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(
+                VGG19_Weights.IMAGENET1K_V1.url,
+                str(path),
+                hash_prefix=published_hash_prefix(path),
+                progress=False,
+            )
+        except Exception as error:  # offline, proxy, disk full: all mean "not available"
+            log.warning("could not get VGG19 ImageNet weights: %s", error)
+            return None
+    state = load_checked_state_dict(path, published_hash_prefix(path))  # before building VGG
+    network = vgg19(weights=None)
+    network.load_state_dict(state)
+    return network.features
 
 
 class PerceptualLoss(nn.Module):

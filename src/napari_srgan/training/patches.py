@@ -91,7 +91,7 @@ def _lr_shape(layout: ImageLayout, scale: int = SCALE) -> tuple[int, ...]:
 
 
 def _range(data, layout: ImageLayout, spec: NormalizationSpec) -> IntensityRange:
-    return intensity_range(data[..., :3] if layout.has_alpha else data, spec)
+    return intensity_range(data[..., : layout.channels] if layout.has_alpha else data, spec)
 
 
 def _check_finite(data, name: str) -> None:
@@ -103,11 +103,13 @@ def _check_finite(data, name: str) -> None:
 
 def to_model_channels(unit: np.ndarray, rgb: bool, channels: int) -> np.ndarray:
     """``(h, w[, c])`` unit-scaled data to ``(channels, h, w)`` float32 for the model."""
-    if rgb:
+    if rgb and unit.shape[-1] >= 3:
         colour = unit[..., :3]
         if channels == 1:
             return (colour @ _LUMA)[None]
         return np.moveaxis(colour, -1, 0)
+    if rgb:  # grey + alpha: the grey plane
+        unit = unit[..., 0]
     return np.repeat(unit[None], channels, axis=0)
 
 

@@ -407,20 +407,38 @@ class Trainer:
         """Write the full training state atomically (temp file, fsync, rename)."""
         path = Path(path or self.checkpoint_path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, lambda temp: torch.save(self.state_dict(), temp))
+        # The run's own checkpoint: replacing it is the point (run_training checked at start).
+        atomic_write(path, lambda temp: torch.save(self.state_dict(), temp), overwrite=True)
         self.on_event(CheckpointSaved(self.step, path))
         return path
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
-        """Continue from a checkpoint (loaded with ``weights_only``: no code can run)."""
-        state = torch.load(Path(path), map_location=self.device, weights_only=True)
-        if state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a napari-srgan training checkpoint")
-        if state["generator_config"] != self.generator.config.to_dict():
+        """Continue from a checkpoint (loaded with ``weights_only``: no code can run). A
+        corrupt, truncated or foreign file raises one ValueError naming it."""
+        try:
+            state = torch.load(Path(path), map_location=self.device, weights_only=True)
+        except Exception as error:  # torch raises many types for a damaged zip or record
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ValueError(
-                f"{path} was trained with generator {state['generator_config']}, "
+                f"{path} is not a readable training checkpoint ({type(error).__name__}"
+                f"{': ' + reason if reason else ''})"
+            ) from None
+        if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{path} is not a napari-srgan training checkpoint")
+        if state.get("generator_config") != self.generator.config.to_dict():
+            raise ValueError(
+                f"{path} was trained with generator {state.get('generator_config')}, "
                 f"not {self.generator.config.to_dict()}"
             )
+        try:
+            self._load_state(state)
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            raise ValueError(
+                f"{path} is a damaged training checkpoint ({type(error).__name__}: {reason})"
+            ) from None
+
+    def _load_state(self, state: dict) -> None:
         self.generator.load_state_dict(state["generator"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])

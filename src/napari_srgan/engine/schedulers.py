@@ -1,0 +1,98 @@
+"""Which dask scheduler computes a streamed upscale: a local one by name, or a
+dask.distributed scheduler by address, checked before dask.distributed is handed the address.
+
+dask's protocol trusts its peer (it reads a length prefix and allocates it; it waits without a
+bound for a greeting), so an address must be a scheduler on a trusted network. This module
+imports neither torch nor dask at import time: the CLI's argument parser uses it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from collections.abc import Iterator
+
+SCHEDULERS = ("threads", "processes", "synchronous")
+#: Address schemes of a dask.distributed scheduler this package connects to.
+SCHEDULER_SCHEMES = ("tcp", "tls")
+#: Seconds to wait for a scheduler to accept a connection and greet.
+CONNECT_TIMEOUT = 10.0
+#: A dask handshake is a few hundred bytes; a larger length prefix means the peer is not dask.
+MAX_HANDSHAKE_BYTES = 1 << 16
+
+
+def parse_scheduler(value: str) -> str:
+    """``value`` if it names a local dask scheduler or a ``tcp://`` / ``tls://`` host:port
+    address; a ValueError saying what is accepted otherwise (also an argparse ``type``)."""
+    if value in SCHEDULERS:
+        return value
+    scheme, separator, rest = value.partition("://")
+    host, _colon, port = rest.rpartition(":")
+    if not separator or scheme not in SCHEDULER_SCHEMES or not host or not port.isdigit():
+        raise ValueError(
+            f"scheduler {value!r} must be one of {', '.join(SCHEDULERS)} or an address "
+            "tcp://host:port or tls://host:port"
+        )
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"scheduler {value!r}: port {port} is not a TCP port")
+    return value
+
+
+def probe_scheduler(address: str, timeout: float | None = None) -> None:
+    """Check that ``address`` is a dask scheduler before handing it to dask.distributed, which
+    waits without a bound on a silent peer and trusts the length prefix of any reply.
+
+    Connects with a timeout and, for ``tcp://``, reads the greeting a dask server sends first:
+    its 8-byte length prefix must be small.
+    """
+    timeout = timeout or CONNECT_TIMEOUT
+    scheme, _, rest = parse_scheduler(address).partition("://")
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout) as connection:
+            if scheme != "tcp":
+                return  # TLS: the handshake (with its own timeout) checks the peer
+            prefix = b""
+            while len(prefix) < 8:
+                chunk = connection.recv(8 - len(prefix))
+                if not chunk:
+                    raise ValueError(f"scheduler {address} closed the connection at once")
+                prefix += chunk
+    except TimeoutError:
+        raise ValueError(
+            f"scheduler {address} did not answer like a dask scheduler within {timeout:g} s"
+        ) from None
+    except OSError as error:
+        raise ValueError(
+            f"cannot connect to scheduler {address}: {error.strerror or error}"
+        ) from None
+    (length,) = struct.unpack("<Q", prefix)
+    if not 0 < length <= MAX_HANDSHAKE_BYTES:
+        raise ValueError(f"{address} does not speak dask's protocol; is it a dask scheduler?")
+
+
+@contextlib.contextmanager
+def dask_scheduler(scheduler: str) -> Iterator[None]:
+    """Compute with a local dask scheduler, or connect to a distributed one by address (on a
+    trusted network only: dask's protocol trusts its peer)."""
+    import dask
+
+    if parse_scheduler(scheduler) in SCHEDULERS:
+        with dask.config.set(scheduler=scheduler):
+            yield
+        return
+    try:
+        from distributed import Client
+    except ImportError:
+        raise ValueError(
+            "a scheduler address needs dask.distributed: pip install distributed"
+        ) from None
+    probe_scheduler(scheduler)
+    try:
+        client = Client(scheduler, set_as_default=False, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError) as error:
+        raise ValueError(f"cannot connect to scheduler {scheduler}: {error}") from None
+    with client, dask.config.set(scheduler=client.get):
+        yield

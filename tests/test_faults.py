@@ -1,0 +1,298 @@
+"""Faults injected into real processes: SIGKILL while a zarr store is replaced, two writers of
+one output at once, a full disk, and SIGKILL during training followed by --resume.
+
+Each kill happens in a child process at a chosen moment (the child kills itself there, so the
+moment is exact and the test is not timing-dependent); the parent then checks what is left.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from napari_srgan.io.atomic_files import STORE_MARKER, clean_leftovers
+from napari_srgan.io.zarr_files import OmeZarrWriter, open_pyramid
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+#: Image side of the test stores: 2x2 chunks of 512 at full resolution and a pyramid level.
+SIDE = 600
+
+WRITE_STORE = """
+import os, signal, sys
+import numpy as np
+import napari_srgan.io.atomic_files as atomic
+from napari_srgan.io.zarr_files import OmeZarrWriter
+
+path, value, moment = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+real_exchange, real_rename, real_rmtree = atomic._exchange, os.rename, atomic.shutil.rmtree
+if moment == "before swap":
+    atomic._exchange = lambda a, b: die()
+elif moment == "after swap":
+    atomic._exchange = lambda a, b: (real_exchange(a, b), die())
+elif moment == "deleting old":  # after the first pyramid level of the old store is gone
+    def rmtree(folder, *args, **kwargs):
+        real_rmtree(folder, *args, **kwargs)
+        die()
+    atomic.shutil.rmtree = rmtree
+elif moment == "between renames":  # systems without an atomic exchange
+    atomic._exchange = lambda a, b: False
+    def rename(a, b):
+        real_rename(a, b)
+        if str(a) == path:  # the old store has just been moved aside
+            die()
+    atomic.os.rename = rename
+writer = OmeZarrWriter(path, (SIDE, SIDE), "uint8", rgb=False, scale=(1.0, 1.0),
+                       translate=(0.0, 0.0), overwrite=True)
+for row in range(0, SIDE, 512):
+    writer.level0[row : row + 512, :] = np.full((min(512, SIDE - row), SIDE), value, np.uint8)
+    if moment == "writing" and row:
+        die()
+writer.finish()
+""".replace("SIDE", str(SIDE))
+
+
+def write_store(path: Path, value: int) -> None:
+    """A complete store (in this process) for a child to replace."""
+    writer = OmeZarrWriter(
+        path,
+        (SIDE, SIDE),
+        "uint8",
+        rgb=False,
+        scale=(1.0, 1.0),
+        translate=(0.0, 0.0),
+        overwrite=True,
+    )
+    writer.level0[:, :] = np.full((SIDE, SIDE), value, np.uint8)
+    writer.finish()
+
+
+def child(script: str, *args, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", script, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": SRC, **(env or {})},
+    )
+
+
+def store_value(path: Path) -> int:
+    """The one value a complete test store holds on every level (fails if incomplete)."""
+    assert (path / STORE_MARKER).is_file()
+    levels, _ = open_pyramid(path)
+    assert [level.shape for level in levels] == [(SIDE, SIDE), (SIDE // 2, SIDE // 2)]
+    values = {int(v) for level in levels for v in np.unique(level.compute())}
+    assert len(values) == 1, values
+    return values.pop()
+
+
+@pytest.mark.parametrize(
+    "moment", ["writing", "before swap", "after swap", "deleting old", "between renames"]
+)
+def test_sigkill_while_replacing_a_store_keeps_a_complete_store(tmp_path, moment):
+    target = tmp_path / "out.zarr"
+    write_store(target, 1)
+    killed = child(WRITE_STORE, target, 2, moment)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    if moment != "between renames":  # an atomic exchange: complete at every instant
+        assert store_value(target) == (2 if moment in ("after swap", "deleting old") else 1)
+    assert [p for p in tmp_path.iterdir() if p != target]  # the killed writer's leftovers
+    clean_leftovers(target)  # what the next write to the same output does first
+    assert store_value(target) == (2 if moment in ("after swap", "deleting old") else 1)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.zarr"]
+    write_store(target, 3)
+    assert store_value(target) == 3
+
+
+CONCURRENT = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from napari_srgan.io.zarr_files import OmeZarrWriter
+
+path, value, folder = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+writer = OmeZarrWriter(path, (SIDE, SIDE), "uint8", rgb=False, scale=(1.0, 1.0),
+                       translate=(0.0, 0.0))
+(folder / f"ready-{value}").touch()
+while len(list(folder.glob("ready-*"))) < 2:  # both have started before either finishes
+    time.sleep(0.01)
+writer.level0[:, :] = np.full((SIDE, SIDE), value, np.uint8)
+try:
+    writer.finish()
+except FileExistsError as error:
+    writer.abort()
+    print(error)
+    sys.exit(2)
+""".replace("SIDE", str(SIDE))
+
+
+def test_two_concurrent_writers_one_wins_and_nothing_is_incomplete(tmp_path):
+    target, sync = tmp_path / "out.zarr", tmp_path / "sync"
+    sync.mkdir()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", CONCURRENT, str(target), str(value), str(sync)],
+            env={**os.environ, "PYTHONPATH": SRC},
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for value in (1, 2)
+    ]
+    codes = [process.wait(timeout=120) for process in processes]
+    outputs = [process.stdout.read() for process in processes]
+    assert sorted(codes) == [0, 2], outputs
+    winner = (1, 2)[codes.index(0)]
+    assert "exists; pass --overwrite" in outputs[codes.index(2)]
+    assert store_value(target) == winner
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr", "sync"]
+
+
+FULL_DISK = """
+import errno, sys
+import numpy as np
+import napari_srgan.io.atomic_files as atomic
+from napari_srgan.cli import main
+
+suffix = sys.argv[2]
+if suffix == ".zarr":  # the store's chunk writes fail
+    from zarr.storage import LocalStore
+    async def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    LocalStore.set = full
+else:  # the file's data does not fit (reported by write or, on NFS and quotas, by fsync)
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+    atomic.os.fsync = full
+sys.exit(main(["upscale", sys.argv[1], sys.argv[3], "--model", sys.argv[4], "--tile", "32"]))
+"""
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png", ".zarr"])
+def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, tiny_model_file, suffix):
+    source = tmp_path / "in.png"
+    iio.imwrite(source, np.random.default_rng(0).integers(0, 255, (24, 24, 3), np.uint8))
+    output = tmp_path / f"out{suffix}"
+    result = child(FULL_DISK, source, suffix, output, tiny_model_file)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    # Before it: the untrained-model warning and progress lines (the work had started).
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == f"napari-srgan: error: no space left on device while writing {output}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
+
+
+TRAIN = [
+    "train",
+    "--from-scratch",
+    "--channels",
+    "8",
+    "--blocks",
+    "1",
+    "--patch",
+    "32",
+    "--batch",
+    "2",
+    "--steps",
+    "12",
+    "--checkpoint-every",
+    "2",
+    "--validate-every",
+    "4",
+    "--val-crop",
+    "32",
+    "--val-fraction",
+    "0.4",
+    "--device",
+    "cpu",
+    "--seed",
+    "3",
+]
+
+KILL_AT_STEP = """
+import os, signal, sys
+import napari_srgan.training.trainer as trainer
+from napari_srgan.cli import main
+
+real = trainer.Trainer.save_checkpoint
+def save_then_die(self, path=None):
+    saved = real(self, path)
+    if self.step == int(os.environ["KILL_AT_STEP"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return saved
+trainer.Trainer.save_checkpoint = save_then_die
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigkill_during_training_then_resume_is_bit_for_bit(tmp_path):
+    """A run killed after step 6 and resumed ends with exactly the weights, step count and
+    loss history of an uninterrupted run with the same seed (CPU)."""
+    image = tmp_path / "hr.png"
+    iio.imwrite(image, np.random.default_rng(0).integers(0, 255, (96, 96, 3), np.uint8))
+    runs = {}
+    for name in ("straight", "killed"):
+        out = tmp_path / f"{name}.safetensors"
+        args = [*TRAIN, "--hr", image, "--out", out]
+        killed = child(KILL_AT_STEP, *args, env={"KILL_AT_STEP": "6" if name == "killed" else "0"})
+        if name == "killed":
+            assert killed.returncode == -signal.SIGKILL and not out.exists()
+            assert torch.load(out.with_suffix(".ckpt"), weights_only=True)["step"] == 6
+            resumed = child(KILL_AT_STEP, *args, "--resume", env={"KILL_AT_STEP": "0"})
+            assert resumed.returncode == 0, resumed.stderr
+        else:
+            assert killed.returncode == 0, killed.stderr
+        runs[name] = torch.load(out.with_suffix(".ckpt"), weights_only=True)
+    straight, resumed = runs["straight"], runs["killed"]
+    assert resumed["step"] == straight["step"] == 12
+    assert [h["step"] for h in resumed["history"]] == list(range(1, 13))
+    assert resumed["history"] == straight["history"]
+    assert resumed["validations"] == straight["validations"]
+    for name, tensor in straight["generator"].items():
+        assert torch.equal(tensor, resumed["generator"][name]), name
+    for name, tensor in straight["ema"].items():
+        assert torch.equal(tensor, resumed["ema"][name]), name
+
+
+def test_two_identical_training_runs_are_bit_for_bit_equal(tmp_path):
+    image = tmp_path / "hr.png"
+    iio.imwrite(image, np.random.default_rng(0).integers(0, 255, (96, 96, 3), np.uint8))
+    states = []
+    for name in ("a", "b"):
+        out = tmp_path / f"{name}.safetensors"
+        result = child(KILL_AT_STEP, *TRAIN, "--hr", image, "--out", out, env={"KILL_AT_STEP": "0"})
+        assert result.returncode == 0, result.stderr
+        states.append(torch.load(out.with_suffix(".ckpt"), weights_only=True))
+    assert states[0]["history"] == states[1]["history"]
+    for name, tensor in states[0]["generator"].items():
+        assert torch.equal(tensor, states[1]["generator"][name]), name
+
+
+def test_killed_atomic_file_write_is_cleaned_by_the_next_write(tmp_path):
+    script = textwrap.dedent(
+        """
+        import os, signal, sys
+        from napari_srgan.io.atomic_files import atomic_write
+        def write(temp):
+            open(temp, "wb").write(b"half")
+            os.kill(os.getpid(), signal.SIGKILL)
+        atomic_write(sys.argv[1], write)
+        """
+    )
+    target = tmp_path / "out.bin"
+    assert child(script, target).returncode == -signal.SIGKILL
+    [leftover] = tmp_path.iterdir()
+    assert leftover.name.startswith(".out.bin.") and leftover.name.endswith(".tmp")
+    from napari_srgan.io.atomic_files import atomic_write
+
+    atomic_write(target, lambda temp: Path(temp).write_bytes(b"whole"))
+    assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+    assert target.read_bytes() == b"whole"
