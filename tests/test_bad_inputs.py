@@ -833,16 +833,17 @@ def test_training_with_a_planted_vgg19_file_is_one_line(tmp_path, monkeypatch, c
 
 
 def test_no_unpickling_anywhere_in_the_package():
+    """Nothing may unpickle (``import pickle`` for its exception type is fine)."""
     forbidden = [
         "weights_only=False",
-        "import pickle",
         "pickle.load",
+        "Unpickler",
         "load_state_dict_from_url",
         "torch.hub.load(",
         "weights=VGG19_Weights",
-        "dill",
+        "allow_pickle=True",
         "joblib.load",
-        "np.load(",
+        "dill.load",
     ]
     found = [
         f"{path.relative_to(SRC)}: {word}"
