@@ -51,6 +51,14 @@ def wait_for(condition, timeout: float = 600.0) -> None:
         settle(0.1)
 
 
+def close_notifications(viewer: napari.Viewer) -> None:
+    """Close napari's pop-up notifications, which would cover the canvas."""
+    from napari._qt.dialogs.qt_notification import NapariQtNotification
+
+    for toast in viewer.window._qt_window.findChildren(NapariQtNotification):
+        toast.close()
+
+
 def shoot(viewer: napari.Viewer, name: str) -> None:
     settle()
     path = DOCS / name
@@ -76,8 +84,9 @@ def caption(viewer: napari.Viewer, text: str) -> None:
     overlay = viewer.canvas.overlays.text
     overlay.visible = True
     overlay.text = text
-    overlay.font_size = 11
+    overlay.font_size = 10
     overlay.color = "white"
+    overlay.position = "top_left"
 
 
 def main(community: bool) -> None:
@@ -85,6 +94,7 @@ def main(community: bool) -> None:
     viewer.window.resize(*WINDOW)
     upscale_widget = viewer.window.add_plugin_dock_widget("napari-srgan", "Upscale 4x")[1]
     [lr] = viewer.open_sample("napari-srgan", "ihc")
+    upscale_widget.advanced.expand(animate=False)
     upscale(upscale_widget, lr)
     result = viewer.layers[-1]
     beside(result, lr)
@@ -92,6 +102,7 @@ def main(community: bool) -> None:
     viewer.reset_view()
     shoot(viewer, "screenshot-upscale.png")
     caption(viewer, "")
+    upscale_widget.advanced.collapse(animate=False)
 
     # fine-tune on a full-resolution micrograph, with both widgets docked
     viewer.layers.clear()
@@ -110,7 +121,8 @@ def main(community: bool) -> None:
     viewer.reset_view()
     shoot(viewer, "screenshot-running.png")
     wait_for(lambda: train.outcome is not None)
-    settle(1.0)
+    viewer.layers.remove(train.preview_layer)  # shown in the previous picture
+    viewer.layers.remove(train.preview_labels)
 
     # the fine-tuned model on the 4x smaller sample: LR | result | HR at one size
     [lr] = viewer.open_sample("napari-srgan", "ihc")
@@ -119,8 +131,9 @@ def main(community: bool) -> None:
     upscale_widget.reset_choices()
     upscale(upscale_widget, lr, "ihc-finetuned")
     beside(viewer.layers[-1], lr, gap=16)
-    caption(viewer, "input (128x128)  |  4x with the fine-tuned model  |  original  |  preview")
+    caption(viewer, "128x128 input  |  4x, fine-tuned model  |  original 512x512")
     viewer.reset_view()
+    close_notifications(viewer)
     shoot(viewer, "screenshot-finished.png")
 
     if community:

@@ -177,7 +177,7 @@ class TrainWidget(Container):
         self.validation_layer = compact_combo(
             ComboBox(
                 label="Validation",
-                choices=lambda w: [("(hold out rows of the first HR layer)", None), *images(w)],
+                choices=lambda w: [("(part of the first HR layer)", None), *images(w)],
             )
         )
         self.validation_layer.tooltip = (
@@ -275,6 +275,7 @@ class TrainWidget(Container):
         self.plot = TrainingPlot()
         layout.addWidget(self.plot, 1)
         layout.addWidget(help_link().native)
+        self.progress.hide()
         self.train_button.changed.connect(lambda: self.start(resume=False))
         self.resume_button.changed.connect(lambda: self.start(resume=True))
         self.stop_button.changed.connect(self.stop)

@@ -13,7 +13,8 @@ import numpy as np
 import psutil
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, create_widget
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtWidgets import QMessageBox, QSizePolicy
+from qtpy.QtWidgets import QMessageBox
+from superqt import QCollapsible
 
 from napari_srgan.engine.devices import MIN_AUTO_TILE, available_devices
 from napari_srgan.engine.file_upscale import UpscaleSettings, upscale_to_zarr
@@ -301,7 +302,14 @@ class UpscaleWidget(Container):
                 self.image,
                 self.model,
                 self.info,
-                section("Advanced settings"),
+                buttons,
+                self.progress.bar,
+                self.status,
+                help_link(),
+            ]
+        )
+        advanced = Container(
+            widgets=[
                 self.tile,
                 self.memory_limit,
                 self.device,
@@ -309,16 +317,14 @@ class UpscaleWidget(Container):
                 self.exact,
                 self.result_mode,
                 self.zarr_path,
-                buttons,
-                self.progress.bar,
-                self.status,
-                help_link(),
             ]
         )
-        # take the height the form needs, leave the rest of the dock area to other widgets
-        policy = self.native.sizePolicy()
-        policy.setVerticalPolicy(QSizePolicy.Policy.Maximum)
-        self.native.setSizePolicy(policy)
+        advanced.margins = (0, 0, 0, 0)
+        self.advanced = QCollapsible("Advanced settings", expandedIcon="▾", collapsedIcon="▸")
+        self.advanced.setToolTip("Tiles, memory, device, quality and where the result goes")
+        self.advanced.addWidget(advanced.native)
+        self.native.layout().insertWidget(4, self.advanced)
+        self.native.layout().addStretch(1)  # spare height goes below the form, not between
         #: Results bigger than this (bytes) are not computed into memory in "auto" mode.
         self.in_memory_limit = psutil.virtual_memory().available // 4
         self.job: BackgroundJob | None = None
@@ -329,6 +335,7 @@ class UpscaleWidget(Container):
         self.run_button.changed.connect(self.start)
         self.cancel_button.changed.connect(self.cancel)
         follow_model_list(self, self._show_model_info)
+        self.progress.hide()
         self._show_zarr_field()
         self._choose_model_for_layer()
         self._show_model_info()
@@ -391,6 +398,7 @@ class UpscaleWidget(Container):
             big = output_bytes > self.in_memory_limit
             if big and layout.plane_count == 1:
                 self.result_mode.value = "zarr file"
+                self.advanced.expand(animate=False)
                 if not self._zarr_target():
                     raise ValueError(
                         f"the result ({output_bytes / 2**30:.1f} GiB) is too big for memory: "
@@ -402,6 +410,7 @@ class UpscaleWidget(Container):
             else:
                 mode = "in memory"
         if mode == "zarr file" and not self._zarr_target():
+            self.advanced.expand(animate=False)
             raise ValueError("choose where to write the zarr file (a path ending in .zarr)")
         return mode
 
