@@ -398,7 +398,7 @@ def test_model_info_follows_a_replaced_model_file(
     assert "RGB model" in widget.info.value
     grey = tiny_model(1)
     card = ModelCard("tiny-rgb", in_channels=1, out_channels=1, degradation="crappifier")
-    save_model(tiny_model_file, grey.network, card)
+    save_model(tiny_model_file, grey.network, card, overwrite=True)
     qtbot.waitUntil(lambda: "grey model" in widget.info.value, timeout=5000)  # file watcher
     save_model(tiny_model_file.with_name("added.safetensors"), grey.network, card)
     model_list.changed.emit()  # what the Train widget sends after saving
@@ -483,3 +483,31 @@ def test_progress_bar_pulses_then_counts_tiles(make_napari_viewer, tiny_model_fi
         seen[-1].endswith("tiles") and seen[-1].split("/")[0] == seen[-1].split("/")[1].split()[0]
     )
     assert not widget.progress.shown and widget.status.value.startswith("done")
+
+
+def test_add_model_file_converts_lists_and_selects_it(
+    make_napari_viewer, synchronous, tmp_path, monkeypatch
+):
+    """A community (spandrel) model file chosen with "Add model file…" is converted into the
+    user model folder, selected, described, and upscales with its own scale in the name."""
+    import torch
+    from safetensors.torch import save_file
+
+    spandrel = pytest.importorskip("spandrel.architectures.ESRGAN")
+    from napari_srgan.plugin import upscale_widget as module
+
+    torch.manual_seed(0)
+    network = spandrel.ESRGAN(in_nc=3, out_nc=3, num_filters=8, num_blocks=1, scale=2)
+    path = tmp_path / "tiny-esrgan-x2.safetensors"
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(path))
+    monkeypatch.setattr(module, "choose_model_file", lambda _parent: str(path))
+    viewer = make_napari_viewer()
+    widget = open_upscale_widget(viewer)
+    widget.image.value = viewer.add_image(np.zeros((20, 24, 3), np.uint8), name="photo", rgb=True)
+    widget.add_button.clicked.emit()
+    assert widget.model.value == "tiny-esrgan-x2", widget.status.value
+    assert "from spandrel" in widget.info.value and "2x" in widget.info.value
+    widget.run_button.clicked.emit()
+    result = viewer.layers["photo x2 tiny-esrgan-x2"]
+    assert result.data.shape == (40, 48, 3)
+    np.testing.assert_allclose(pixel_edges(result), pixel_edges(widget.image.value))

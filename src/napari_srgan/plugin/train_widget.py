@@ -8,6 +8,7 @@ progress bar.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import napari
 import numpy as np
@@ -26,7 +27,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 from qtpy.QtWidgets import QMessageBox, QSizePolicy
 
 from napari_srgan.io.images import PROVENANCE_KEY
-from napari_srgan.models.registry import DEFAULT_MODEL, available_models
+from napari_srgan.models.registry import DEFAULT_MODEL, ModelFileError, available_models, read_card
 from napari_srgan.plugin.background import BackgroundJob, run_job
 from napari_srgan.plugin.controls import (
     DockProgress,
@@ -111,11 +112,17 @@ class TrainingPlot(FigureCanvasQTAgg):
         self.draw_idle()
 
 
+def saved_files(name: str) -> list[Path]:
+    """The model and checkpoint files a run saving as ``name`` would write."""
+    model = user_model_path(name)
+    return [model, model.with_suffix(".ckpt")]
+
+
 def free_name(name: str) -> str:
-    """``name`` with the first suffix -2, -3... that no saved model uses."""
+    """``name`` with the first suffix -2, -3... that no saved model or checkpoint uses."""
     taken = set(available_models())
     number = 2
-    while f"{name}-{number}" in taken or user_model_path(f"{name}-{number}").exists():
+    while f"{name}-{number}" in taken or any(p.exists() for p in saved_files(f"{name}-{number}")):
         number += 1
     return f"{name}-{number}"
 
@@ -134,6 +141,18 @@ def ask_replace(parent, name: str, proposal: str) -> str | None:
     box.exec()
     clicked = box.clickedButton()
     return name if clicked is replace else proposal if clicked is rename else None
+
+
+def trainable_models(_widget=None) -> list[str]:
+    """Models this project can fine-tune: its own (community models are used as they are)."""
+    names = []
+    for name in available_models():
+        try:
+            if read_card(name).source == "native":
+                names.append(name)
+        except ModelFileError:
+            continue
+    return names
 
 
 def is_training_data(layer) -> bool:
@@ -191,9 +210,7 @@ class TrainWidget(Container):
             "Without a validation layer: the fraction of the first HR layer's rows (at the "
             "bottom) kept out of training for validation"
         )
-        self.base_model = compact_combo(
-            ComboBox(label="Start from", choices=lambda w: list(available_models()))
-        )
+        self.base_model = compact_combo(ComboBox(label="Start from", choices=trainable_models))
         self.base_model.tooltip = (
             "The model to fine-tune. Starting from a trained model needs far fewer steps than "
             "starting from scratch. Pick one made for the same kind of image (grey or RGB)."
@@ -295,7 +312,7 @@ class TrainWidget(Container):
     def _image_layers(self, _widget=None) -> list[tuple[str, object]]:
         return [(layer.name, layer) for layer in self._viewer.layers if is_training_data(layer)]
 
-    def _job(self, resume: bool) -> TrainingJob:
+    def _job(self, resume: bool, replace: bool = False) -> TrainingJob:
         """The core job for the current settings; raises ValueError with a message for the user."""
         layers = list(self.hr_layers.value)
         if not layers:
@@ -338,6 +355,7 @@ class TrainWidget(Container):
             validation_crop_at="texture",
             checkpoint=output.with_suffix(".ckpt"),
             resume=resume,
+            overwrite=replace,
             description=f"fine-tuned in napari on {', '.join(layer.name for layer in layers)}",
         )
 
@@ -345,28 +363,30 @@ class TrainWidget(Container):
         show_status(self.status, f"⚠ {message}")
         show_error(f"napari-srgan: {message}")
 
-    def _name_to_save(self, resume: bool) -> bool:
-        """Never replace a saved model silently: ask, offering a free name. False: cancelled."""
+    def _name_to_save(self, resume: bool) -> bool | None:
+        """Never replace a saved model silently: ask, offering a free name. Returns whether
+        to replace existing files, or None when the user cancelled."""
         name = self.model_name.value.strip()
         try:
-            path = user_model_path(name)
+            files = saved_files(name)
         except ValueError:
-            return True  # the job reports the bad name
-        if resume or not path.exists():
-            return True
+            return False  # the job reports the bad name
+        if resume or not any(path.exists() for path in files):
+            return False
         chosen = ask_replace(self.native, name, free_name(name))
         if chosen is None:
-            show_status(self.status, f"not started: {name} exists")
-            return False
+            show_status(self.status, f"not started: a model named {name} exists")
+            return None
         self.model_name.value = chosen
-        return True
+        return chosen == name
 
     def start(self, resume: bool = False) -> None:
         show_status(self.status, "")
-        if not self._name_to_save(resume):
+        replace = self._name_to_save(resume)
+        if replace is None:
             return
         try:
-            job = self._job(resume)
+            job = self._job(resume, replace)
         except ValueError as error:
             self._fail(str(error))
             return

@@ -13,7 +13,7 @@ import numpy as np
 import psutil
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, create_widget
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtWidgets import QMessageBox
+from qtpy.QtWidgets import QFileDialog, QMessageBox
 from superqt import QCollapsible
 
 from napari_srgan.engine.devices import MIN_AUTO_TILE, available_devices
@@ -24,10 +24,17 @@ from napari_srgan.engine.tiling import Cancelled
 from napari_srgan.engine.upscale import ImageLayout, check_image, colour_range, upscale
 from napari_srgan.io.images import PROVENANCE_KEY
 from napari_srgan.io.zarr_files import is_zarr
-from napari_srgan.models.files import ModelFileError, load_model, read_metadata
 from napari_srgan.models.interface import ModelCard, SRModel
 from napari_srgan.models.normalization import IntensityRange
-from napari_srgan.models.registry import available_models, default_model, resolve_model
+from napari_srgan.models.registry import (
+    ModelFileError,
+    add_model,
+    available_models,
+    default_model,
+    load_model,
+    read_card,
+    resolve_model,
+)
 from napari_srgan.plugin.background import BackgroundJob, run_job
 from napari_srgan.plugin.controls import (
     AutoSpinBox,
@@ -38,7 +45,7 @@ from napari_srgan.plugin.controls import (
     show_status,
     text_line,
 )
-from napari_srgan.plugin.model_list import follow_model_list
+from napari_srgan.plugin.model_list import follow_model_list, model_list
 from napari_srgan.plugin.reader import read_zarr_layer
 from napari_srgan.plugin.writer import length_unit
 
@@ -87,6 +94,17 @@ def output_layer_options(layer: Image, metadata: dict, card: ModelCard, model_na
     if not layer.rgb:
         options.update(colormap=layer.colormap, gamma=layer.gamma)
     return options
+
+
+def choose_model_file(parent) -> str | None:
+    """Ask for a model file or package (tests replace this)."""
+    path, _ = QFileDialog.getOpenFileName(
+        parent,
+        "Add a super-resolution model",
+        "",
+        "Model files (*.pth *.pt *.safetensors *.ckpt *.zip);;All files (*)",
+    )
+    return path or None
 
 
 def ask(parent, question: str) -> bool:
@@ -242,6 +260,12 @@ class UpscaleWidget(Container):
             "removes noise). Models you train with the Train widget appear here too."
         )
         self.info = text_line("What the selected model was trained for")
+        self.add_button = PushButton(text="Add model file…")
+        self.add_button.tooltip = (
+            "Use a model from elsewhere: a Real-ESRGAN, SwinIR, HAT... weight file (.pth, "
+            ".safetensors) or a BioImage Model Zoo package. It is checked (no code in the file "
+            "is ever run), copied to your model folder and listed here."
+        )
         self.tile = AutoSpinBox(label="Tile size", smallest=40, largest=4096, step=8)
         self.tile.tooltip = (
             "Big images are processed in square pieces (tiles) of this many input pixels, each "
@@ -302,6 +326,7 @@ class UpscaleWidget(Container):
                 self.image,
                 self.model,
                 self.info,
+                self.add_button,
                 buttons,
                 self.progress.bar,
                 self.status,
@@ -323,7 +348,7 @@ class UpscaleWidget(Container):
         self.advanced = QCollapsible("Advanced settings", expandedIcon="▾", collapsedIcon="▸")
         self.advanced.setToolTip("Tiles, memory, device, quality and where the result goes")
         self.advanced.addWidget(advanced.native)
-        self.native.layout().insertWidget(4, self.advanced)
+        self.native.layout().insertWidget(5, self.advanced)
         self.native.layout().addStretch(1)  # spare height goes below the form, not between
         #: Results bigger than this (bytes) are not computed into memory in "auto" mode.
         self.in_memory_limit = psutil.virtual_memory().available // 4
@@ -333,6 +358,7 @@ class UpscaleWidget(Container):
         self.image.changed.connect(self._choose_model_for_layer)
         self.result_mode.changed.connect(self._show_zarr_field)
         self.run_button.changed.connect(self.start)
+        self.add_button.changed.connect(self.add_model_file)
         self.cancel_button.changed.connect(self.cancel)
         follow_model_list(self, self._show_model_info)
         self.progress.hide()
@@ -344,7 +370,7 @@ class UpscaleWidget(Container):
 
     def _card(self) -> ModelCard | None:
         try:
-            return read_metadata(resolve_model(self.model.value))[1] if self.model.value else None
+            return read_card(self.model.value) if self.model.value else None
         except ModelFileError:
             return None
 
@@ -364,7 +390,7 @@ class UpscaleWidget(Container):
             self.info.value = "no model installed"
             return
         try:
-            _config, card = read_metadata(resolve_model(self.model.value))
+            card = read_card(self.model.value)
         except ModelFileError as error:
             show_status(self.info, f"unreadable: {error}")
             return
@@ -373,6 +399,8 @@ class UpscaleWidget(Container):
         kind = "RGB" if card.in_channels == 3 else "grey"
         trained_on = TRAINED_ON.get(card.degradation, f"{card.degradation} degradation")
         lines = [f"{kind} model, {card.scale}x; {card.intended_use or trained_on}"]
+        if card.source != "native":
+            lines.append(f"{card.architecture} from {card.source}, licence {card.license}")
         if not card.trained:
             lines.append("UNTRAINED (random weights)")
         layer = self.image.value
@@ -445,17 +473,14 @@ class UpscaleWidget(Container):
         try:
             layout = check_image(data, layer.rgb)
             model_path = resolve_model(self.model.value)
-            _config, card = read_metadata(model_path)
+            card = read_card(model_path)
             mode = self._mode(data, layout, card.scale)
         except (ValueError, ModelFileError) as error:
             self._fail(str(error))
             return
         target = self._zarr_target() if mode == "zarr file" else None
-        if (
-            target is not None
-            and target.exists()
-            and not ask(self.native, f"{target} exists. Replace it with the new result?")
-        ):
+        replace = target is not None and target.exists()
+        if replace and not ask(self.native, f"{target} exists. Replace it with the new result?"):
             show_status(self.status, "not started: the zarr file exists (choose another name)")
             return
         if mode == LAZY:
@@ -491,6 +516,7 @@ class UpscaleWidget(Container):
                     settings=settings,
                     progress=report,
                     should_stop=job.stop_flag.is_set,
+                    overwrite=replace,
                 )
                 return target, options
             result = upscale(
@@ -565,6 +591,29 @@ class UpscaleWidget(Container):
             owner=self.native,
         )
 
+    def add_model_file(self, *_args) -> None:
+        """Ask for a model file, convert it into the user model folder, then select it."""
+        path = choose_model_file(self.native)
+        if not path:
+            return
+        show_status(self.status, "")
+        self._set_running(True)
+        self.progress.busy("checking the model file…")
+
+        def added(saved: Path) -> None:
+            model_list.changed.emit()
+            self.model.value = saved.stem
+            show_status(self.status, f"added model {saved.stem}")
+
+        self.job = run_job(
+            lambda _job: add_model(path),
+            on_report=self._on_report,
+            on_returned=added,
+            on_errored=lambda error: self._fail(f"cannot add {Path(path).name}: {error}"),
+            on_finished=lambda: self._set_running(False),
+            owner=self.native,
+        )
+
     def cancel(self, *_args) -> None:
         if self.job is not None:
             self.job.stop()
@@ -599,7 +648,7 @@ class UpscaleWidget(Container):
             self._fail(f"failed: {error}")
 
     def _set_running(self, running: bool) -> None:
-        self.run_button.enabled = not running
+        self.run_button.enabled = self.add_button.enabled = not running
         self.cancel_button.enabled = running
         if not running:
             self.progress.hide()
