@@ -82,3 +82,19 @@ def test_a_dask_scheduler_batch_needs_zarr_results(tmp_path):
     assert result.returncode == 2
     [line] = result.stderr.splitlines()
     assert "needs --format zarr" in line and not (tmp_path / "out").exists()
+
+
+def test_a_rerun_replaces_results_only_with_overwrite(tmp_path, tiny_model_file):
+    iio.imwrite(tmp_path / "a.png", np.zeros((8, 8, 3), np.uint8))
+    iio.imwrite(tmp_path / "b.png", np.zeros((8, 8, 3), np.uint8))
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "a_x4.ome.tif").write_bytes(b"an earlier result")
+    args = ["upscale", tmp_path / "a.png", tmp_path / "b.png", out, "--model", "tiny-rgb"]
+    result = cli(*args)
+    assert result.returncode == 2 and "1 failed: a.png" in result.stdout
+    assert "a_x4.ome.tif exists; pass --overwrite" in result.stderr
+    assert (out / "a_x4.ome.tif").read_bytes() == b"an earlier result"
+    assert read_image(out / "b_x4.ome.tif").data.shape == (32, 32, 3)  # the others went on
+    assert cli(*args, "--overwrite").returncode == 0
+    assert read_image(out / "a_x4.ome.tif").data.shape == (32, 32, 3)
