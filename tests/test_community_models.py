@@ -224,3 +224,22 @@ def test_fine_tuning_a_community_model_says_it_cannot(tmp_path, capsys):
         error = capsys.readouterr().err.strip().splitlines()
         assert "fine-tunes only its own SRResNet models" in error[-1]
         assert sum("error" in line for line in error) == 1
+
+
+def test_upscale_widget_runs_an_added_community_model(make_napari_viewer, tmp_path, monkeypatch):
+    pytest.importorskip("napari")
+    from napari_srgan.plugin.background import SYNCHRONOUS_ENV
+
+    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
+    path = add_model(community_file(tmp_path, "swinir-x2"), "my-swinir")
+    viewer = make_napari_viewer()
+    image = _image(3)
+    layer = viewer.add_image(image, rgb=True, name="photo")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-srgan", "Upscale 4x")
+    widget.reset_choices()
+    widget.image.value = layer
+    widget.model.value = "my-swinir"
+    assert widget.run_button.text == "Upscale 2x"
+    widget.run_button.clicked.emit()
+    result = viewer.layers["photo x2 my-swinir"]
+    assert np.array_equal(result.data, upscale(image, load_model(path), device="cpu"))
