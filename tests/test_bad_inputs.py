@@ -269,7 +269,7 @@ CASES = [
     Case("batch 0", up("--batch", "0"), "--batch: must be a whole number >= 1"),
     Case("batch -1", up("--batch", "-1"), "--batch: must be a whole number >= 1"),
     Case("batch abc", up("--batch", "abc"), "invalid number value: 'abc'"),
-    Case("tile 0", up("--tile", "0"), "--tile: must be a whole number >= 1"),
+    Case("tile 0", up("--tile", "0"), "at least 1 pixel"),
     Case("device cpu:abc", up("--device", "cpu:abc"), "'cpu:abc' is not a device"),
     Case("device gpu", up("--device", "gpu"), "'gpu' is not a device"),
     Case("precision fp8", up("--precision", "fp8"), "invalid choice: 'fp8'"),

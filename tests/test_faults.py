@@ -235,7 +235,9 @@ sys.exit(main(sys.argv[1:]))
 
 def test_sigkill_during_training_then_resume_is_bit_for_bit(tmp_path):
     """A run killed after step 6 and resumed ends with exactly the weights, step count and
-    loss history of an uninterrupted run with the same seed (CPU)."""
+    loss history of an uninterrupted run with the same seed (CPU). Its first 6 steps ran in
+    another process than the straight run's, so this also shows that two runs with one seed
+    are identical (they were not while a new generator's weights were drawn unseeded)."""
     image = tmp_path / "hr.png"
     iio.imwrite(image, np.random.default_rng(0).integers(0, 255, (96, 96, 3), np.uint8))
     runs = {}
@@ -260,20 +262,6 @@ def test_sigkill_during_training_then_resume_is_bit_for_bit(tmp_path):
         assert torch.equal(tensor, resumed["generator"][name]), name
     for name, tensor in straight["ema"].items():
         assert torch.equal(tensor, resumed["ema"][name]), name
-
-
-def test_two_identical_training_runs_are_bit_for_bit_equal(tmp_path):
-    image = tmp_path / "hr.png"
-    iio.imwrite(image, np.random.default_rng(0).integers(0, 255, (96, 96, 3), np.uint8))
-    states = []
-    for name in ("a", "b"):
-        out = tmp_path / f"{name}.safetensors"
-        result = child(KILL_AT_STEP, *TRAIN, "--hr", image, "--out", out, env={"KILL_AT_STEP": "0"})
-        assert result.returncode == 0, result.stderr
-        states.append(torch.load(out.with_suffix(".ckpt"), weights_only=True))
-    assert states[0]["history"] == states[1]["history"]
-    for name, tensor in states[0]["generator"].items():
-        assert torch.equal(tensor, states[1]["generator"][name]), name
 
 
 def test_killed_atomic_file_write_is_cleaned_by_the_next_write(tmp_path):

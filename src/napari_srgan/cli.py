@@ -123,7 +123,7 @@ def _add_upscale(commands) -> None:
     _add_trust_code(parser)
     parser.add_argument(
         "--tile",
-        type=positive_int,
+        type=int,
         default=None,
         help="kept tile size in input pixels (default: the largest that fits in --memory-limit)",
     )
