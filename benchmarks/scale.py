@@ -1,14 +1,13 @@
-"""Out-of-core scaling: memory against image size, tiling overhead, dask schedulers.
+"""Out-of-core scaling: memory against image size, dask schedulers.
 
     python benchmarks/scale.py [--sizes 512 1024 2048 4096] [--skip-cluster]
 
-1. zarr -> OME-Zarr of grey uint16 images of growing size, each in a fresh process (peak RSS is
-   its own), with a small generator (16 features x 2 blocks: the default one would take hours on
-   4096^2 on a CPU) and 128-pixel tiles: peak memory should not grow with the image.
-2. Tiled against untiled time for an image that fits, with the default architecture, next to the
-   GFLOP/s of one large 3x3 convolution measured in the same run.
-3. The same lazy dask result computed by the threaded scheduler and by a dask.distributed
-   LocalCluster of 2 single-threaded worker processes.
+1. zarr -> OME-Zarr of RGB uint8 images of growing size, each in a fresh process (peak RSS is
+   its own), with the DEFAULT model and the default settings (auto tile from the default memory
+   budget, fp32, CPU): peak memory should stay flat and within the budget over the baseline
+   (the interpreter with torch, zarr and the model loaded, measured in the same process).
+2. The same lazy dask result computed by the threaded scheduler and by a dask.distributed
+   LocalCluster of 2 single-threaded worker processes (small generator: a scheduler test).
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from inference import tiling_table
 from napari_srgan.models.files import save_model
 from napari_srgan.models.interface import ModelCard
 from napari_srgan.models.normalization import NormalizationSpec
@@ -33,19 +31,25 @@ from napari_srgan.models.srresnet import Generator, GeneratorConfig
 
 ZARR_WORKER = r"""
 import json, resource, sys, time
-import numpy as np, zarr
+import numpy as np, psutil, torch, zarr
+from napari_srgan.engine.devices import auto_tile_size, memory_budget
 from napari_srgan.engine.file_upscale import UpscaleSettings, upscale_file
 from napari_srgan.models.files import load_model
-size, folder, model = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-source = zarr.open_array(folder + "/in.zarr", mode="w", shape=(size, size), dtype="u2",
-                         chunks=(512, 512))
-for y in range(0, size, 512):
-    source[y:y + 512] = np.random.default_rng(y).integers(0, 4000, (min(512, size - y), size))
+from napari_srgan.models.registry import DEFAULT_MODEL, resolve_model
+size, folder = int(sys.argv[1]), sys.argv[2]
+source = zarr.open_array(folder + "/in.zarr", mode="w", shape=(size, size, 3), dtype="u1",
+                         chunks=(512, 512, 3))
+for y in range(0, size, 512):  # written in strips: the input never sits in memory whole
+    source[y:y + 512] = np.random.default_rng(y).integers(0, 256, (min(512, size - y), size, 3))
+model = load_model(resolve_model(DEFAULT_MODEL))
+baseline = psutil.Process().memory_info().rss / 2**20
+budget = memory_budget(torch.device("cpu"))
+tile = auto_tile_size(model, torch.device("cpu"), memory_limit=budget)
 started = time.perf_counter()
-upscale_file(folder + "/in.zarr", folder + "/out.zarr", load_model(model),
-             settings=UpscaleSettings(tile=128, device="cpu"))
+upscale_file(folder + "/in.zarr", folder + "/out.zarr", model, settings=UpscaleSettings())
 seconds = time.perf_counter() - started
-print(json.dumps({"seconds": seconds,
+print(json.dumps({"seconds": seconds, "baseline_mb": baseline, "budget_mb": budget / 2**20,
+                  "tile": tile, "halo": model.card.halo,
                   "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -75,18 +79,22 @@ def run_json(code: str, *args) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def memory_table(sizes: list[int], model: Path, folder: Path) -> None:
-    print("1. zarr -> OME-Zarr, grey uint16, 16x2 generator, 128 px tiles, one process each")
-    print("| input | output | output size | time (s) | input MP/s | peak RSS (MB) |")
-    print("|---|---|---|---|---|---|")
+def memory_table(sizes: list[int], folder: Path) -> None:
+    print("1. zarr -> OME-Zarr, RGB uint8, default model and settings, one process each")
+    print(
+        "| input | output | output size | auto tile (kept / halo) | budget (MB) | time (s) "
+        "| baseline RSS (MB) | peak RSS (MB) | peak - baseline (MB) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for size in sizes:
         work = folder / str(size)
         work.mkdir()
-        result = run_json(ZARR_WORKER, size, work, model)
-        output_mb = (4 * size) ** 2 * 2 / 2**20
+        r = run_json(ZARR_WORKER, size, work)
+        output_mb = (4 * size) ** 2 * 3 / 2**20
         print(
-            f"| {size}^2 | {4 * size}^2 | {output_mb:,.0f} MB | {result['seconds']:.1f} "
-            f"| {size**2 / 1e6 / result['seconds']:.2f} | {result['peak_mb']:.0f} |",
+            f"| {size}^2 | {4 * size}^2 | {output_mb:,.0f} MB | {r['tile']} / {r['halo']} "
+            f"| {r['budget_mb']:.0f} | {r['seconds']:.0f} | {r['baseline_mb']:.0f} "
+            f"| {r['peak_mb']:.0f} | {r['peak_mb'] - r['baseline_mb']:.0f} |",
             flush=True,
         )
 
@@ -120,7 +128,7 @@ def scheduler_table(model: Path, size: int) -> None:
         rows.append(("LocalCluster (2 processes x 1 thread)", time.perf_counter() - started))
     same = int(np.abs(threaded.astype(int) - clustered.astype(int)).max())
     print(
-        f"\n3. Lazy dask result, {size}^2 grey uint16, 256 px blocks, 16x2 generator "
+        f"\n2. Lazy dask result, {size}^2 grey uint16, 256 px blocks, 16x2 generator "
         f"(max difference between schedulers: {same})"
     )
     print("| scheduler | time (s) | input MP/s |")
@@ -132,20 +140,15 @@ def scheduler_table(model: Path, size: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048, 4096])
-    parser.add_argument("--tiling-size", type=int, default=384)
-    parser.add_argument("--tiles", type=int, nargs="+", default=[256, 192, 128])
     parser.add_argument("--cluster-size", type=int, default=1024)
     parser.add_argument("--skip-cluster", action="store_true")
     args = parser.parse_args()
     print(f"CPU, {os.cpu_count()} cores, torch {torch.__version__}\n")
     with tempfile.TemporaryDirectory() as name:
         folder = Path(name)
-        model = small_model(folder)
-        memory_table(args.sizes, model, folder)
-        print(f"\n2. Tiled against untiled, {args.tiling_size}^2 grey (an image that fits)")
-        tiling_table(args.tiling_size, args.tiles, repeat=1, channels=1)
+        memory_table(args.sizes, folder)
         if not args.skip_cluster:
-            scheduler_table(model, args.cluster_size)
+            scheduler_table(small_model(folder), args.cluster_size)
 
 
 if __name__ == "__main__":

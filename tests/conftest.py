@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from napari_srgan.models.files import native_model, save_model
+from napari_srgan.models.halo import CACHE_DIR_ENV
 from napari_srgan.models.interface import ModelCard, SRModel
 from napari_srgan.models.normalization import NormalizationSpec
 from napari_srgan.models.registry import MODEL_DIR_ENV
@@ -33,6 +34,7 @@ def shared_data(*parts: str) -> Path:
 def user_models(tmp_path_factory, monkeypatch) -> Path:
     folder = tmp_path_factory.mktemp("user-models")
     monkeypatch.setenv(MODEL_DIR_ENV, str(folder))
+    monkeypatch.setenv(CACHE_DIR_ENV, str(tmp_path_factory.mktemp("cache")))
     return folder
 
 

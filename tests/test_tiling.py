@@ -12,16 +12,20 @@ from napari_srgan.engine.upscale import upscale
 @pytest.mark.parametrize("length", [1, 17, 40, 101, 600])
 @pytest.mark.parametrize("tile", [7, 32, 64, 512])
 @pytest.mark.parametrize("multiple", [1, 8])
-def test_balanced_spans_partition_the_axis(length, tile, multiple):
+@pytest.mark.parametrize("uniform", [True, False])
+def test_balanced_spans_partition_the_axis(length, tile, multiple, uniform):
     halo = 12
-    spans = axis_spans(length, tile, halo, multiple)
+    spans = axis_spans(length, tile, halo, multiple, uniform=uniform)
     total = math.ceil(length / multiple) * multiple
     assert len(spans) == math.ceil(total / tile)
     kept = [i for span in spans for i in range(span.keep_start, span.keep_stop)]
     assert kept == list(range(total))
     sizes = [span.keep_stop - span.keep_start for span in spans]
     assert max(sizes) - min(sizes) <= 1 and max(sizes) <= tile  # balanced: no slivers
-    assert len({span.stop - span.start for span in spans}) == 1  # one shape: batchable
+    if uniform:
+        assert len({span.stop - span.start for span in spans}) == 1  # one shape: batchable
+    else:  # cut at the border: no more than the halo beyond the kept part
+        assert all(span.stop - span.start <= max(sizes) + 2 * halo + 2 * multiple for span in spans)
     for span in spans:
         assert span.start >= 0 and span.stop <= total
         assert span.start % multiple == 0 and (span.stop - span.start) % multiple == 0
@@ -174,3 +178,59 @@ def test_integer_scaling_on_the_device_matches_the_host_functions(dtype, rng):
     np.testing.assert_array_equal(
         on_device, codec.from_host_unit(values[0].permute(1, 2, 0).numpy())
     )
+
+
+@pytest.mark.parametrize("name", ["srresnet-rgb-x4", "srresnet-em-grey-x4"])
+def test_bundled_measured_halo_keeps_tiles_within_tolerance(name):
+    """With the halo stored in each bundled model's card, tiled output stays within 1e-4 (on
+    [0, 1]) of untiled output on held-back real images (photos / EM; synthetic textures where
+    ../shared/data is absent), for odd shapes and several tile sizes."""
+    from napari_srgan.models.files import load_model
+    from napari_srgan.models.halo import TOLERANCE, probe_images
+    from napari_srgan.models.registry import resolve_model
+
+    model = load_model(resolve_model(name), measure=False)
+    card = model.card
+    assert card.measured_halo is not None and card.measured_halo < card.theoretical_halo
+    image = probe_images(model.in_channels, 1, held_back=True)[0]
+    crop = image[3:50, 5:44] if model.in_channels == 3 else image[3:50, 5:44, 0]  # 47 x 39
+    whole = upscale(crop, model, tile=64, device="cpu")
+    span = float(crop.max() - crop.min())
+    for tile in (13, 24):
+        tiled = upscale(crop, model, tile=tile, batch_size=4, device="cpu")
+        assert np.abs(tiled - whole).max() / span <= TOLERANCE, tile
+
+
+def test_measured_halo_finds_the_real_reach_not_the_theoretical_one():
+    """A generator whose tail is zero is plain bicubic upscaling (reach 2 input pixels): the
+    probes find that, far below the architecture's bound; tiles then keep the tolerance."""
+    from napari_srgan.models.halo import SAFETY_MARGIN, measure_halo, synthetic_texture
+
+    model = tiny_model(1, batch_norm=False, input_skip=True)
+    images = [synthetic_texture(1, seed, size=48) for seed in range(2)]
+    halo = measure_halo(model, images=images, held_back=images)
+    assert halo == 2 + SAFETY_MARGIN < model.card.theoretical_halo
+    model.card.measured_halo = 0  # too small: bicubic reads 2 pixels beyond
+    image = synthetic_texture(1, 5, size=40)[..., 0]
+    whole = upscale(image, model, tile=40, device="cpu")
+    assert np.abs(upscale(image, model, tile=20, device="cpu") - whole).max() > 1e-3
+    exact = upscale(image, model, tile=20, device="cpu", exact=True)  # theoretical: exact
+    assert np.abs(exact - whole).max() <= 1e-5
+    model.card.measured_halo = halo
+    assert np.abs(upscale(image, model, tile=20, device="cpu") - whole).max() <= 1e-4
+
+
+def test_halo_is_measured_once_per_file_and_cached_by_hash(tmp_path, monkeypatch):
+    from napari_srgan.models import files, halo
+    from napari_srgan.models.files import load_model, save_model
+
+    model = tiny_model(1, batch_norm=False, input_skip=True)
+    path = save_model(tmp_path / "m.safetensors", model.network, model.card)
+    calls = []
+    measure = halo.measure_halo
+    monkeypatch.setattr(files, "measure_halo", lambda m: calls.append(1) or measure(m))
+    first = load_model(path).card.measured_halo
+    again = load_model(path).card.measured_halo
+    assert first == again == 2 + halo.SAFETY_MARGIN and len(calls) == 1
+    assert str(halo.cache_path()).startswith(str(tmp_path.parent))  # the tests' own cache
+    assert load_model(path, measure=False).card.measured_halo is None

@@ -19,7 +19,7 @@ import numpy as np
 from napari_srgan.engine.upscale import check_image, colour_range, tiling_halo, upscale
 from napari_srgan.models.interface import SRModel
 from napari_srgan.models.normalization import IntensityRange
-from napari_srgan.models.registry import load_model, read_card
+from napari_srgan.models.registry import load_model
 
 #: Image-axis chunk size of the input blocks when the input's own chunks are unsuitable.
 BLOCK = 512
@@ -88,9 +88,10 @@ def upscale_lazy(
     """
     model_path = str(Path(model_path))
     device = "cpu" if device == "auto" else device
-    card = read_card(model_path)
     layout = check_image(data, rgb)
-    margin, scale = tiling_halo(SRModel(None, card), exact), card.scale
+    model = _worker_model(model_path, "cpu")  # measures the halo once if the card lacks it
+    card = model.card
+    margin, scale = tiling_halo(model, exact), card.scale
     source = data if isinstance(data, da.Array) else da.from_array(data, chunks="auto")
     y_axis = source.ndim - (3 if layout.rgb else 2)
     spatial = (y_axis, y_axis + 1)

@@ -3,8 +3,8 @@
 ``tile`` is the size of the part of each tile that is kept. Each axis is split into
 ``n = ceil(length / tile)`` parts of equal size (within one pixel), so no tile is a sliver; every
 tile reads its part plus ``halo`` extra input pixels on each side that has a neighbour, and all
-tiles of a plane read windows of one shape (windows at the image border are shifted inward
-rather than cut), so they can be batched. Tiles never reach past the image: the network's own
+tiles of a batch read windows of one shape (windows at the image border are shifted inward
+rather than cut), so they can be batched; one tile at a time, border windows are cut instead. Tiles never reach past the image: the network's own
 zero padding at the border is the same as in a whole-image pass.
 
 Models that need inputs of a multiple of ``size_multiple`` pixels (window attention) see the
@@ -63,9 +63,12 @@ def padded_length(length: int, multiple: int = 1) -> int:
     return math.ceil(length / multiple) * multiple
 
 
-def axis_spans(length: int, tile: int, halo: int, multiple: int = 1) -> list[Span]:
+def axis_spans(
+    length: int, tile: int, halo: int, multiple: int = 1, *, uniform: bool = True
+) -> list[Span]:
     """Balanced spans over ``[0, padded_length(length, multiple))``; their kept parts partition
-    it and every span reads the same number of pixels."""
+    it. With ``uniform`` every span reads the same number of pixels (windows at the border are
+    shifted inward: batchable); otherwise border windows are cut at the image (less work)."""
     check_tile_size(tile)
     total = padded_length(length, multiple)
     count = math.ceil(total / tile)
@@ -77,25 +80,31 @@ def axis_spans(length: int, tile: int, halo: int, multiple: int = 1) -> list[Spa
     read = min(total, padded_length(largest + 2 * halo + (multiple - 1), multiple))
     spans = []
     for keep_start, keep_stop in itertools.pairwise(bounds):
-        start = (keep_start - halo) // multiple * multiple
-        start = min(max(start, 0), total - read)
-        spans.append(Span(start, start + read, keep_start, keep_stop))
+        start = max((keep_start - halo) // multiple * multiple, 0)
+        if uniform:
+            start = min(start, total - read)
+            stop = start + read
+        else:
+            stop = min(padded_length(keep_stop + halo, multiple), total)
+        spans.append(Span(start, stop, keep_start, keep_stop))
     return spans
 
 
 def plane_tiles(
-    height: int, width: int, tile: int, halo: int, multiple: int = 1
+    height: int, width: int, tile: int, halo: int, multiple: int = 1, *, uniform: bool = True
 ) -> list[tuple[Span, Span]]:
     return [
         (y, x)
-        for y in axis_spans(height, tile, halo, multiple)
-        for x in axis_spans(width, tile, halo, multiple)
+        for y in axis_spans(height, tile, halo, multiple, uniform=uniform)
+        for x in axis_spans(width, tile, halo, multiple, uniform=uniform)
     ]
 
 
-def tile_work(height: int, width: int, tile: int, halo: int, multiple: int = 1) -> float:
+def tile_work(
+    height: int, width: int, tile: int, halo: int, multiple: int = 1, *, uniform: bool = True
+) -> float:
     """Input pixels the network processes per image pixel (1.0: no overlap overhead)."""
-    tiles = plane_tiles(height, width, tile, halo, multiple)
+    tiles = plane_tiles(height, width, tile, halo, multiple, uniform=uniform)
     read = sum((ys.stop - ys.start) * (xs.stop - xs.start) for ys, xs in tiles)
     return read / (height * width)
 

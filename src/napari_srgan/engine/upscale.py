@@ -270,7 +270,9 @@ def upscale(
     for index, plane in enumerate(planes):
         reader = PlaneReader(data, plane, layout, codec, multiple)
         while True:
-            tiles = plane_tiles(layout.height, layout.width, tile, halo, multiple)
+            tiles = plane_tiles(
+                layout.height, layout.width, tile, halo, multiple, uniform=batch_size > 1
+            )
             total = done + len(tiles) * (len(planes) - index)
             finished_in_plane = 0
 

@@ -16,6 +16,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from napari_srgan.io.atomic_files import atomic_write
+from napari_srgan.models.halo import cached_halo, measure_halo
 from napari_srgan.models.headers import ModelFileError
 from napari_srgan.models.interface import ModelCard, SRModel
 from napari_srgan.models.srresnet import Generator, GeneratorConfig
@@ -108,8 +109,12 @@ def describe_network(
     return card
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> SRModel:
-    """Build the generator the file describes and load its weights (fp32, eval mode)."""
+def load_model(
+    path: str | os.PathLike, device: str | torch.device = "cpu", *, measure: bool = True
+) -> SRModel:
+    """Build the generator the file describes and load its weights (fp32, eval mode). A card
+    without a measured halo gets one (:mod:`~napari_srgan.models.halo`, cached by file hash)
+    unless ``measure`` is False."""
     path = Path(path)
     config, card = read_metadata(path)
     generator = Generator(config)
@@ -126,8 +131,12 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> S
             f"{', ...' if len(broken) > 3 else ''}); the file is damaged or the training diverged"
         )
     generator.load_state_dict({name: t.float() for name, t in tensors.items()})
-    generator.to(device).eval()
-    return native_model(generator, card, path)
+    generator.eval()
+    model = native_model(generator, card, path)
+    if measure and card.measured_halo is None:  # measured once per file, then cached by its hash
+        card.measured_halo = cached_halo(path, lambda: measure_halo(model))
+    generator.to(device)
+    return model
 
 
 def native_model(generator: Generator, card: ModelCard, path: Path | None = None) -> SRModel:

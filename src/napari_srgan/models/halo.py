@@ -1,0 +1,210 @@
+"""Measure how much overlap tiles need with a model's own weights (its *measured halo*).
+
+The theoretical receptive field (40 input pixels for the default SRResNet) bounds how far an
+output pixel can see, but trained weights' influence fades much sooner. The measured halo is the
+smallest overlap ``h`` for which a tile that is cut ``h`` pixels beyond its kept part (zero
+padding there, as the network pads) gives the same kept output as a whole-image pass within
+:data:`TOLERANCE` on the [0, 1] scale.
+
+It is found by *cut probes* on real images (photos for RGB models, electron microscopy for grey
+ones, from ``../shared/data`` beside the project; synthetic textures where that is absent): for
+several crops, the network's output of the crop's centre is computed once with all the context
+the architecture can use and once with only ``h`` pixels of it, and ``h`` is bisected. A safety
+margin is added, and the result is verified with probes on held-back images (grown until they
+pass too); it is never more than the theoretical halo. The tests and ``scripts/measure_halo.py``
+check it with the real tiled engine against untiled output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import platformdirs
+import torch
+
+from napari_srgan.models.interface import SRModel
+
+log = logging.getLogger(__name__)
+
+#: Largest difference between tiled and untiled output, on the [0, 1] scale.
+TOLERANCE = 1e-4
+#: Pixels added to the bisected halo: held-back images may need a little more than probed ones.
+SAFETY_MARGIN = 2
+#: Kept block of a probe (input pixels per side).
+PROBE_BLOCK = 8
+#: Probes per image (positions spread over it).
+PROBES_PER_IMAGE = 2
+#: Images probed, and held back for verification.
+PROBED_IMAGES, HELD_BACK_IMAGES = 3, 2
+#: Context probed for models whose reach is unknown (e.g. attention).
+UNKNOWN_REACH = 64
+#: Set this to keep the halo cache somewhere other than the platform's user cache folder.
+CACHE_DIR_ENV = "NAPARI_SRGAN_CACHE_DIR"
+DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+
+Forward = Callable[[torch.Tensor], torch.Tensor]
+
+
+def probe_images(channels: int, count: int, *, held_back: bool = False) -> list[np.ndarray]:
+    """``count`` unit-scaled ``(h, w, channels)`` float32 images: photos (RGB) or EM (grey)
+    from the shared data, the measurement and the held-back ones disjoint; synthetic textures
+    where the data is absent."""
+    folders = (
+        [DATA / "val" / ("Set5" if held_back else "Set14")]
+        if channels == 3
+        else [DATA / "microscopy" / "em_isbi2012_train"]
+    )
+    files = sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.png"))
+    if channels == 1:  # EM: even files measure, odd files are held back
+        files = files[1 if held_back else 0 :: 2]
+    images = [_load_unit(path, channels) for path in files[:count]]
+    if len(images) < count:
+        log.info("halo probes: %d real images found; adding synthetic textures", len(images))
+        seed = 1000 if held_back else 0
+        images += [synthetic_texture(channels, seed + i) for i in range(count - len(images))]
+    return images
+
+
+def _load_unit(path: Path, channels: int) -> np.ndarray:
+    import imageio.v3 as iio
+
+    image = np.asarray(iio.imread(path))
+    if image.ndim == 2:
+        image = image[..., None]
+    image = image[..., :3]
+    if channels == 1 and image.shape[-1] == 3:
+        image = image.mean(axis=-1, keepdims=True)
+    elif channels == 3 and image.shape[-1] == 1:
+        image = np.repeat(image, 3, axis=-1)
+    scale = 255.0 if image.dtype == np.uint8 else float(max(image.max(), 1))
+    return (image.astype(np.float32) / scale).astype(np.float32)
+
+
+def synthetic_texture(channels: int, seed: int, size: int = 160) -> np.ndarray:
+    """Smooth noise at several scales with sharp edges: detail like a photo or a micrograph."""
+    rng = np.random.default_rng(seed)
+    image = np.zeros((size, size, channels), np.float32)
+    for cells in (4, 16, 64):
+        coarse = rng.random((cells, cells, channels)).astype(np.float32)
+        step = -(-size // cells)
+        blocks = np.kron(coarse, np.ones((step, step, 1), np.float32))
+        image += blocks[:size, :size] / 3
+    return np.clip(image, 0.0, 1.0)
+
+
+def probe_crops(images: Sequence[np.ndarray], reach: int) -> torch.Tensor:
+    """``(n, c, side, side)`` crops with ``reach`` pixels of context around a central block."""
+    side = 2 * reach + PROBE_BLOCK
+    crops = []
+    for image in images:
+        height, width = image.shape[:2]
+        if height < side or width < side:
+            image = np.pad(
+                image,
+                ((0, max(side - height, 0)), (0, max(side - width, 0)), (0, 0)),
+                mode="reflect",
+            )
+            height, width = image.shape[:2]
+        for k in range(PROBES_PER_IMAGE):
+            y = (height - side) * (k + 1) // (PROBES_PER_IMAGE + 1)
+            x = (width - side) * (PROBES_PER_IMAGE - k) // (PROBES_PER_IMAGE + 1)
+            crops.append(image[y : y + side, x : x + side])
+    batch = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
+    return batch.contiguous(memory_format=torch.channels_last)
+
+
+def cut_error(forward: Forward, crops: torch.Tensor, reach: int, halo: int, scale: int) -> float:
+    """Largest difference on the kept block between the full crop and the crop cut ``halo``
+    pixels beyond the block."""
+    block = PROBE_BLOCK
+    with torch.inference_mode():
+        full = forward(crops)[..., reach * scale : (reach + block) * scale, :]
+        full = full[..., reach * scale : (reach + block) * scale]
+        window = crops[
+            ..., reach - halo : reach + block + halo, reach - halo : reach + block + halo
+        ]
+        cut = forward(window)[..., halo * scale : (halo + block) * scale, :]
+        cut = cut[..., halo * scale : (halo + block) * scale]
+    return float((full.float() - cut.float()).abs().max())
+
+
+def bisect_halo(forward: Forward, crops: torch.Tensor, reach: int, scale: int) -> int:
+    """The smallest halo in ``[0, reach]`` whose cut error is within :data:`TOLERANCE`
+    (errors fall with the halo; ``reach`` itself is exact)."""
+    low, high = 0, reach
+    if cut_error(forward, crops, reach, 0, scale) <= TOLERANCE:
+        return 0
+    while high - low > 1:
+        middle = (low + high) // 2
+        if cut_error(forward, crops, reach, middle, scale) <= TOLERANCE:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def measure_halo(
+    model: SRModel,
+    *,
+    images: Sequence[np.ndarray] | None = None,
+    held_back: Sequence[np.ndarray] | None = None,
+) -> int:
+    """The measured halo of ``model`` (see the module doc)."""
+    channels = model.in_channels
+    reach = model.card.theoretical_halo or UNKNOWN_REACH
+    network = model.network.eval().to(memory_format=torch.channels_last)
+    images = probe_images(channels, PROBED_IMAGES) if images is None else images
+    if held_back is None:
+        held_back = probe_images(channels, HELD_BACK_IMAGES, held_back=True)
+    crops = probe_crops(images, reach)
+    halo = min(reach, bisect_halo(network, crops, reach, model.scale) + SAFETY_MARGIN)
+    check = probe_crops(held_back, reach)
+    while halo < reach and cut_error(network, check, reach, halo, model.scale) > TOLERANCE:
+        halo += 1
+    log.info("measured halo of %s: %d px (theoretical %s)", model.card.name, halo, reach)
+    return halo
+
+
+def file_hash(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def cache_path() -> Path:
+    folder = os.environ.get(CACHE_DIR_ENV) or platformdirs.user_cache_dir(
+        "napari-srgan", appauthor=False
+    )
+    return Path(folder) / "measured-halos.json"
+
+
+def cached_halo(path: str | os.PathLike, measure: Callable[[], int]) -> int:
+    """The measured halo of the model file at ``path``, from the cache (keyed by the file's
+    SHA-256) or measured now and cached. A cache that cannot be read or written is skipped."""
+    key = file_hash(path)
+    cache = cache_path()
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if isinstance(known, dict) and isinstance(known.get(key), int):
+        return known[key]
+    halo = measure()
+    known = known if isinstance(known, dict) else {}
+    known[key] = halo
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        temporary = cache.with_suffix(f".{os.getpid()}.tmp")
+        temporary.write_text(json.dumps(known, sort_keys=True))
+        temporary.replace(cache)
+    except OSError as error:
+        log.warning("could not cache the measured halo in %s: %s", cache, error)
+    return halo
