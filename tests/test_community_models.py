@@ -156,6 +156,13 @@ def test_models_add_converts_and_reloads_without_the_original(tmp_path, user_mod
     assert added.path == user_models / "my-span.safetensors"
     assert added.card.architecture == "SPAN" and added.card.name == "my-span"
     assert added.card.theoretical_halo == original.card.theoretical_halo
+    tiling = added.card.metrics["tiling"]
+    assert tiling["exact"] and tiling["seam_error"] <= 1e-4
+    assert added.card.measured_halo == tiling["halo"] and added.card.halo == tiling["halo"]
+    photo = np.random.default_rng(2).random((50, 57, 3)).astype(np.float32)
+    whole = upscale(photo, added, tile=512, device="cpu")
+    tiled = upscale(photo, added, tile=2 * added.card.halo + 5, device="cpu")
+    assert np.abs(tiled - whole).max() <= 1e-4
     assert np.array_equal(upscale(image, added, device="cpu"), expected)
     assert "my-span" in available_models()
     with pytest.raises(ModelFileError, match="exists already"):

@@ -750,11 +750,20 @@ def models_add_command(args: argparse.Namespace) -> None:
 
     path = add_model(args.path, args.name)
     card = read_card(path)
-    halo = "unbounded" if card.theoretical_halo is None else f"{card.theoretical_halo} px"
+    reach = "unbounded" if card.theoretical_halo is None else f"{card.theoretical_halo} px"
+    tiling = card.metrics.get("tiling", {})
     print(
         f"added {card.name}: {card.architecture} x{card.scale}, {card.in_channels} channel(s), "
-        f"receptive field {halo}, licence {card.license} -> {path}"
+        f"receptive field {reach}, measured halo {card.measured_halo} px, licence "
+        f"{card.license} -> {path}"
     )
+    if not tiling.get("exact", True):
+        print(
+            f"napari-srgan: warning: {card.name} is not exact when tiled: seam error "
+            f"{tiling['seam_error']:.2g} at {card.measured_halo} px overlap (tolerance 1e-4); "
+            "use a tile as large as the image where seams matter",
+            file=sys.stderr,
+        )
 
 
 def models_command(args: argparse.Namespace) -> None:

@@ -137,7 +137,7 @@ def add_model(
 ) -> Path:
     """Convert a community or bioimage.io model into the user model folder (``.safetensors``
     with a model card), so it is listed by name and reloads without the original file."""
-    from napari_srgan.models.community import SpandrelNetwork, save_converted
+    from napari_srgan.models.community import SpandrelNetwork, measure_halo, save_converted
 
     source = Path(path)
     if not source.exists():
@@ -155,4 +155,7 @@ def add_model(
             "converted (use it directly with --model)"
         )
     model.card.name = name
+    halo, error = measure_halo(model)
+    model.card.measured_halo = halo
+    model.card.metrics["tiling"] = {"halo": halo, "seam_error": error, "exact": error <= 1e-4}
     return save_converted(model, target)
