@@ -93,16 +93,6 @@ def main(community: bool) -> None:
     viewer = napari.Viewer(show=True)
     viewer.window.resize(*WINDOW)
     upscale_widget = viewer.window.add_plugin_dock_widget("napari-srgan", "Upscale 4x")[1]
-    [lr] = viewer.open_sample("napari-srgan", "ihc")
-    upscale_widget.advanced.expand(animate=False)
-    upscale(upscale_widget, lr)
-    result = viewer.layers[-1]
-    beside(result, lr)
-    caption(viewer, "left: 128x128 input    right: 4x result (512x512)")
-    viewer.reset_view()
-    shoot(viewer, "screenshot-upscale.png")
-    caption(viewer, "")
-    upscale_widget.advanced.collapse(animate=False)
 
     # fine-tune on a full-resolution micrograph, with both widgets docked
     viewer.layers.clear()
@@ -138,26 +128,40 @@ def main(community: bool) -> None:
 
     if community:
         add_community_model(viewer, upscale_widget, lr)
+
+    # the Upscale widget alone, its advanced settings open (taken last: once expanded, Qt
+    # keeps the dock's larger minimum height, which would squeeze the Train widget)
+    viewer.window.remove_dock_widget(train.native)
+    viewer.layers.clear()
+    [lr] = viewer.open_sample("napari-srgan", "ihc")
+    upscale_widget.advanced.expand(animate=False)
+    upscale(upscale_widget, lr, "srresnet-rgb-x4")
+    beside(viewer.layers[-1], lr)
+    caption(viewer, "left: 128x128 input    right: 4x result (512x512)")
+    viewer.reset_view()
+    shoot(viewer, "screenshot-upscale.png")
     viewer.close()
 
 
 def add_community_model(viewer: napari.Viewer, widget, layer) -> None:
-    """A tiny Real-ESRGAN-style (spandrel "ESRGAN") model with random weights, added through
-    the registry's add function as a user would with "Add model file…"."""
+    """A tiny Real-ESRGAN-style (spandrel "ESRGAN") network with random weights, saved as a
+    plain state dict and added through the registry's add function, as "Add model file…" does."""
     import torch
+    from safetensors.torch import save_file
     from spandrel.architectures.ESRGAN import ESRGAN
 
     from napari_srgan.models.registry import add_model
 
     torch.manual_seed(0)
     network = ESRGAN(in_nc=3, out_nc=3, num_filters=16, num_blocks=1, scale=4)
-    folder = Path(tempfile.mkdtemp(prefix="srgan-community-"))
-    path = folder / "tiny-esrgan-x4.pth"
-    torch.save(network.state_dict(), path)
-    name = add_model(path, name="community-esrgan-x4")
+    path = Path(tempfile.mkdtemp(prefix="srgan-community-")) / "community-esrgan-x4.safetensors"
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(path))
+    saved = add_model(path)
     widget.reset_choices()
     widget.image.value = layer
-    widget.model.value = name
+    widget.model.value = saved.stem
+    widget.status.value = f"added model {saved.stem}"
+    caption(viewer, "")
     settle()
     shoot(viewer, "screenshot-community-model.png")
 

@@ -10,10 +10,10 @@ from pathlib import Path
 from magicgui.backends._qtpy.widgets import QBaseRangedWidget
 from magicgui.widgets import ComboBox, Label, ProgressBar
 from magicgui.widgets.bases import RangedWidget
-from qtpy.QtWidgets import QComboBox, QSizePolicy, QSpinBox
+from qtpy.QtWidgets import QComboBox, QSpinBox
 
 #: Widest a status or info line may be (px): a long error must never widen the dock.
-TEXT_WIDTH = 330
+TEXT_WIDTH = 220
 #: Longest text kept in a status line; the full message goes to the napari notification.
 STATUS_CHARACTERS = 240
 
@@ -30,15 +30,12 @@ def breakable(text: str) -> str:
 
 
 def text_line(tooltip: str = "") -> Label:
-    """A word-wrapped label whose width is capped and never asked of the layout."""
+    """A word-wrapped label whose width is capped below the dock's natural width."""
     label = Label(value="")
     native = label.native
     native.setWordWrap(True)
     native.setMaximumWidth(TEXT_WIDTH)
     native.setMinimumWidth(0)
-    policy = native.sizePolicy()
-    policy.setHorizontalPolicy(QSizePolicy.Policy.Ignored)
-    native.setSizePolicy(policy)
     label.tooltip = tooltip
     return label
 

@@ -24,8 +24,10 @@ from magicgui.widgets import (
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtWidgets import QMessageBox, QSizePolicy
+from qtpy.QtCore import Qt, QTimer
+from qtpy.QtWidgets import QDockWidget, QMainWindow, QMessageBox, QSizePolicy
 
+from napari_srgan.engine.torch_safety import guard_triton
 from napari_srgan.io.images import PROVENANCE_KEY
 from napari_srgan.models.registry import DEFAULT_MODEL, ModelFileError, available_models, read_card
 from napari_srgan.plugin.background import BackgroundJob, run_job
@@ -56,7 +58,7 @@ PREVIEW_LAYER = "srgan training preview"
 #: Redraw the loss plot at most this often (seconds): drawing is slow next to a training step.
 PLOT_INTERVAL = 0.5
 #: The plot never gets shorter than this (px), however many widgets share the dock area.
-PLOT_HEIGHT = 220
+PLOT_HEIGHT = 180
 
 
 class TrainingPlot(FigureCanvasQTAgg):
@@ -167,6 +169,7 @@ def is_training_data(layer) -> bool:
 class TrainWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
+        guard_triton()  # the viewer's canvas exists now; training code may import triton
         self._viewer = viewer
         images = self._image_layers
         self.hr_layers = Select(label="HR layers", choices=images)
@@ -293,6 +296,7 @@ class TrainWidget(Container):
         layout.addWidget(self.plot, 1)
         layout.addWidget(help_link().native)
         self.progress.hide()
+        QTimer.singleShot(0, self._claim_height)  # once napari has docked this widget
         self.train_button.changed.connect(lambda: self.start(resume=False))
         self.resume_button.changed.connect(lambda: self.start(resume=True))
         self.stop_button.changed.connect(self.stop)
@@ -304,6 +308,28 @@ class TrainWidget(Container):
         self.preview_layer: napari.layers.Image | None = None
         self.preview_labels: napari.layers.Points | None = None
         self._placement: tuple[tuple[float, float], tuple[float, float]] = ((1, 1), (0, 0))
+
+    def _claim_height(self) -> None:
+        """Docked below other widgets (the Upscale widget), take the height they do not need,
+        so the form and the plot are not squeezed into the smaller half of the dock area."""
+        dock = self.native.parent()
+        while dock is not None and not isinstance(dock, QDockWidget):
+            dock = dock.parent()
+        window = dock.parentWidget() if dock is not None else None
+        if not isinstance(window, QMainWindow) or dock.isFloating():
+            return
+        area = window.dockWidgetArea(dock)
+        others = [
+            other
+            for other in window.findChildren(QDockWidget)
+            if other is not dock
+            and other.isVisible()
+            and not other.isFloating()
+            and window.dockWidgetArea(other) == area
+        ]
+        if others:
+            needed = [other.minimumSizeHint().height() for other in others]
+            window.resizeDocks([*others, dock], [*needed, 10_000], Qt.Orientation.Vertical)
 
     def reset_choices(self, *_args) -> None:
         super().reset_choices()

@@ -21,6 +21,7 @@ from napari_srgan.engine.file_upscale import UpscaleSettings, upscale_to_zarr
 from napari_srgan.engine.geometry import upscaled_placement
 from napari_srgan.engine.provenance import provenance
 from napari_srgan.engine.tiling import Cancelled
+from napari_srgan.engine.torch_safety import guard_triton
 from napari_srgan.engine.upscale import ImageLayout, check_image, colour_range, upscale
 from napari_srgan.io.images import PROVENANCE_KEY
 from napari_srgan.io.zarr_files import is_zarr
@@ -57,9 +58,9 @@ RESULT_MODES = ("auto", "in memory", "lazy (as you browse)", "zarr file")
 LAZY = RESULT_MODES[2]
 #: What a model's degradation means for the images it suits, in a user's words.
 TRAINED_ON = {
-    "bicubic": "learnt on clean images shrunk smoothly (photos, low-noise stains)",
-    "crappifier": "learnt on blurred, noisy images: also removes noise (fast or dim microscopy)",
-    "paired": "learnt on real low/high-resolution pairs",
+    "bicubic": "for clean photos and stains",
+    "crappifier": "for noisy, dim microscopy (also denoises)",
+    "paired": "learnt from real low/high-resolution pairs",
 }
 #: Layer metadata key marking layers this plugin made as previews (not training data).
 PREVIEW_KEY = "napari_srgan_preview"
@@ -246,6 +247,7 @@ class LazyResult:
 class UpscaleWidget(Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__()
+        guard_triton()  # the viewer's canvas exists now; model code may import triton
         self._viewer = viewer
         self.image = create_widget(annotation="napari.layers.Image", label="Image")
         self.image.tooltip = (
@@ -398,9 +400,11 @@ class UpscaleWidget(Container):
         self.run_button.text = f"Upscale {card.scale}x"
         kind = "RGB" if card.in_channels == 3 else "grey"
         trained_on = TRAINED_ON.get(card.degradation, f"{card.degradation} degradation")
-        lines = [f"{kind} model, {card.scale}x; {card.intended_use or trained_on}"]
-        if card.source != "native":
-            lines.append(f"{card.architecture} from {card.source}, licence {card.license}")
+        if card.source == "native":
+            lines = [f"{kind}, {card.scale}x, {card.intended_use or trained_on}"]
+        else:  # converted or bioimage.io: say what it is and under which licence
+            lines = [f"{kind}, {card.scale}x, {card.architecture} community model"]
+            lines.append(f"licence: {card.license}")
         if not card.trained:
             lines.append("UNTRAINED (random weights)")
         layer = self.image.value
@@ -596,6 +600,7 @@ class UpscaleWidget(Container):
         path = choose_model_file(self.native)
         if not path:
             return
+        guard_triton()  # spandrel imports torch modules that pull in triton
         show_status(self.status, "")
         self._set_running(True)
         self.progress.busy("checking the model file…")
