@@ -1,5 +1,6 @@
-"""Faults injected into real processes: SIGKILL while a zarr store is replaced, two writers of
-one output at once, a full disk, and SIGKILL during training followed by --resume.
+"""Faults: SIGKILL while a zarr store is replaced, two writers of one output at once and
+SIGKILL during training followed by --resume (in real processes), and a full disk (writers
+patched to raise ENOSPC, in this process).
 
 Each kill happens in a child process at a chosen moment (the child kills itself there, so the
 moment is exact and the test is not timing-dependent); the parent then checks what is left.
@@ -7,6 +8,7 @@ moment is exact and the test is not timing-dependent); the parent then checks wh
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -18,7 +20,9 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
+from zarr.storage import LocalStore
 
+from napari_srgan.cli import main
 from napari_srgan.io.atomic_files import STORE_MARKER, clean_leftovers
 from napari_srgan.io.zarr_files import OmeZarrWriter, open_pyramid
 
@@ -157,35 +161,30 @@ def test_two_concurrent_writers_one_wins_and_nothing_is_incomplete(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr", "sync"]
 
 
-FULL_DISK = """
-import errno, sys
-import numpy as np
-import napari_srgan.io.atomic_files as atomic
-from napari_srgan.cli import main
-
-suffix = sys.argv[2]
-if suffix == ".zarr":  # the store's chunk writes fail
-    from zarr.storage import LocalStore
-    async def full(self, *args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    LocalStore.set = full
-else:  # the file's data does not fit (reported by write or, on NFS and quotas, by fsync)
-    def full(fd):
-        raise OSError(errno.ENOSPC, "No space left on device")
-    atomic.os.fsync = full
-sys.exit(main(["upscale", sys.argv[1], sys.argv[3], "--model", sys.argv[4], "--tile", "32"]))
-"""
-
-
 @pytest.mark.parametrize("suffix", [".tif", ".png", ".zarr"])
-def test_a_full_disk_is_one_line_and_leaves_nothing(tmp_path, tiny_model_file, suffix):
+def test_a_full_disk_is_one_line_and_leaves_nothing(
+    tmp_path, tiny_model_file, monkeypatch, capsys, suffix
+):
+    """The disk fills up while the result is written: the chunk writes of a store fail, or a
+    file's data does not fit (reported by write or, on NFS and quotas, by fsync)."""
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def full_async(*args, **kwargs):
+        full()
+
+    if suffix == ".zarr":
+        monkeypatch.setattr(LocalStore, "set", full_async)
+    else:
+        monkeypatch.setattr(os, "fsync", full)
     source = tmp_path / "in.png"
     iio.imwrite(source, np.random.default_rng(0).integers(0, 255, (24, 24, 3), np.uint8))
     output = tmp_path / f"out{suffix}"
-    result = child(FULL_DISK, source, suffix, output, tiny_model_file)
-    assert result.returncode == 2 and "Traceback" not in result.stderr
+    code = main(["upscale", str(source), str(output), "--model", str(tiny_model_file)])
+    assert code == 2
     # Before it: the untrained-model warning and progress lines (the work had started).
-    last = result.stderr.strip().splitlines()[-1]
+    last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last == f"napari-srgan: error: no space left on device while writing {output}"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
 
