@@ -92,7 +92,8 @@ def dask_scheduler(scheduler: str) -> Iterator[None]:
     probe_scheduler(scheduler)
     try:
         client = Client(scheduler, set_as_default=False, timeout=CONNECT_TIMEOUT)
-    except (OSError, TimeoutError) as error:
-        raise ValueError(f"cannot connect to scheduler {scheduler}: {error}") from None
+    except Exception as error:  # distributed raises many types (TLS setup, timeouts, refusals)
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(f"cannot connect to scheduler {scheduler}: {reason}") from None
     with client, dask.config.set(scheduler=client.get):
         yield
