@@ -3,8 +3,9 @@
     python benchmarks/models.py [--size 512] [--models esrgan swinir-light ...] [--tile 128]
 
 For each model: parameters, the theoretical halo (the receptive field found by the gradient
-probe, "unbounded" past 64 px) and the measured one (the smallest overlap that keeps tiled
-output within 1e-4 of untiled output on a natural image crop), the untiled time and the time at
+probe, "unbounded" past 64 px) and the measured one (``measure_halo``, as ``models add`` stores
+it: the smallest overlap that keeps a split natural strip within 1e-4, plus one step of
+margin), the untiled time and the time at
 the automatic tile for a ``--size``² RGB (or grey) input, the tiled time at ``--tile``, output
 MP/s, and whether the tiled output equals the untiled one within 1e-4. The community networks
 have random weights (nothing is downloaded): their measured halos are upper bounds for trained
@@ -22,13 +23,11 @@ from skimage import data as samples
 from skimage.transform import resize
 
 from napari_srgan.engine.upscale import upscale
-from napari_srgan.models.community import community_model
+from napari_srgan.models.community import TILING_TOLERANCE, community_model, measure_halo
 from napari_srgan.models.interface import SRModel
 from napari_srgan.models.registry import DEFAULT_MODEL, load_model
 
-TOLERANCE = 1e-4
-#: Overlaps tried when measuring the halo (input pixels), smallest first.
-HALOS = (2, 4, 8, 12, 16, 24, 32, 48, 64)
+TOLERANCE = TILING_TOLERANCE
 
 
 def _build(name: str):
@@ -86,30 +85,6 @@ def natural(channels: int, side: int) -> np.ndarray:
     return image if channels == 3 else image.mean(axis=-1)
 
 
-def max_error(model: SRModel, image: np.ndarray, whole: np.ndarray, halo: int, tile: int) -> float:
-    """Tiled (kept ``tile``, overlap ``halo``) against the untiled ``whole``, on the [0, 1] scale."""
-    saved = model.card.measured_halo
-    model.card.measured_halo = halo
-    try:
-        tiled = upscale(image, model, tile=tile, device="cpu")
-    finally:
-        model.card.measured_halo = saved
-    return float(np.abs(tiled - whole).max())
-
-
-def measure_halo(model: SRModel, channels: int) -> tuple[int | None, float]:
-    """The smallest overlap in :data:`HALOS` that keeps a 96² natural crop, tiled in 48 px
-    tiles, within the tolerance; when none does, ``None`` and the error at the largest."""
-    image = natural(channels, 96)
-    whole = upscale(image, model, tile=96, device="cpu")
-    error = float("inf")
-    for halo in HALOS:
-        error = max_error(model, image, whole, halo, 48)
-        if error <= TOLERANCE:
-            return halo, error
-    return None, error
-
-
 def timed(function) -> tuple[float, np.ndarray]:
     started = time.perf_counter()
     result = function()
@@ -121,9 +96,8 @@ def row(name: str, size: int, tile: int) -> str:
     channels = model.in_channels
     parameters = sum(p.numel() for p in model.network.parameters())
     theoretical = model.card.theoretical_halo
-    measured, worst = measure_halo(model, channels)
-    if measured is not None:
-        model.card.measured_halo = measured
+    measured, seam = measure_halo(model)
+    model.card.measured_halo = measured
     image = natural(channels, size)
     untiled_s, whole = timed(lambda: upscale(image, model, tile=size, device="cpu"))
     auto_s, auto = timed(lambda: upscale(image, model, device="cpu"))
@@ -134,7 +108,7 @@ def row(name: str, size: int, tile: int) -> str:
     return (
         f"| {LABELS[name]} | {parameters / 1e6:.2f}M | "
         f"{'unbounded (>64)' if theoretical is None else theoretical} | "
-        f"{measured if measured is not None else f'>64 (seam error {worst:.2g} at 64)'} | "
+        f"{measured} (seam {seam:.1g}) | "
         f"{untiled_s:.1f} | {auto_s:.1f} | {tiled_s:.1f} | {megapixels / auto_s:.2f} | {exact} |"
     )
 
