@@ -49,7 +49,7 @@ def rewrite_card(path: Path, halo: int) -> None:
     card = json.loads(metadata["model_card"])
     card["measured_halo"] = halo
     metadata["model_card"] = json.dumps(card, sort_keys=True)
-    atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))
+    atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata), overwrite=True)
 
 
 def main() -> None:

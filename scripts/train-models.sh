@@ -31,10 +31,11 @@ em)
 grey)
   # The shipped grey model: the em model fine-tuned on a mixture of clean, blurred and noisy LR
   # (EM slices 0-23 plus T91 in grey), so one model beats bicubic on clean and noisy data alike.
+  # On a shared 2-core CPU run it with OMP_NUM_THREADS=1 (two spinning OpenMP threads were 3-7x slower).
   em=$data/microscopy/em_isbi2012_train
   slices() { for i in $(seq "$1" "$2"); do ls "$em/$i".*; done; }
   python -m napari_srgan train --hr $(slices 0 23) "$data/train/T91" --val $(slices 24 29) \
-    --val-crop 256 --validate-every 250 --base "${BASE:-$out/srresnet-em-grey-x4.safetensors}" \
+    --val-crop 256 --validate-every 250 --base "${BASE:?set BASE to the first EM model, made by: $0 em 5200 DATA DIR}" \
     --degradation mixture --blur-probability 0.5 --blur-sigma 0.3 1.5 --noise-probability 0.6 \
     --photons 10 1000 --read-noise 0 0.1 \
     --pixel-loss mse --learning-rate 1e-4 --steps "$steps" --patch 64 --batch 16 --seed 0 \
