@@ -226,59 +226,6 @@ def _receptive_field(network: SpandrelNetwork, descriptor, multiple: int) -> int
     return _RECEPTIVE_FIELDS[key]
 
 
-#: Tiled output must stay this close to untiled output (on the [0, 1] scale) to count as exact.
-TILING_TOLERANCE = 1e-4
-#: Overlaps tried by :func:`measure_halo`, smallest first (input pixels).
-MEASURED_HALOS = (4, 8, 16, 32, 64)
-
-
-def seam_error(network: nn.Module, x: torch.Tensor, halo: int, scale: int, multiple: int) -> float:
-    """Largest difference between a whole-image pass over ``x`` and two tiles that split it
-    down the middle, each reading ``halo`` extra columns across the split."""
-    width = x.shape[-1]
-    split = (width // 2) // multiple * multiple
-    with torch.inference_mode():
-        whole = network(x)
-        left = network(x[..., : split + halo])[..., : split * scale]
-        right = network(x[..., split - halo :])[..., halo * scale :]
-    return max(
-        float((left - whole[..., : split * scale]).abs().max()),
-        float((right - whole[..., split * scale :]).abs().max()),
-    )
-
-
-def measure_halo(model: SRModel) -> tuple[int, float]:
-    """The overlap tiles should read, and the seam error measured with it.
-
-    The smallest overlap in :data:`MEASURED_HALOS` whose seam stays within the tolerance on one
-    natural image strip, with this model's own weights, plus one step of safety margin (one
-    strip does not show every texture: the bundled model measured 8 px on a 96 px crop but
-    needs more on a 512 px photo). A model that is not exact even at the largest overlap gets
-    that overlap and its larger error, for the user to see."""
-    from skimage import data as samples
-    from skimage.transform import resize
-
-    card, network = model.card, model.network
-    multiple = card.size_multiple
-    largest = MEASURED_HALOS[-1]
-    height = math.ceil(32 / multiple) * multiple
-    width = math.ceil((4 * largest + 32) / multiple) * multiple
-    photo = resize(samples.astronaut() / 255.0, (height, width), anti_aliasing=True)
-    photo = photo if card.in_channels == 3 else photo.mean(axis=-1, keepdims=True)
-    x = torch.from_numpy(photo.astype("float32")).permute(2, 0, 1)[None]
-    x = x.to(next(network.parameters()).device)
-    network.eval()
-    error = float("inf")
-    for index, step in enumerate(MEASURED_HALOS):
-        halo = math.ceil(step / multiple) * multiple
-        error = seam_error(network, x, halo, card.scale, multiple)
-        if error <= TILING_TOLERANCE:
-            margin = MEASURED_HALOS[min(index + 1, len(MEASURED_HALOS) - 1)]
-            halo = math.ceil(margin / multiple) * multiple
-            return halo, seam_error(network, x, halo, card.scale, multiple)
-    return halo, error
-
-
 def community_model(
     state_dict: dict[str, torch.Tensor],
     *,

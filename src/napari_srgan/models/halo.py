@@ -171,6 +171,17 @@ def measure_halo(
     return halo
 
 
+def seam_error(model: SRModel, halo: int, *, held_back: Sequence[np.ndarray] | None = None) -> float:
+    """How far tiles reading ``halo`` pixels of overlap are from untiled output: the largest cut
+    error on held-back probes (at most :data:`TOLERANCE` for a halo from :func:`measure_halo`,
+    unless even the full reach is not exact, e.g. global attention)."""
+    reach = max(model.card.theoretical_halo or UNKNOWN_REACH, halo)
+    if held_back is None:
+        held_back = probe_images(model.in_channels, HELD_BACK_IMAGES, held_back=True)
+    network = model.network.eval().to(memory_format=torch.channels_last)
+    return cut_error(network, probe_crops(held_back, reach), reach, halo, model.scale)
+
+
 def file_hash(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

@@ -137,7 +137,8 @@ def add_model(
 ) -> Path:
     """Convert a community or bioimage.io model into the user model folder (``.safetensors``
     with a model card), so it is listed by name and reloads without the original file."""
-    from napari_srgan.models.community import SpandrelNetwork, measure_halo, save_converted
+    from napari_srgan.models.community import SpandrelNetwork, save_converted
+    from napari_srgan.models.halo import TOLERANCE, measure_halo, seam_error
 
     source = Path(path)
     if not source.exists():
@@ -155,7 +156,8 @@ def add_model(
             "converted (use it directly with --model)"
         )
     model.card.name = name
-    halo, error = measure_halo(model)
+    halo = measure_halo(model)
+    error = seam_error(model, halo)
     model.card.measured_halo = halo
-    model.card.metrics["tiling"] = {"halo": halo, "seam_error": error, "exact": error <= 1e-4}
+    model.card.metrics["tiling"] = {"halo": halo, "seam_error": error, "exact": error <= TOLERANCE}
     return save_converted(model, target)
