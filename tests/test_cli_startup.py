@@ -54,7 +54,7 @@ def test_models_lists_defaults_channels_degradation_and_use(tiny_model_file, use
     ]  # fmt: skip
     assert "RGB photos" in rows["srresnet-rgb-x4"]
     assert rows["srresnet-em-grey-x4"].startswith("+")
-    assert rows["srresnet-em-grey-x4"].split()[2:6] == ["srresnet", "x4", "1", "crappifier"]
+    assert rows["srresnet-em-grey-x4"].split()[2:6] == ["srresnet", "x4", "1", "mixture"]
     assert "microscopy" in rows["srresnet-em-grey-x4"]
     user = rows["tiny-rgb"].split()
     assert user[:6] == ["tiny-rgb", "srresnet", "x4", "3", "bicubic", "user"]

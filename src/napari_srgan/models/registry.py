@@ -22,12 +22,12 @@ if TYPE_CHECKING:
 
 #: The model used when none is named: the bundled RGB photo model.
 DEFAULT_MODEL = "srresnet-rgb-x4"
-#: The bundled 1-channel microscopy model (trained with the crappifier).
+#: The bundled 1-channel model for grey data (trained on a mixture of clean and noisy LR).
 DEFAULT_GREY_MODEL = "srresnet-em-grey-x4"
 #: What the bundled models are for (their cards predate the ``intended_use`` field).
 BUNDLED_USES = {
     DEFAULT_MODEL: "RGB photos and natural images (bicubic-downscaled)",
-    DEFAULT_GREY_MODEL: "noisy, low-light grey microscopy (EM; blur, shot and read noise)",
+    DEFAULT_GREY_MODEL: "grey microscopy (EM), clean or noisy (blur, shot and read noise)",
 }
 #: Set this to keep user models somewhere other than the platform's user data folder.
 MODEL_DIR_ENV = "NAPARI_SRGAN_MODEL_DIR"
