@@ -746,6 +746,7 @@ def export_bmz_command(args: argparse.Namespace) -> None:
 
 
 def models_add_command(args: argparse.Namespace) -> None:
+    from napari_srgan.models.halo import TOLERANCE
     from napari_srgan.models.registry import add_model, read_card
 
     path = add_model(args.path, args.name)
@@ -760,7 +761,8 @@ def models_add_command(args: argparse.Namespace) -> None:
     if not tiling.get("exact", True):
         print(
             f"napari-srgan: warning: {card.name} is not exact when tiled: seam error "
-            f"{tiling['seam_error']:.2g} at {card.measured_halo} px overlap (tolerance 1e-4); "
+            f"{tiling['seam_error']:.2g} at {card.measured_halo} px overlap (tolerance "
+            f"{TOLERANCE:g}); "
             "use a tile as large as the image where seams matter",
             file=sys.stderr,
         )

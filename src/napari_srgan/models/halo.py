@@ -17,7 +17,6 @@ check it with the real tiled engine against untiled output.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ import numpy as np
 import platformdirs
 import torch
 
+from napari_srgan.io.hashing import file_sha256
 from napari_srgan.models.interface import SRModel
 
 log = logging.getLogger(__name__)
@@ -171,7 +171,9 @@ def measure_halo(
     return halo
 
 
-def seam_error(model: SRModel, halo: int, *, held_back: Sequence[np.ndarray] | None = None) -> float:
+def seam_error(
+    model: SRModel, halo: int, *, held_back: Sequence[np.ndarray] | None = None
+) -> float:
     """How far tiles reading ``halo`` pixels of overlap are from untiled output: the largest cut
     error on held-back probes (at most :data:`TOLERANCE` for a halo from :func:`measure_halo`,
     unless even the full reach is not exact, e.g. global attention)."""
@@ -180,14 +182,6 @@ def seam_error(model: SRModel, halo: int, *, held_back: Sequence[np.ndarray] | N
         held_back = probe_images(model.in_channels, HELD_BACK_IMAGES, held_back=True)
     network = model.network.eval().to(memory_format=torch.channels_last)
     return cut_error(network, probe_crops(held_back, reach), reach, halo, model.scale)
-
-
-def file_hash(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_path() -> Path:
@@ -200,7 +194,7 @@ def cache_path() -> Path:
 def cached_halo(path: str | os.PathLike, measure: Callable[[], int]) -> int:
     """The measured halo of the model file at ``path``, from the cache (keyed by the file's
     SHA-256) or measured now and cached. A cache that cannot be read or written is skipped."""
-    key = file_hash(path)
+    key = file_sha256(path)
     cache = cache_path()
     try:
         known = json.loads(cache.read_text())

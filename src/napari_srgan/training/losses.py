@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from pathlib import Path
 
@@ -10,6 +9,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 from torchvision.models import VGG19_Weights, vgg19
+
+from napari_srgan.io.hashing import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +55,7 @@ def load_checked_state_dict(path: Path, sha256_prefix: str) -> dict[str, torch.T
     restricted unpickler: tensors and plain containers only), so a planted or damaged file is
     refused and no code in it can run. torch.hub's own loader unpickles without that guard.
     """
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    if not digest.hexdigest().startswith(sha256_prefix):
+    if not file_sha256(path).startswith(sha256_prefix):
         raise WeightsFileError(
             f"{path} is not the published VGG19 weights file (its SHA-256 does not start with "
             f"{sha256_prefix}); not loading it: delete it to download the real one"
