@@ -2,7 +2,7 @@
 
     python benchmarks/quality.py [--model NAME_OR_PATH ...] [--ensemble both|off|on]
                                  [--limit N] [--crop PX] [--skip-photo] [--skip-em]
-                                 [--figure docs/comparison.png]
+                                 [--device auto|cpu|cuda] [--figure docs/comparison.png]
 
 Photo table: Set5 and Set14 (../shared/data/val), HR cropped to a multiple of 4, LR by
 MATLAB-style bicubic x4, PSNR/SSIM on Y (BT.601) with 4 pixels cropped per border, grey images
@@ -71,17 +71,24 @@ def variants(ensemble: str) -> list[bool]:
     return {"off": [False], "on": [True], "both": [False, True]}[ensemble]
 
 
-def score(model, images, ensemble: bool, degradation=None):
+def score(model, images, ensemble: bool, device: str, degradation=None):
     """(model quality, bicubic quality, seconds per image)."""
     started = time.perf_counter()
-    scores = evaluate_images(model, images, degradation=degradation, ensemble=ensemble)
+    scores = evaluate_images(
+        model, images, degradation=degradation, ensemble=ensemble, device=device
+    )
     seconds = (time.perf_counter() - started) / len(images)
     quality, bicubic = mean_quality(scores)
     return quality, bicubic, seconds
 
 
 def label(model, ensemble: bool) -> str:
-    return f"{model.card.name}{' + self-ensemble' if ensemble else ''}"
+    """The model's name, and its file where it is not a bundled one (e.g. a new version)."""
+    bundled = (
+        model.path is not None and model.path.resolve().parent == bundled_model_dir().resolve()
+    )
+    name = model.card.name if bundled or model.path is None else f"{model.card.name} ({model.path})"
+    return f"{name}{' + self-ensemble' if ensemble else ''}"
 
 
 def photo_table(models, args) -> None:
@@ -91,7 +98,7 @@ def photo_table(models, args) -> None:
         for ensemble in variants(args.ensemble):
             scores, seconds = {}, 0.0
             for name, images in sets.items():
-                scores[name], bicubic[name], per_image = score(model, images, ensemble)
+                scores[name], bicubic[name], per_image = score(model, images, ensemble, args.device)
                 seconds += per_image * len(images)
             rows.append((label(model, ensemble), scores, seconds / sum(map(len, sets.values()))))
     partial = f" (partial: limit {args.limit}, crop {args.crop})" if args.limit or args.crop else ""
@@ -119,7 +126,9 @@ def em_table(models, args) -> None:
         for ensemble in variants(args.ensemble):
             row = {}
             for name, degradation in conditions:
-                quality, bicubic[name], seconds = score(model, images, ensemble, degradation)
+                quality, bicubic[name], seconds = score(
+                    model, images, ensemble, args.device, degradation
+                )
                 row[name] = quality
             rows.append((label(model, ensemble), row, seconds))
     partial = f" (partial: limit {args.limit}, crop {args.crop})" if args.limit or args.crop else ""
@@ -199,6 +208,7 @@ def main() -> None:
     parser.add_argument("--skip-photo", action="store_true", help="no Set5/Set14 table")
     parser.add_argument("--skip-em", action="store_true", help="no EM table")
     parser.add_argument("--figure", type=Path, help="also write the side-by-side figure here")
+    parser.add_argument("--device", default="auto", help="where the models run (auto, cpu, cuda)")
     args = parser.parse_args()
     models = (
         [load_model(resolve_model(name)) for name in args.model] if args.model else bundled_models()

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Train a bundled model with the project's own CLI (docs/models.md gives the runs behind the
 # shipped weights). Seeded; resumable from runs/<model>.ckpt.
-#   scripts/train-models.sh rgb|em|grey STEPS [DATA_DIR] [OUT_DIR]
+#   scripts/train-models.sh rgb|em|grey|rgb-l1|rgb-mse|grey-gpu STEPS [DATA_DIR] [OUT_DIR]
+# The last three are the GPU fine-tunes behind the shipped models (scripts/gpu-session.sh runs
+# them); each starts from the model file in $BASE.
 # DATA_DIR defaults to ../shared/data, OUT_DIR to the package's weights folder, checkpoints go
 # to $CHECKPOINT_DIR (default runs/).
 set -euo pipefail
@@ -43,5 +45,29 @@ grey)
     --out "$out/srresnet-em-grey-x4.safetensors" --checkpoint "$checkpoints"/srresnet-grey-mixture.ckpt \
     --description "SRResNet-style 4x grey model for microscopy, clean or noisy: srresnet-em-grey-x4 fine-tuned on a mixture of degradations (clean bicubic; blur 0.3-1.5 px; shot noise 10-1000 photons, read noise 0-0.1), EM slices 0-23 + T91 in grey"
   ;;
-*) echo "usage: $0 rgb|em|grey STEPS [DATA_DIR] [OUT_DIR]" >&2; exit 2 ;;
+rgb-l1 | rgb-mse)
+  # The shipped RGB model: the first one (made by 'rgb') fine-tuned on a GPU on 192 px patches
+  # (48 px LR, as EDSR), first with L1 (Adam restarted at 1e-4), then briefly with MSE.
+  if [[ $kind == rgb-l1 ]]; then loss=l1 rate=1e-4; else loss=mse rate=2e-5; fi
+  python -m napari_srgan train --hr "$data/train/T91" "$data/train/BSD200" \
+    --val "$data/val/Set5" --val-crop 0 --validate-every 2000 --base "${BASE:?set BASE to the model to fine-tune}" \
+    --pixel-loss $loss --learning-rate $rate --steps "$steps" --patch 192 --batch 16 --seed 0 \
+    --checkpoint-every 2000 --resume --no-download --half \
+    --out "$out/srresnet-rgb-x4.safetensors" --checkpoint "$checkpoints/srresnet-rgb-x4-$kind.ckpt" \
+    --description "SRResNet-style 4x RGB photo model (no BN, bicubic input skip), napari-srgan default: trained with MSE, then fine-tuned on a GPU with L1 and MSE on 192 px patches of T91 + BSD200"
+  ;;
+grey-gpu)
+  # The shipped grey model, fine-tuned further on a GPU: the mixture of 'grey' on 192 px patches.
+  em=$data/microscopy/em_isbi2012_train
+  slices() { for i in $(seq "$1" "$2"); do ls "$em/$i".*; done; }
+  python -m napari_srgan train --hr $(slices 0 23) "$data/train/T91" --val $(slices 24 29) \
+    --val-crop 256 --validate-every 2000 --base "${BASE:?set BASE to the grey model to fine-tune}" \
+    --degradation mixture --blur-probability 0.5 --blur-sigma 0.3 1.5 --noise-probability 0.6 \
+    --photons 10 1000 --read-noise 0 0.1 \
+    --pixel-loss mse --learning-rate 1e-4 --steps "$steps" --patch 192 --batch 16 --seed 0 \
+    --checkpoint-every 2000 --resume --no-download --half \
+    --out "$out/srresnet-em-grey-x4.safetensors" --checkpoint "$checkpoints"/srresnet-grey-gpu.ckpt \
+    --description "SRResNet-style 4x grey model for microscopy, clean or noisy: the first EM model fine-tuned on a mixture of degradations (clean bicubic; blur 0.3-1.5 px; shot noise 10-1000 photons, read noise 0-0.1), EM slices 0-23 + T91 in grey, on the CPU and then on a GPU with 192 px patches"
+  ;;
+*) echo "usage: $0 rgb|em|grey|rgb-l1|rgb-mse|grey-gpu STEPS [DATA_DIR] [OUT_DIR]" >&2; exit 2 ;;
 esac

@@ -54,10 +54,18 @@ def resize_matrix(in_length: int, out_length: int) -> np.ndarray:
 def imresize(images: torch.Tensor, out_height: int, out_width: int) -> torch.Tensor:
     """Resize the last two axes like MATLAB ``imresize(..., 'bicubic')`` (no rounding)."""
     height, width = images.shape[-2:]
-    options = {"dtype": images.dtype, "device": images.device}
-    rows = torch.as_tensor(resize_matrix(height, out_height), **options)
-    cols = torch.as_tensor(resize_matrix(width, out_width), **options)
+    rows = _resize_operator(height, out_height, images.dtype, images.device)
+    cols = _resize_operator(width, out_width, images.dtype, images.device)
     return rows @ images @ cols.T
+
+
+@functools.lru_cache(maxsize=64)
+def _resize_operator(
+    in_length: int, out_length: int, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """:func:`resize_matrix` as a tensor on ``device``, made once: copying it from host memory on
+    every call would make a GPU wait for the host each training batch."""
+    return torch.as_tensor(resize_matrix(in_length, out_length), dtype=dtype, device=device)
 
 
 def bicubic_downscale(hr: torch.Tensor, factor: int = SCALE) -> torch.Tensor:

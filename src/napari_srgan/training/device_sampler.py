@@ -28,6 +28,8 @@ from napari_srgan.training.patches import CONTEXT, PatchSampler, TrainingImage, 
 
 #: Background check: the std of a candidate patch is estimated on every ``STD_STRIDE``-th pixel.
 STD_STRIDE = 2
+#: Most index elements one chunk of the background check gathers at once.
+CHECK_ELEMENTS = 1 << 22
 #: Share of free device (or available host) memory the training data may take.
 MEMORY_SHARE = 0.5
 
@@ -157,6 +159,8 @@ class DeviceSampler:
         self.hr_planes, self.lr_planes = planes(hr_planes), planes(lr_planes)
         #: 0: LR synthesised, 1: paired LR at 1/scale, 2: paired LR on the HR grid.
         self.kinds = torch.tensor(kinds, device=self.storage)
+        #: No paired LR: every batch is synthesised, with no per-batch check of the kinds.
+        self.synthetic_only = not any(kinds)
         weights = torch.tensor(weights, dtype=torch.float64)
         self.probabilities = (weights / weights.sum()).to(self.storage)
 
@@ -187,13 +191,15 @@ class DeviceSampler:
         hr = hr_windows[..., self.context : -self.context, self.context : -self.context]
         hr_windows = hr_windows.to(self.device, non_blocking=True)
         small = patch // scale
+        window = (..., slice(context_lr, context_lr + small), slice(context_lr, context_lr + small))
+        hr = hr.to(self.device, non_blocking=True).contiguous()
+        if self.synthetic_only:  # no host sync: a GPU never waits for this method
+            return self.degradation(hr_windows, self.noise_generator, scale)[window].float(), hr
         lr = torch.empty((size, self.channels, small, small), device=self.device)
         synthetic = (kinds == 0).to(self.device)
         if bool(synthetic.any()):
             degraded = self.degradation(hr_windows[synthetic], self.noise_generator, scale)
-            lr[synthetic] = degraded[
-                ..., context_lr : context_lr + small, context_lr : context_lr + small
-            ].float()
+            lr[synthetic] = degraded[window].float()
         on_grid = kinds == 2
         if bool(on_grid.any()):
             grid = self._gather(
@@ -204,10 +210,7 @@ class DeviceSampler:
                 x[on_grid] - self.context,
                 augment[on_grid],
             ).to(self.device, non_blocking=True)
-            down = bicubic_downscale(grid, scale)[
-                ..., context_lr : context_lr + small, context_lr : context_lr + small
-            ]
-            lr[on_grid.to(self.device)] = down
+            lr[on_grid.to(self.device)] = bicubic_downscale(grid, scale)[window]
         paired = kinds == 1
         if bool(paired.any()):
             lr[paired.to(self.device)] = self._gather(
@@ -219,7 +222,7 @@ class DeviceSampler:
                 augment[paired],
                 size=small,
             ).to(self.device, non_blocking=True)
-        return lr, hr.to(self.device, non_blocking=True).contiguous()
+        return lr, hr
 
     def _positions(self, chosen: torch.Tensor, step: torch.Tensor):
         """Top-left corners of patches with content (the first of ``max_tries`` candidates whose
@@ -230,28 +233,29 @@ class DeviceSampler:
         x = (self._uniform(tries, size) * ((cols - patch) // step + 1)).long() * step
         if self.min_std <= 0 or tries == 1:
             return y[0], x[0]
-        # Candidates are checked in rounds, only for the samples still on background: most
-        # patches have content at the first try, so this costs about one check per sample.
+        # Every candidate is checked, in chunks that bound the index memory, with no early exit:
+        # a data-dependent loop would make a GPU wait for the host once per round.
         offsets = torch.arange(0, patch, STD_STRIDE, device=self.storage)
         channel = torch.arange(self.channels, device=self.storage)[:, None, None]
-        width, base = cols, self.hr_planes.offset[chosen]
-        area = rows * width
-        first = torch.full((size,), tries - 1, device=self.storage)
-        pending = torch.arange(size, device=self.storage)
-        for attempt in range(tries - 1):
-            w = width[pending, None, None, None]
-            index = (
-                (base[pending] + x[attempt, pending])[:, None, None, None]
-                + channel * area[pending, None, None, None]
-                + (y[attempt, pending, None, None, None] + offsets[:, None]) * w
-                + offsets
-            )
-            values = self.hr[index].flatten(1)
-            content = values.std(dim=1) >= self.min_std
-            first[pending[content]] = attempt
-            pending = pending[~content]
-            if pending.numel() == 0:
-                break
+        width, base = cols[:, None, None, None], self.hr_planes.offset[chosen][:, None, None, None]
+        area = rows[:, None, None, None] * width
+        chunk = max(1, CHECK_ELEMENTS // (size * self.channels * offsets.numel() ** 2))
+        content = torch.cat(
+            [
+                self.hr[
+                    (base + x[start : start + chunk, :, None, None, None])
+                    + channel * area
+                    + (y[start : start + chunk, :, None, None, None] + offsets[:, None]) * width
+                    + offsets
+                ]
+                .flatten(2)
+                .std(dim=2)
+                >= self.min_std
+                for start in range(0, tries, chunk)
+            ]
+        )
+        content[-1] = True  # no candidate with content: the last one
+        first = content.to(torch.int32).argmax(dim=0)  # the first candidate with content
         pick = torch.arange(size, device=self.storage)
         return y[first, pick], x[first, pick]
 
