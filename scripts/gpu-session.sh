@@ -54,7 +54,7 @@ timeout 100 python benchmarks/quality.py --device "$device" --skip-photo --ensem
 cat "$quality"
 if [[ $device == cuda ]]; then
   say "inference speed on the GPU"
-  timeout 100 python benchmarks/gpu.py --sizes 1024 4096 --channels 3 --precisions fp32 bf16 |
+  timeout 70 python benchmarks/gpu.py --sizes 1024 4096 --channels 3 --precisions fp32 bf16 |
     tee "$results/gpu-inference.md"
 fi
 say "done"
