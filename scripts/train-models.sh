@@ -3,7 +3,7 @@
 # shipped weights). Seeded; resumable from runs/<model>.ckpt.
 #   scripts/train-models.sh rgb|em|grey|rgb-l1|rgb-mse|grey-gpu STEPS [DATA_DIR] [OUT_DIR]
 # The last three are the GPU fine-tunes behind the shipped models (scripts/gpu-session.sh runs
-# them); each starts from the model file in $BASE.
+# them); each starts from the model file in $BASE, and stops after $TIME_LIMIT minutes if set.
 # DATA_DIR defaults to ../shared/data, OUT_DIR to the package's weights folder, checkpoints go
 # to $CHECKPOINT_DIR (default runs/).
 set -euo pipefail
@@ -52,7 +52,7 @@ rgb-l1 | rgb-mse)
   python -m napari_srgan train --hr "$data/train/T91" "$data/train/BSD200" \
     --val "$data/val/Set5" --val-crop 0 --validate-every 2000 --base "${BASE:?set BASE to the model to fine-tune}" \
     --pixel-loss $loss --learning-rate $rate --steps "$steps" --patch 192 --batch 16 --seed 0 \
-    --checkpoint-every 2000 --resume --no-download --half \
+    --checkpoint-every 2000 --resume --no-download --half ${TIME_LIMIT:+--time-limit "$TIME_LIMIT"} \
     --out "$out/srresnet-rgb-x4.safetensors" --checkpoint "$checkpoints/srresnet-rgb-x4-$kind.ckpt" \
     --description "SRResNet-style 4x RGB photo model (no BN, bicubic input skip), napari-srgan default: trained with MSE, then fine-tuned on a GPU with L1 and MSE on 192 px patches of T91 + BSD200"
   ;;
@@ -65,7 +65,7 @@ grey-gpu)
     --degradation mixture --blur-probability 0.5 --blur-sigma 0.3 1.5 --noise-probability 0.6 \
     --photons 10 1000 --read-noise 0 0.1 \
     --pixel-loss mse --learning-rate 1e-4 --steps "$steps" --patch 192 --batch 16 --seed 0 \
-    --checkpoint-every 2000 --resume --no-download --half \
+    --checkpoint-every 2000 --resume --no-download --half ${TIME_LIMIT:+--time-limit "$TIME_LIMIT"} \
     --out "$out/srresnet-em-grey-x4.safetensors" --checkpoint "$checkpoints"/srresnet-grey-gpu.ckpt \
     --description "SRResNet-style 4x grey model for microscopy, clean or noisy: the first EM model fine-tuned on a mixture of degradations (clean bicubic; blur 0.3-1.5 px; shot noise 10-1000 photons, read noise 0-0.1), EM slices 0-23 + T91 in grey, on the CPU and then on a GPU with 192 px patches"
   ;;

@@ -340,3 +340,32 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
         trainer.save_checkpoint()
     assert checkpoint.read_bytes() == good
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_time_limit_stops_saves_and_resume_finishes(tmp_path, monkeypatch, capsys):
+    """--time-limit stops between steps, saves the model and a checkpoint, and says how to go
+    on; the same command with --resume trains the remaining steps."""
+    import imageio.v3 as iio
+
+    from napari_srgan import cli
+
+    class Clock:  # one second passes per reading: the limit falls after a known step
+        now = 0.0
+
+        def monotonic(self) -> float:
+            self.now += 1.0
+            return self.now
+
+    iio.imwrite(tmp_path / "hr.png", np.random.default_rng(0).integers(0, 255, (96, 96), np.uint8))
+    out = tmp_path / "m.safetensors"
+    command = ["train", "--hr", str(tmp_path / "hr.png"), "--out", str(out), "--from-scratch"]
+    command += ["--grey-model", "--channels", "8", "--blocks", "1", "--steps", "10"]
+    command += ["--patch", "32", "--batch", "2", "--val-fraction", "0.34", "--device", "cpu"]
+    command += ["--no-download"]
+    monkeypatch.setattr(cli, "time", Clock())
+    assert cli.main([*command, "--time-limit", "0.05"]) == 0  # 3 s: the 4th check stops
+    printed = capsys.readouterr().out
+    assert "stopped at the 0.05-minute time limit after 3 of 10 steps" in printed
+    assert out.exists() and out.with_suffix(".ckpt").exists()
+    assert cli.main([*command, "--resume"]) == 0
+    assert f"saved {out} after 10 steps" in capsys.readouterr().out

@@ -10,6 +10,7 @@ import argparse
 import math
 import re
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -289,6 +290,13 @@ def _add_train(commands) -> None:
     parser.add_argument("--no-download", action="store_true", help="never download VGG19 weights")
     parser.add_argument("--description", default="", help="text for the model card")
     parser.add_argument("--half", action="store_true", help="save fp16 weights (half the size)")
+    parser.add_argument(
+        "--time-limit",
+        type=positive_float,
+        metavar="MINUTES",
+        help="stop after this many minutes of training and save the model of the last step "
+        "(e.g. inside a cluster job's limit); --resume continues later",
+    )
 
 
 def _add_evaluate(commands) -> None:
@@ -689,8 +697,16 @@ def train_command(args: argparse.Namespace) -> None:
         elif isinstance(event, CheckpointSaved):
             bar.note = f"checkpoint @{event.step}"
 
+    deadline = time.monotonic() + 60 * args.time_limit if args.time_limit else math.inf
     with bar:  # shows from the first step on: a refused job prints only its error
-        outcome = run_training(job, on_event=on_event)
+        outcome = run_training(
+            job, on_event=on_event, should_stop=lambda: time.monotonic() > deadline
+        )
+    if not outcome.finished:
+        print(
+            f"stopped at the {args.time_limit:g}-minute time limit after {outcome.steps} of "
+            f"{config.total_steps} steps; the same command with --resume continues"
+        )
     print(
         f"saved {outcome.model_path} after {outcome.steps} steps; checkpoint {outcome.checkpoint}"
     )
