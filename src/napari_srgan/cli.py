@@ -539,9 +539,10 @@ def _upscale_plan(inputs: list[Path], output: Path) -> tuple[list[Path], Path | 
 def _upscale_one(
     source: Path, output: Path, model, rgb, settings, warned: list, overwrite: bool, label: str = ""
 ) -> None:
-    """One file, with its progress; ``warned`` holds the models whose "untrained" warning was
-    given (once per run, not once per file)."""
+    """One file, with its progress; ``warned`` holds the models whose "untrained" and "tiles
+    are blended" warnings were given (once per run, not once per file)."""
     from napari_srgan.engine.file_upscale import upscale_file
+    from napari_srgan.engine.upscale import blending_notice
     from napari_srgan.terminal import Progress
 
     with Progress(label or source.name, "tile") as progress:
@@ -549,6 +550,9 @@ def _upscale_one(
         def start() -> None:  # input and settings are valid: warn once, show the progress
             if model not in warned:
                 _warn_if_untrained(model)
+                notice = blending_notice(model.card, settings.exact)
+                if notice is not None and settings.scheduler is None:  # dask logs its own line
+                    print(f"napari-srgan: warning: {notice}", file=sys.stderr)
                 warned.append(model)
             progress.start()
 
@@ -778,8 +782,8 @@ def models_add_command(args: argparse.Namespace) -> None:
         print(
             f"napari-srgan: warning: {card.name} is not exact when tiled: seam error "
             f"{tiling['seam_error']:.2g} at {card.measured_halo} px overlap (tolerance "
-            f"{TOLERANCE:g}); "
-            "use a tile as large as the image where seams matter",
+            f"{TOLERANCE:g}); its overlapping tiles will be blended (no seams, small "
+            "differences from a whole-image pass)",
             file=sys.stderr,
         )
 

@@ -3,23 +3,34 @@
 Each block is read with ``margin`` extra input pixels on every side that has a neighbour (dask's
 ``overlap`` with ``boundary="none"``), upscaled by the in-memory engine with one intensity range
 for the whole array, and trimmed back. Since the margin covers the generator's receptive field,
-the result equals the in-memory engine's, without seams. Workers load the model from its file
+the result equals the in-memory engine's, without seams. Models that are not exact when tiled
+are blended inside each block but stitched at block borders (overlap-add across dask blocks is
+not cheap), so :func:`upscale_lazy` warns about them. Workers load the model from its file
 (once per process), so nothing big travels through the scheduler.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from pathlib import Path
 
 import dask.array as da
 import numpy as np
 
-from napari_srgan.engine.upscale import check_image, colour_range, tiling_halo, upscale
+from napari_srgan.engine.upscale import (
+    blending_notice,
+    check_image,
+    colour_range,
+    tiling_halo,
+    upscale,
+)
 from napari_srgan.models.interface import SRModel
 from napari_srgan.models.normalization import IntensityRange
 from napari_srgan.models.registry import load_model
+
+log = logging.getLogger(__name__)
 
 #: Image-axis chunk size of the input blocks when the input's own chunks are unsuitable.
 BLOCK = 512
@@ -92,6 +103,9 @@ def upscale_lazy(
     model = _worker_model(model_path, "cpu")  # measures the halo once if the card lacks it
     card = model.card
     margin, scale = tiling_halo(model, exact), card.scale
+    notice = blending_notice(card, exact, lazy=True)
+    if notice is not None:
+        log.warning(notice)
     source = data if isinstance(data, da.Array) else da.from_array(data, chunks="auto")
     y_axis = source.ndim - (3 if layout.rgb else 2)
     spatial = (y_axis, y_axis + 1)

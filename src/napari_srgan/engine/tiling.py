@@ -12,6 +12,13 @@ plane padded at its bottom and right border by repeating the last row / column (
 every tile, and for a whole-image pass), windows of a multiple of that size starting at
 multiples of it, and the padding is cropped from the output.
 
+Models that are not exact when tiled (global pooling or attention: RCAN, HAT, SAN) cannot be
+cut and stitched without visible steps at tile borders, so :class:`BlendedPlane` cross-fades
+neighbouring tiles instead: across each border, a raised-cosine ramp ``ramp`` input pixels wide
+takes one tile's output to its neighbour's. The ramps of the two sides of a border add up to 1,
+so the weights are a partition of unity everywhere (image borders included) without a weight
+map, and a single tile is the whole-image pass unchanged.
+
 ``run_tiles`` keeps the device busy: the next batch is read and the previous one written on
 other threads while the current one is computed.
 """
@@ -118,9 +125,8 @@ def run_tiles(
     tiles: Sequence[tuple[Span, Span]],
     read: Callable[[slice, slice], np.ndarray],
     forward: Callable[[torch.Tensor], torch.Tensor],
-    write: Callable[[slice, slice, np.ndarray], None],
+    write: Callable[[Span, Span, np.ndarray], None],
     *,
-    scale: int,
     batch_size: int = 1,
     device: torch.device,
     on_batch: Callable[[int], None] | None = None,
@@ -130,7 +136,8 @@ def run_tiles(
 
     ``read(ys, xs)`` returns a ``(h, w, c)`` tile (any dtype ``forward`` accepts), ``forward``
     maps a ``(b, c, h, w)`` batch on ``device`` to ``(b, c, scale*h, scale*w)``, ``write(ys, xs,
-    block)`` stores a ``(h, w, c)`` output block. ``on_batch(n)`` reports ``n`` finished tiles.
+    output)`` stores the ``(h, w, c)`` output of the tile read at ``ys, xs`` (tiles arrive in
+    row-major order). ``on_batch(n)`` reports ``n`` finished tiles.
     Reading the next batch and writing the previous one run on two helper threads while the
     current batch is computed; host buffers are pinned on CUDA so copies do not block.
     """
@@ -146,9 +153,7 @@ def run_tiles(
             ready.synchronize()
         blocks = outputs.numpy()
         for (ys, xs), output in zip(group, blocks, strict=True):
-            inner_y, outer_y = ys.kept(scale)
-            inner_x, outer_x = xs.kept(scale)
-            write(outer_y, outer_x, output[inner_y, inner_x])
+            write(ys, xs, output)
         if on_batch is not None:
             on_batch(len(group))
 
@@ -180,3 +185,97 @@ def run_tiles(
                 written.result()
         finally:
             upcoming.cancel()
+
+
+def crop_kept(
+    write: Callable[[slice, slice, np.ndarray], None], scale: int
+) -> Callable[[Span, Span, np.ndarray], None]:
+    """The exact path: each tile's kept part, written where it belongs (crop and stitch)."""
+
+    def place(ys: Span, xs: Span, output: np.ndarray) -> None:
+        inner_y, outer_y = ys.kept(scale)
+        inner_x, outer_x = xs.kept(scale)
+        write(outer_y, outer_x, output[inner_y, inner_x])
+
+    return place
+
+
+@dataclass(frozen=True)
+class AxisBlend:
+    """Where one span's output counts along one axis: output ``[start, stop)`` (in the whole
+    output), with ``weights`` of that length."""
+
+    start: int
+    stop: int
+    weights: np.ndarray
+
+
+def axis_blends(spans: Sequence[Span], scale: int, ramp: int) -> list[AxisBlend]:
+    """Weights of each span along an axis: 1 inside, a raised-cosine cross-fade ``ramp`` input
+    pixels wide centred on every border with a neighbour (never wider than the narrowest kept
+    part, so the two ramps of one span do not meet). The weights of all spans sum to 1."""
+    width = max(1, min(ramp, *(span.keep_stop - span.keep_start for span in spans))) * scale
+    rise = (0.5 - 0.5 * np.cos(np.pi * (np.arange(width) + 0.5) / max(width, 1))).astype(np.float32)
+    blends = []
+    for index, span in enumerate(spans):
+        start, stop = span.keep_start * scale, span.keep_stop * scale
+        if index > 0:
+            start -= width // 2
+        if index < len(spans) - 1:
+            stop += width - width // 2
+        weights = np.ones(stop - start, np.float32)
+        if index > 0:
+            weights[:width] = rise
+        if index < len(spans) - 1:
+            weights[-width:] = 1 - rise
+        blends.append(AxisBlend(start, stop, weights))
+    return blends
+
+
+class BlendedPlane:
+    """Accumulates cross-faded tile outputs of one plane and hands finished rows to ``flush``.
+
+    Tiles arrive row by row, so only one row of tiles (plus its ramp) is held: a float32 band of
+    ``(tile + ramp) * scale`` output rows by the plane's output width, the price of blending
+    over crop-and-stitch. ``flush(row_start, row_stop, rows)`` receives each block of finished
+    rows (float32, as the network gave them) once; :meth:`finish` flushes the last ones.
+    """
+
+    def __init__(
+        self,
+        y_spans: Sequence[Span],
+        x_spans: Sequence[Span],
+        *,
+        scale: int,
+        ramp: int,
+        channels: int,
+        flush: Callable[[int, int, np.ndarray], None],
+    ):
+        self.rows = dict(zip(y_spans, axis_blends(y_spans, scale, ramp), strict=True))
+        self.columns = dict(zip(x_spans, axis_blends(x_spans, scale, ramp), strict=True))
+        self.scale, self.channels, self.flush = scale, channels, flush
+        self.width = x_spans[-1].keep_stop * scale
+        self.current: Span | None = None
+        self.band_start = 0
+        self.band = np.zeros((0, self.width, channels), np.float32)
+
+    def __call__(self, ys: Span, xs: Span, output: np.ndarray) -> None:
+        rows, columns = self.rows[ys], self.columns[xs]
+        if ys != self.current:  # the first tile of a new row: rows above its ramp are final
+            done = rows.start - self.band_start
+            if done:
+                self.flush(self.band_start, rows.start, self.band[:done])
+            band = np.zeros((rows.stop - rows.start, self.width, self.channels), np.float32)
+            band[: len(self.band) - done] = self.band[done:]
+            self.current, self.band_start, self.band = ys, rows.start, band
+        top, left = ys.start * self.scale, xs.start * self.scale
+        block = output[
+            rows.start - top : rows.stop - top, columns.start - left : columns.stop - left
+        ]
+        weights = rows.weights[:, None, None] * columns.weights[None, :, None]
+        self.band[:, columns.start : columns.stop] += block * weights
+
+    def finish(self) -> None:
+        if len(self.band):
+            self.flush(self.band_start, self.band_start + len(self.band), self.band)
+        self.band = self.band[:0]

@@ -22,10 +22,17 @@ from napari_srgan.engine.devices import (
 )
 from napari_srgan.engine.ensemble import self_ensemble
 from napari_srgan.engine.folding import inference_network
-from napari_srgan.engine.tiling import check_tile_size, plane_tiles, run_tiles
+from napari_srgan.engine.tiling import (
+    BlendedPlane,
+    axis_spans,
+    check_tile_size,
+    crop_kept,
+    plane_tiles,
+    run_tiles,
+)
 from napari_srgan.engine.torch_safety import guard_triton
 from napari_srgan.io.images import guess_rgb
-from napari_srgan.models.interface import SRModel
+from napari_srgan.models.interface import ModelCard, SRModel
 from napari_srgan.models.normalization import IntensityRange, NormalizationSpec, intensity_range
 
 log = logging.getLogger(__name__)
@@ -228,7 +235,10 @@ def upscale(
     ``tile`` is the kept size of a tile in input pixels (default: the largest that fits in
     ``memory_limit`` bytes, by default :func:`~napari_srgan.engine.devices.memory_budget`; an
     image that fits is one tile). Tiles overlap by the model's measured halo, or by its
-    theoretical receptive field with ``exact=True``.
+    theoretical receptive field with ``exact=True``. A model known not to be exact when tiled
+    (:func:`blends_tiles`) gets overlapping tiles cross-faded instead of cut and stitched: no
+    seams, at the price of a float32 band of one row of tiles at output width
+    (:class:`~napari_srgan.engine.tiling.BlendedPlane`).
     ``intensity`` overrides the range from the model card (e.g. one range for a whole dataset).
     ``progress(done, total)`` counts tiles; ``should_stop()`` returning True raises
     :class:`~napari_srgan.engine.tiling.Cancelled`. When the device runs out of memory, the tile size is
@@ -238,7 +248,7 @@ def upscale(
     """
     guard_triton()
     layout = check_image(data, rgb)
-    halo = tiling_halo(model, exact)
+    halo, blend = tiling_halo(model, exact), blends_tiles(model.card, exact)
     multiple = model.card.size_multiple
     intensity = intensity or colour_range(data, layout, model.card.normalization)
     target = choose_device(device)
@@ -254,7 +264,8 @@ def upscale(
         unit_forward = self_ensemble(unit_forward)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        return codec.decode(unit_forward(codec.encode(x)))
+        unit = unit_forward(codec.encode(x))
+        return unit if blend else codec.decode(unit)  # blending mixes unit values, then decodes
 
     if tile is None:
         budget = memory_budget(target) if memory_limit is None else memory_limit
@@ -270,9 +281,19 @@ def upscale(
     for index, plane in enumerate(planes):
         reader = PlaneReader(data, plane, layout, codec, multiple)
         while True:
-            tiles = plane_tiles(
-                layout.height, layout.width, tile, halo, multiple, uniform=batch_size > 1
-            )
+            uniform = batch_size > 1
+            tiles = plane_tiles(layout.height, layout.width, tile, halo, multiple, uniform=uniform)
+            if blend:
+                place = BlendedPlane(
+                    axis_spans(layout.height, tile, halo, multiple, uniform=uniform),
+                    axis_spans(layout.width, tile, halo, multiple, uniform=uniform),
+                    scale=model.scale,
+                    ramp=halo,
+                    channels=codec.output_channels,
+                    flush=reader.row_writer(out, model.scale),
+                )
+            else:
+                place = crop_kept(reader.writer(out, model.scale), model.scale)
             total = done + len(tiles) * (len(planes) - index)
             finished_in_plane = 0
 
@@ -287,13 +308,14 @@ def upscale(
                     tiles,
                     reader.read,
                     forward,
-                    reader.writer(out, model.scale),
-                    scale=model.scale,
+                    place,
                     batch_size=batch_size,
                     device=target,
                     on_batch=count,
                     should_stop=should_stop,
                 )
+                if blend:
+                    place.finish()
                 break
             except RuntimeError as error:
                 smaller = tile // 2
@@ -313,13 +335,48 @@ def upscale(
 MIN_TILE = 8
 
 
+#: The least overlap (input pixels) tiles of a model that is not exact are blended over: the
+#: ramp spreads the difference between neighbours' global statistics over this many pixels.
+BLEND_OVERLAP_FLOOR = 32
+
+
+def blends_tiles(card: ModelCard, exact: bool = False) -> bool:
+    """Whether tiles are cross-faded: the card's tiling check (``models add``) found the model
+    not exact at its halo (global pooling or attention), unless ``exact`` tiles by a finite
+    receptive field."""
+    if exact and card.theoretical_halo is not None:
+        return False
+    return card.metrics.get("tiling", {}).get("exact") is False
+
+
+def blending_notice(card: ModelCard, exact: bool = False, *, lazy: bool = False) -> str | None:
+    """The one line that tells a user their model's tiles are blended (None when they are not).
+    ``lazy``: dask blocks are blended inside but stitched at their borders, which can seam."""
+    if not blends_tiles(card, exact):
+        return None
+    error = card.metrics["tiling"].get("seam_error")
+    measured = f" (seam error {error:.2g})" if isinstance(error, float) else ""
+    if lazy:
+        return (
+            f"{card.name} is not exact when tiled{measured}: tiles are blended inside each dask "
+            "block, but block borders are stitched and may show seams; compute without a "
+            "scheduler for seamless output"
+        )
+    return (
+        f"{card.name} is not exact when tiled{measured}: overlapping tiles are blended, so "
+        "there are no seams but results differ slightly from a whole-image pass"
+    )
+
+
 def tiling_halo(model: SRModel, exact: bool = False) -> int:
     """The overlap tiles read: the model's measured halo, or with ``exact`` its theoretical
-    receptive field (the upper bound; models of unbounded reach keep their default)."""
+    receptive field (the upper bound; models of unbounded reach keep their default); at least
+    :data:`BLEND_OVERLAP_FLOOR` for tiles that are blended (the ramp is as wide as the overlap,
+    the outer half of which is dropped)."""
     card = model.card
     if exact and card.theoretical_halo is not None:
         return card.theoretical_halo
-    return card.halo
+    return max(card.halo, BLEND_OVERLAP_FLOOR) if blends_tiles(card) else card.halo
 
 
 #: Integer dtypes whose scaling to [0, 1] runs on the device: float32 arithmetic on them is
@@ -348,6 +405,11 @@ class PlaneCodec:
         if self.layout.has_alpha:
             unit = np.concatenate([unit, _alpha_to_unit(block[..., colours:])], axis=-1)
         return unit
+
+    @property
+    def output_channels(self) -> int:
+        """Channels of the network's output, alpha included."""
+        return self.layout.shape[-1] if self.layout.rgb else 1
 
     def from_host_unit(self, block: np.ndarray) -> np.ndarray:
         if not self.layout.rgb:
@@ -429,5 +491,18 @@ class PlaneReader:
             if not self.codec.on_device:
                 block = self.codec.from_host_unit(block)
             out[(*self.plane, ys, xs)] = block if self.layout.rgb else block[..., 0]
+
+        return write
+
+    def row_writer(self, out, scale: int) -> Callable[[int, int, np.ndarray], None]:
+        """Writes finished full-width rows of unit values (the blended path), decoded on the
+        host, padding cropped."""
+        height, width = self.layout.height * scale, self.layout.width * scale
+
+        def write(start: int, stop: int, rows: np.ndarray) -> None:
+            stop = min(stop, height)
+            if start < stop:
+                block = self.codec.from_host_unit(rows[: stop - start, :width])
+                out[(*self.plane, slice(start, stop))] = block if self.layout.rgb else block[..., 0]
 
         return write

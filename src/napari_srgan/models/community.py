@@ -159,8 +159,9 @@ class SpandrelNetwork(nn.Module):
         from spandrel.__helpers.size_req import pad_tensor
 
         height, width = x.shape[-2:]
-        _padded, x = pad_tensor(x, self.requirements)
-        y = self.call(self.model, x)
+        padded, x = pad_tensor(x, self.requirements)
+        # Some architectures (RCAN) scale their input in place: never let them touch the caller's.
+        y = self.call(self.model, x if padded else x.clone())
         return y[..., : height * self.scale, : width * self.scale]
 
 

@@ -176,8 +176,11 @@ def seam_error(
 ) -> float:
     """How far tiles reading ``halo`` pixels of overlap are from untiled output: the largest cut
     error on held-back probes (at most :data:`TOLERANCE` for a halo from :func:`measure_halo`,
-    unless even the full reach is not exact, e.g. global attention)."""
-    reach = max(model.card.theoretical_halo or UNKNOWN_REACH, halo)
+    unless even the full reach is not exact, e.g. global pooling or attention). Models of
+    unbounded reach are compared with crops of :data:`UNKNOWN_REACH` more context than the halo:
+    a halo as large as the probe would compare a crop with itself."""
+    theoretical = model.card.theoretical_halo
+    reach = halo + UNKNOWN_REACH if theoretical is None else max(theoretical, halo)
     if held_back is None:
         held_back = probe_images(model.in_channels, HELD_BACK_IMAGES, held_back=True)
     network = model.network.eval().to(memory_format=torch.channels_last)

@@ -22,7 +22,14 @@ from napari_srgan.engine.geometry import upscaled_placement
 from napari_srgan.engine.provenance import provenance
 from napari_srgan.engine.tiling import Cancelled
 from napari_srgan.engine.torch_safety import guard_triton
-from napari_srgan.engine.upscale import ImageLayout, check_image, colour_range, upscale
+from napari_srgan.engine.upscale import (
+    ImageLayout,
+    blending_notice,
+    blends_tiles,
+    check_image,
+    colour_range,
+    upscale,
+)
 from napari_srgan.io.images import PROVENANCE_KEY
 from napari_srgan.io.zarr_files import is_zarr
 from napari_srgan.models.interface import ModelCard, SRModel
@@ -407,6 +414,8 @@ class UpscaleWidget(Container):
             lines.append(f"licence: {card.license}")
         if not card.trained:
             lines.append("UNTRAINED (random weights)")
+        if blends_tiles(card):
+            lines.append("not exact when tiled: tiles are blended")
         layer = self.image.value
         if layer is not None and card.in_channels != (3 if layer.rgb else 1):
             lines.append(
@@ -500,6 +509,9 @@ class UpscaleWidget(Container):
             model = load_model(model_path)
             if not model.card.trained:
                 job.report(("warning", f"model {model.card.name} is untrained"))
+            notice = blending_notice(model.card, settings.exact)
+            if notice is not None:
+                job.report(("warning", notice))
             job.report(("busy", "upscaling the first tile…"))
             record = provenance(model, source=source)
             options["metadata"][PROVENANCE_KEY] = record
@@ -547,6 +559,9 @@ class UpscaleWidget(Container):
     ) -> None:
         """A result layer whose planes are computed in the background as the user browses."""
         model = load_model(model_path)
+        notice = blending_notice(model.card, self.exact.value)
+        if notice is not None:
+            show_warning(f"napari-srgan: {notice}")
         lazy = LazyResult(
             data,
             layout,
