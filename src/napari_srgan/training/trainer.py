@@ -177,9 +177,6 @@ class Trainer:
         self.on_event = on_event or (lambda event: None)
         self.should_stop = should_stop or (lambda: False)
         torch.manual_seed(config.seed)
-        if self.device.type == "cuda":
-            # Patch shapes are fixed: let cuDNN time its kernels once and keep the fastest.
-            torch.backends.cudnn.benchmark = True
         # Channels-last convolutions are ~25% faster with oneDNN (CPU) and cuDNN (tensor cores).
         self.memory_format = (
             torch.channels_last
@@ -246,6 +243,10 @@ class Trainer:
         """Train until the configured steps are done or ``should_stop()``; always leaves a
         checkpoint of the last finished step (when a checkpoint path is set)."""
         config = self.config
+        # Patch shapes are fixed: cuDNN times its kernels once and keeps the fastest (only while
+        # training: the setting is process-wide, and upscaling sees many tile shapes).
+        autotune = torch.backends.cudnn.benchmark
+        torch.backends.cudnn.benchmark = autotune or self.device.type == "cuda"
         try:
             while self.step < config.total_steps:
                 if self.should_stop():
@@ -275,6 +276,7 @@ class Trainer:
             if self.checkpoint_path and self.step > 0:
                 self.save_checkpoint()
         finally:
+            torch.backends.cudnn.benchmark = autotune
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
