@@ -288,6 +288,9 @@ CASES = [
     Case("channels 0", [*TRAIN, "--channels", "0"], "--channels: must be a whole number >= 1"),
     Case("patch 0", [*TRAIN, "--patch", "0"], "--patch: must be a whole number >= 1"),
     Case("train device", [*TRAIN, "--device", "cpu:abc"], "'cpu:abc' is not a device"),
+    Case("time limit 0", [*TRAIN, "--time-limit", "0"], "must be a positive number"),
+    Case("time limit inf", [*TRAIN, "--time-limit", "inf"], "must be a positive number"),
+    Case("time limit abc", [*TRAIN, "--time-limit", "abc"], "invalid number value: 'abc'"),
     Case("no command", [], "the following arguments are required"),
     # existing data is never replaced unless asked; the input never
     Case("tif exists", up(), "o.tif exists; pass --overwrite", setup_existing("o.tif")),
