@@ -30,20 +30,23 @@ em)
     "${common[@]}" \
     --description "SRResNet-style 4x grey model for noisy, low-light microscopy (crappifier: blur, 5-100 photons shot noise, read noise), EM slices 0-23"
   ;;
-grey)
+grey | grey-gpu)
   # The shipped grey model: the em model fine-tuned on a mixture of clean, blurred and noisy LR
-  # (EM slices 0-23 plus T91 in grey), so one model beats bicubic on clean and noisy data alike.
-  # On a shared 2-core CPU run it with OMP_NUM_THREADS=1 (two spinning OpenMP threads were 3-7x slower).
+  # (EM slices 0-23 plus T91 in grey), so one model beats bicubic on clean and noisy data alike:
+  # 'grey' on 64 px patches (on a shared 2-core CPU run it with OMP_NUM_THREADS=1: two spinning
+  # OpenMP threads were 3-7x slower), 'grey-gpu' continuing from it on a GPU with 192 px patches.
+  if [[ $kind == grey ]]; then patch=64 every=250 save=100 run=mixture
+  else patch=192 every=2000 save=2000 run=gpu; fi
   em=$data/microscopy/em_isbi2012_train
   slices() { for i in $(seq "$1" "$2"); do ls "$em/$i".*; done; }
   python -m napari_srgan train --hr $(slices 0 23) "$data/train/T91" --val $(slices 24 29) \
-    --val-crop 256 --validate-every 250 --base "${BASE:?set BASE to the first EM model, made by: $0 em 5200 DATA DIR}" \
+    --val-crop 256 --validate-every $every --base "${BASE:?set BASE to the model to fine-tune (grey: the first EM model, made by: $0 em 5200 DATA DIR)}" \
     --degradation mixture --blur-probability 0.5 --blur-sigma 0.3 1.5 --noise-probability 0.6 \
     --photons 10 1000 --read-noise 0 0.1 \
-    --pixel-loss mse --learning-rate 1e-4 --steps "$steps" --patch 64 --batch 16 --seed 0 \
-    --checkpoint-every 100 --resume --no-download --half \
-    --out "$out/srresnet-em-grey-x4.safetensors" --checkpoint "$checkpoints"/srresnet-grey-mixture.ckpt \
-    --description "SRResNet-style 4x grey model for microscopy, clean or noisy: srresnet-em-grey-x4 fine-tuned on a mixture of degradations (clean bicubic; blur 0.3-1.5 px; shot noise 10-1000 photons, read noise 0-0.1), EM slices 0-23 + T91 in grey"
+    --pixel-loss mse --learning-rate 1e-4 --steps "$steps" --patch $patch --batch 16 --seed 0 \
+    --checkpoint-every $save --resume --no-download --half ${TIME_LIMIT:+--time-limit "$TIME_LIMIT"} \
+    --out "$out/srresnet-em-grey-x4.safetensors" --checkpoint "$checkpoints/srresnet-grey-$run.ckpt" \
+    --description "SRResNet-style 4x grey model for microscopy, clean or noisy: srresnet-em-grey-x4 fine-tuned on a mixture of degradations (clean bicubic; blur 0.3-1.5 px; shot noise 10-1000 photons, read noise 0-0.1), EM slices 0-23 + T91 in grey, on $patch px patches"
   ;;
 rgb-l1 | rgb-mse)
   # The shipped RGB model: the first one (made by 'rgb') fine-tuned on a GPU on 192 px patches
@@ -55,19 +58,6 @@ rgb-l1 | rgb-mse)
     --checkpoint-every 2000 --resume --no-download --half ${TIME_LIMIT:+--time-limit "$TIME_LIMIT"} \
     --out "$out/srresnet-rgb-x4.safetensors" --checkpoint "$checkpoints/srresnet-rgb-x4-$kind.ckpt" \
     --description "SRResNet-style 4x RGB photo model (no BN, bicubic input skip), napari-srgan default: trained with MSE, then fine-tuned on a GPU with L1 and MSE on 192 px patches of T91 + BSD200"
-  ;;
-grey-gpu)
-  # The shipped grey model, fine-tuned further on a GPU: the mixture of 'grey' on 192 px patches.
-  em=$data/microscopy/em_isbi2012_train
-  slices() { for i in $(seq "$1" "$2"); do ls "$em/$i".*; done; }
-  python -m napari_srgan train --hr $(slices 0 23) "$data/train/T91" --val $(slices 24 29) \
-    --val-crop 256 --validate-every 2000 --base "${BASE:?set BASE to the grey model to fine-tune}" \
-    --degradation mixture --blur-probability 0.5 --blur-sigma 0.3 1.5 --noise-probability 0.6 \
-    --photons 10 1000 --read-noise 0 0.1 \
-    --pixel-loss mse --learning-rate 1e-4 --steps "$steps" --patch 192 --batch 16 --seed 0 \
-    --checkpoint-every 2000 --resume --no-download --half ${TIME_LIMIT:+--time-limit "$TIME_LIMIT"} \
-    --out "$out/srresnet-em-grey-x4.safetensors" --checkpoint "$checkpoints"/srresnet-grey-gpu.ckpt \
-    --description "SRResNet-style 4x grey model for microscopy, clean or noisy: the first EM model fine-tuned on a mixture of degradations (clean bicubic; blur 0.3-1.5 px; shot noise 10-1000 photons, read noise 0-0.1), EM slices 0-23 + T91 in grey, on the CPU and then on a GPU with 192 px patches"
   ;;
 *) echo "usage: $0 rgb|em|grey|rgb-l1|rgb-mse|grey-gpu STEPS [DATA_DIR] [OUT_DIR]" >&2; exit 2 ;;
 esac
