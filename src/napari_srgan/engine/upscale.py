@@ -238,7 +238,8 @@ def upscale(
     theoretical receptive field with ``exact=True``. A model known not to be exact when tiled
     (:func:`blends_tiles`) gets overlapping tiles cross-faded instead of cut and stitched: no
     seams, at the price of a float32 band of one row of tiles at output width
-    (:class:`~napari_srgan.engine.tiling.BlendedPlane`).
+    (:class:`~napari_srgan.engine.tiling.BlendedPlane`; the automatic tile keeps it within half
+    the host memory budget).
     ``intensity`` overrides the range from the model card (e.g. one range for a whole dataset).
     ``progress(done, total)`` counts tiles; ``should_stop()`` returning True raises
     :class:`~napari_srgan.engine.tiling.Cancelled`. When the device runs out of memory, the tile size is
@@ -270,6 +271,10 @@ def upscale(
     if tile is None:
         budget = memory_budget(target) if memory_limit is None else memory_limit
         tile = auto_tile_size(model, target, batch_size, memory_limit=budget, halo=halo)
+        if blend:  # the blending band (host memory) gets at most half the host budget
+            host = memory_budget(torch.device("cpu")) if memory_limit is None else memory_limit
+            row = layout.width * model.scale**2 * codec.output_channels * 4
+            tile = max(MIN_TILE, min(tile, host // 2 // row - halo))
     check_tile_size(tile)
     output_shape = layout.output_shape(model.scale)
     if out is None:
