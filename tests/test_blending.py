@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import math
 
+import dask.array as da
 import numpy as np
 import pytest
 import torch
@@ -179,10 +180,16 @@ def test_cli_says_in_one_line_that_tiles_are_blended(tmp_path, user_models, caps
     assert "not exact when tiled" in warnings[0] and "tiles are blended" in warnings[0]
     model = load_model(path)
     assert np.array_equal(read_image(out).data, upscale(image, model, tile=16, device="cpu"))
-    with caplog.at_level(logging.WARNING):  # dask blocks are stitched: that is said, not hidden
-        lazy = upscale_lazy(np.tile(image, (3, 3, 1)), path, tile=16, block=72)
-    assert "block borders are stitched" in caplog.text
-    assert lazy.compute().shape == (288, 240, 3)
+    large = np.tile(image, (3, 4, 1))  # 144 x 160: 2 x 2 blocks of 72 x 80
+    with caplog.at_level(logging.WARNING):  # a plane that fits is one dask block: seamless
+        lazy = upscale_lazy(da.from_array(large, chunks=(72, 80, 3)), path, tile=16)
+    assert "tiles are blended" in caplog.text and lazy.numblocks == (1, 1, 1)
+    assert np.array_equal(lazy.compute(), upscale(large, model, tile=16, device="cpu"))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # one that does not is split, and that is said
+        chunked = da.from_array(large, chunks=(72, 80, 3))
+        lazy = upscale_lazy(chunked, path, tile=16, memory_limit=100_000)
+    assert "block borders are stitched" in caplog.text and lazy.numblocks == (2, 2, 1)
 
 
 def test_widget_says_tiles_are_blended(make_napari_viewer, user_models, monkeypatch):

@@ -4,8 +4,10 @@ Each block is read with ``margin`` extra input pixels on every side that has a n
 ``overlap`` with ``boundary="none"``), upscaled by the in-memory engine with one intensity range
 for the whole array, and trimmed back. Since the margin covers the generator's receptive field,
 the result equals the in-memory engine's, without seams. Models that are not exact when tiled
-are blended inside each block but stitched at block borders (overlap-add across dask blocks is
-not cheap), so :func:`upscale_lazy` warns about them. Workers load the model from its file
+have their tiles blended by the engine, which dask blocks cannot do across their borders
+(overlap-add between blocks is not cheap): such a model gets one block per plane where the
+plane's output fits the memory budget (then the result is the in-memory engine's), and a warning
+that block borders are stitched where it does not. Workers load the model from its file
 (once per process), so nothing big travels through the scheduler.
 """
 
@@ -18,9 +20,12 @@ from pathlib import Path
 
 import dask.array as da
 import numpy as np
+import torch
 
+from napari_srgan.engine.devices import memory_budget
 from napari_srgan.engine.upscale import (
     blending_notice,
+    blends_tiles,
     check_image,
     colour_range,
     tiling_halo,
@@ -94,7 +99,9 @@ def upscale_lazy(
     """The upscaled result of ``data`` (numpy, zarr or dask) as a dask array of the same dtype.
 
     Leading axes are chunked one plane at a time, so a napari layer of this array computes a
-    plane when the slider reaches it. ``device="auto"`` means the CPU here: several dask
+    plane when the slider reaches it. Models that are not exact when tiled are computed a
+    whole plane per block when its output (as float32) fits ``memory_limit`` (default: the CPU
+    budget), else with a warning that block borders are stitched. ``device="auto"`` means the CPU here: several dask
     workers would otherwise contend for one GPU's memory; name ``"cuda"`` to use it.
     """
     model_path = str(Path(model_path))
@@ -103,7 +110,11 @@ def upscale_lazy(
     model = _worker_model(model_path, "cpu")  # measures the halo once if the card lacks it
     card = model.card
     margin, scale = tiling_halo(model, exact), card.scale
-    notice = blending_notice(card, exact, lazy=True)
+    channels = layout.shape[-1] if layout.rgb else 1
+    plane_bytes = layout.height * layout.width * scale**2 * channels * 4
+    budget = memory_budget(torch.device("cpu")) if memory_limit is None else memory_limit
+    whole_planes = blends_tiles(card, exact) and plane_bytes <= budget
+    notice = blending_notice(card, exact, lazy=not whole_planes)
     if notice is not None:
         log.warning(notice)
     source = data if isinstance(data, da.Array) else da.from_array(data, chunks="auto")
@@ -111,7 +122,9 @@ def upscale_lazy(
     spatial = (y_axis, y_axis + 1)
     chunks = {axis: 1 for axis in range(y_axis)}
     for axis in spatial:
-        if min(source.chunks[axis]) < 2 * margin:  # overlap needs blocks wider than the margin
+        if whole_planes:
+            chunks[axis] = -1
+        elif min(source.chunks[axis]) < 2 * margin:  # overlap needs blocks wider than the margin
             chunks[axis] = block
     if layout.rgb:
         chunks[source.ndim - 1] = -1

@@ -356,16 +356,17 @@ def blends_tiles(card: ModelCard, exact: bool = False) -> bool:
 
 def blending_notice(card: ModelCard, exact: bool = False, *, lazy: bool = False) -> str | None:
     """The one line that tells a user their model's tiles are blended (None when they are not).
-    ``lazy``: dask blocks are blended inside but stitched at their borders, which can seam."""
+    ``lazy``: a plane is split into dask blocks, blended inside but stitched at their borders."""
     if not blends_tiles(card, exact):
         return None
     error = card.metrics["tiling"].get("seam_error")
     measured = f" (seam error {error:.2g})" if isinstance(error, float) else ""
     if lazy:
         return (
-            f"{card.name} is not exact when tiled{measured}: tiles are blended inside each dask "
-            "block, but block borders are stitched and may show seams; compute without a "
-            "scheduler for seamless output"
+            f"{card.name} is not exact when tiled{measured}: its planes exceed the memory budget "
+            "for one dask block, so tiles are blended inside blocks but block borders are "
+            "stitched and may show seams; raise --memory-limit or compute without a scheduler "
+            "for seamless output"
         )
     return (
         f"{card.name} is not exact when tiled{measured}: overlapping tiles are blended, so "
