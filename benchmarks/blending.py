@@ -26,7 +26,7 @@ from models import natural, timed
 from napari_srgan.engine.tiling import axis_spans
 from napari_srgan.engine.upscale import tiling_halo, upscale
 from napari_srgan.models.community import community_model
-from napari_srgan.models.halo import TOLERANCE, measure_halo, seam_error
+from napari_srgan.models.halo import TOLERANCE, tiling_check
 from napari_srgan.models.interface import ModelCard, SRModel
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -42,13 +42,11 @@ def build(name: str) -> SRModel:
         torch.manual_seed(0)
         network = RCAN(scale=2, n_resgroups=2, n_resblocks=4, n_feats=32, reduction=8)
         model = community_model(network.state_dict(), name=name, source="benchmark")
-        halo = measure_halo(model)
+        tiling = tiling_check(model)
     else:
         model = SRModel(GlobalMeanSR().eval(), ModelCard(name, trained=False, scale=2))
-        halo = HALO
-    error = seam_error(model, halo)
-    model.card.measured_halo = halo
-    model.card.metrics["tiling"] = {"halo": halo, "seam_error": error, "exact": error <= TOLERANCE}
+        tiling = tiling_check(model, HALO)
+    model.card.measured_halo, model.card.metrics["tiling"] = tiling["halo"], tiling
     return model
 
 

@@ -22,7 +22,7 @@ from napari_srgan.engine.lazy import upscale_lazy
 from napari_srgan.engine.tiling import axis_blends, axis_spans
 from napari_srgan.engine.upscale import blending_notice, tiling_halo, upscale
 from napari_srgan.io.images import read_image, write_image
-from napari_srgan.models.halo import TOLERANCE, seam_error, synthetic_texture
+from napari_srgan.models.halo import TOLERANCE, synthetic_texture, tiling_check
 from napari_srgan.models.interface import ModelCard, SRModel
 from napari_srgan.models.registry import load_model
 
@@ -55,8 +55,7 @@ def global_model(*, measured: bool = True) -> SRModel:
     card = ModelCard("global-mean-x2", trained=False, scale=SCALE, measured_halo=HALO)
     model = SRModel(network, card)
     if measured:
-        error = seam_error(model, HALO, held_back=[synthetic_texture(3, 7)])
-        card.metrics["tiling"] = {"halo": HALO, "seam_error": error, "exact": error <= TOLERANCE}
+        card.metrics["tiling"] = tiling_check(model, HALO, held_back=[synthetic_texture(3, 7)])
     return model
 
 
@@ -151,19 +150,37 @@ def test_one_tile_is_the_whole_image_pass_and_every_layout_blends():
     assert np.array_equal(tiled[0], tiled[1])
 
 
+def _rcan_state() -> dict[str, torch.Tensor]:
+    rcan = pytest.importorskip("spandrel.architectures.RCAN")
+    torch.manual_seed(0)
+    network = rcan.RCAN(scale=2, n_resgroups=1, n_resblocks=1, n_feats=8, reduction=4)
+    return network.state_dict()
+
+
+def test_a_community_file_of_unbounded_reach_is_checked_on_first_load(tmp_path, monkeypatch):
+    from napari_srgan.models import halo
+
+    path = tmp_path / "rcan.pth"
+    torch.save(_rcan_state(), path)
+    model = load_model(path)
+    tiling = model.card.metrics["tiling"]
+    assert model.card.theoretical_halo is None and tiling["exact"] is False
+    assert model.card.measured_halo == tiling["halo"] and "tiles are blended" in blending_notice(
+        model.card
+    )
+    monkeypatch.setattr(halo, "measure_halo", lambda _model: pytest.fail("measured twice"))
+    assert load_model(path).card.metrics["tiling"] == tiling  # cached by the file's hash
+
+
 def _converted_rcan(user_models):
     """A tiny spandrel RCAN (channel attention with global pooling) converted into the user
     folder with the tiling check ``models add`` records for such a model."""
-    rcan = pytest.importorskip("spandrel.architectures.RCAN")
     from napari_srgan.models.community import community_model, save_converted
 
-    torch.manual_seed(0)
-    network = rcan.RCAN(scale=2, n_resgroups=1, n_resblocks=1, n_feats=8, reduction=4)
-    model = community_model(network.state_dict(), name="tiny-rcan", source="test")
-    error = seam_error(model, 16, held_back=[synthetic_texture(3, 7, 96)])
-    model.card.measured_halo = 16
-    model.card.metrics["tiling"] = {"halo": 16, "seam_error": error, "exact": error <= TOLERANCE}
-    assert error > TOLERANCE
+    model = community_model(_rcan_state(), name="tiny-rcan", source="test")
+    tiling = tiling_check(model, 16, held_back=[synthetic_texture(3, 7, 96)])
+    model.card.measured_halo, model.card.metrics["tiling"] = 16, tiling
+    assert not tiling["exact"]
     return save_converted(model, user_models / "tiny-rcan.safetensors")
 
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from napari_srgan.io.atomic_files import atomic_write
 from napari_srgan.models.files import FORMAT_KEY, ModelFileError
+from napari_srgan.models.halo import cached_tiling, tiling_check
 from napari_srgan.models.interface import ModelCard, SRModel
 
 #: File types spandrel models come in.
@@ -310,11 +311,19 @@ def community_model(
 
 
 def load_community_file(path: str | os.PathLike, device: str | torch.device = "cpu") -> SRModel:
-    """A ``.pth/.pt/.ckpt/.safetensors`` community model, its architecture detected by spandrel."""
+    """A ``.pth/.pt/.ckpt/.safetensors`` community model, its architecture detected by spandrel.
+
+    A model of unbounded reach (attention, global pooling) has its tiling checked on first load
+    and the result cached by file hash, as ``models add`` does: whether its tiles are exact at
+    the measured halo or must be blended."""
     path = Path(path)
     model = community_model(
         read_state_dict(path), name=path.stem, source=f"spandrel: {path.name}", path=path
     )
+    if model.card.theoretical_halo is None:
+        tiling = cached_tiling(path, lambda: tiling_check(model))
+        model.card.measured_halo = tiling["halo"]
+        model.card.metrics["tiling"] = tiling
     model.network.to(device)
     return model
 

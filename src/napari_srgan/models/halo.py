@@ -187,6 +187,17 @@ def seam_error(
     return cut_error(network, probe_crops(held_back, reach), reach, halo, model.scale)
 
 
+def tiling_check(
+    model: SRModel, halo: int | None = None, *, held_back: Sequence[np.ndarray] | None = None
+) -> dict:
+    """What a card records about tiling (``metrics["tiling"]``): the halo (measured unless
+    given), the seam error at it, and whether that is within :data:`TOLERANCE` (if not, the
+    engine blends the model's tiles instead of stitching them)."""
+    halo = measure_halo(model) if halo is None else halo
+    error = seam_error(model, halo, held_back=held_back)
+    return {"halo": halo, "seam_error": error, "exact": error <= TOLERANCE}
+
+
 def cache_path() -> Path:
     folder = os.environ.get(CACHE_DIR_ENV) or platformdirs.user_cache_dir(
         "napari-srgan", appauthor=False
@@ -197,22 +208,35 @@ def cache_path() -> Path:
 def cached_halo(path: str | os.PathLike, measure: Callable[[], int]) -> int:
     """The measured halo of the model file at ``path``, from the cache (keyed by the file's
     SHA-256) or measured now and cached. A cache that cannot be read or written is skipped."""
-    key = file_sha256(path)
+    return _cached(file_sha256(path), measure, lambda value: isinstance(value, int))
+
+
+def cached_tiling(path: str | os.PathLike, measure: Callable[[], dict]) -> dict:
+    """:func:`tiling_check` of the model file at ``path``, cached like :func:`cached_halo`."""
+
+    def valid(value) -> bool:
+        return isinstance(value, dict) and set(value) == {"halo", "seam_error", "exact"}
+
+    return _cached(f"tiling:{file_sha256(path)}", measure, valid)
+
+
+def _cached(key: str, measure: Callable, valid: Callable[[object], bool]):
+    """The cached value under ``key`` if ``valid``, else ``measure()``, stored."""
     cache = cache_path()
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
-    if isinstance(known, dict) and isinstance(known.get(key), int):
+    if isinstance(known, dict) and valid(known.get(key)):
         return known[key]
-    halo = measure()
+    value = measure()
     known = known if isinstance(known, dict) else {}
-    known[key] = halo
+    known[key] = value
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         temporary = cache.with_suffix(f".{os.getpid()}.tmp")
         temporary.write_text(json.dumps(known, sort_keys=True))
         temporary.replace(cache)
     except OSError as error:
-        log.warning("could not cache the measured halo in %s: %s", cache, error)
-    return halo
+        log.warning("could not cache a tiling measurement in %s: %s", cache, error)
+    return value

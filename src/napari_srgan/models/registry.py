@@ -138,7 +138,7 @@ def add_model(
     """Convert a community or bioimage.io model into the user model folder (``.safetensors``
     with a model card), so it is listed by name and reloads without the original file."""
     from napari_srgan.models.community import SpandrelNetwork, save_converted
-    from napari_srgan.models.halo import TOLERANCE, measure_halo, seam_error
+    from napari_srgan.models.halo import tiling_check
 
     source = Path(path)
     if not source.exists():
@@ -156,8 +156,7 @@ def add_model(
             "converted (use it directly with --model)"
         )
     model.card.name = name
-    halo = measure_halo(model)
-    error = seam_error(model, halo)
-    model.card.measured_halo = halo
-    model.card.metrics["tiling"] = {"halo": halo, "seam_error": error, "exact": error <= TOLERANCE}
+    tiling = tiling_check(model)
+    model.card.measured_halo = tiling["halo"]
+    model.card.metrics["tiling"] = tiling
     return save_converted(model, target)
