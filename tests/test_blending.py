@@ -22,6 +22,7 @@ from napari_srgan.engine.lazy import upscale_lazy
 from napari_srgan.engine.tiling import axis_blends, axis_spans
 from napari_srgan.engine.upscale import blending_notice, tiling_halo, upscale
 from napari_srgan.io.images import read_image, write_image
+from napari_srgan.io.zarr_files import open_lazy
 from napari_srgan.models.halo import TOLERANCE, synthetic_texture, tiling_check
 from napari_srgan.models.interface import ModelCard, SRModel
 from napari_srgan.models.registry import load_model
@@ -196,7 +197,11 @@ def test_cli_says_in_one_line_that_tiles_are_blended(tmp_path, user_models, caps
     assert len(warnings) == 1 and "Traceback" not in err
     assert "not exact when tiled" in warnings[0] and "tiles are blended" in warnings[0]
     model = load_model(path)
-    assert np.array_equal(read_image(out).data, upscale(image, model, tile=16, device="cpu"))
+    expected = upscale(image, model, tile=16, device="cpu")
+    assert np.array_equal(read_image(out).data, expected)
+    streamed = tmp_path / "out.zarr"  # tile by tile into OME-Zarr: the same rows
+    assert main([*arguments[:2], str(streamed), *arguments[3:], "--tile", "16"]) == 0
+    assert np.array_equal(np.moveaxis(np.asarray(open_lazy(streamed).data), 0, -1), expected)
     large = np.tile(image, (3, 4, 1))  # 144 x 160: 2 x 2 blocks of 72 x 80
     with caplog.at_level(logging.WARNING):  # a plane that fits is one dask block: seamless
         lazy = upscale_lazy(da.from_array(large, chunks=(72, 80, 3)), path, tile=16)

@@ -215,7 +215,7 @@ def axis_blends(spans: Sequence[Span], scale: int, ramp: int) -> list[AxisBlend]
     pixels wide centred on every border with a neighbour (never wider than the narrowest kept
     part, so the two ramps of one span do not meet). The weights of all spans sum to 1."""
     width = max(1, min(ramp, *(span.keep_stop - span.keep_start for span in spans))) * scale
-    rise = (0.5 - 0.5 * np.cos(np.pi * (np.arange(width) + 0.5) / max(width, 1))).astype(np.float32)
+    rise = (0.5 - 0.5 * np.cos(np.pi * (np.arange(width) + 0.5) / width)).astype(np.float32)
     blends = []
     for index, span in enumerate(spans):
         start, stop = span.keep_start * scale, span.keep_stop * scale

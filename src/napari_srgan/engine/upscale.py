@@ -346,9 +346,9 @@ BLEND_OVERLAP_FLOOR = 32
 
 
 def blends_tiles(card: ModelCard, exact: bool = False) -> bool:
-    """Whether tiles are cross-faded: the card's tiling check (``models add``) found the model
-    not exact at its halo (global pooling or attention), unless ``exact`` tiles by a finite
-    receptive field."""
+    """Whether tiles are cross-faded: the card's tiling check (``models add``, or the first
+    load of a community file of unbounded reach) found the model not exact at its halo (global
+    pooling or attention), unless ``exact`` tiles by a finite receptive field."""
     if exact and card.theoretical_halo is not None:
         return False
     return card.metrics.get("tiling", {}).get("exact") is False
@@ -509,6 +509,7 @@ class PlaneReader:
             stop = min(stop, height)
             if start < stop:
                 block = self.codec.from_host_unit(rows[: stop - start, :width])
-                out[(*self.plane, slice(start, stop))] = block if self.layout.rgb else block[..., 0]
+                rows_at = (*self.plane, slice(start, stop), slice(0, width))
+                out[rows_at] = block if self.layout.rgb else block[..., 0]
 
         return write
