@@ -220,19 +220,6 @@ def test_torchscript_file_is_not_run_as_a_community_model(tmp_path):
         load_model(path)
 
 
-def test_fine_tuning_a_community_model_says_it_cannot(tmp_path, capsys):
-    path = community_file(tmp_path, "esrgan-x4")
-    add_model(path, "esr")
-    hr = tmp_path / "hr.png"
-    write_image(hr, _image(3, (64, 64)), rgb=True)
-    for base in (str(path), "esr"):
-        arguments = ["train", "--hr", str(hr), "--out", "tuned", "--base", base, "--steps", "1"]
-        assert main(arguments) == 2
-        error = capsys.readouterr().err.strip().splitlines()
-        assert "fine-tunes only its own SRResNet models" in error[-1]
-        assert sum("error" in line for line in error) == 1
-
-
 def test_upscale_widget_runs_an_added_community_model(make_napari_viewer, tmp_path, monkeypatch):
     pytest.importorskip("napari")
     from napari_srgan.plugin.background import SYNCHRONOUS_ENV

@@ -193,7 +193,9 @@ def _add_train(commands) -> None:
     start.add_argument(
         "--base",
         default=None,
-        help="model to fine-tune (default: the bundled one for the data's channels)",
+        help="model to fine-tune: a name, a native file or a community (spandrel) .pth/"
+        ".safetensors, which stays its architecture (default: the bundled one for the data's "
+        "channels)",
     )
     start.add_argument("--from-scratch", action="store_true", help="train a new generator")
     parser.add_argument("--channels", type=positive_int, default=64, help="new generator: features")

@@ -13,6 +13,8 @@ spandrel having to guess again.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import os
 import pickle
@@ -28,7 +30,7 @@ from torch import nn
 from napari_srgan.io.atomic_files import atomic_write
 from napari_srgan.models.files import FORMAT_KEY, ModelFileError
 from napari_srgan.models.halo import cached_tiling, tiling_check
-from napari_srgan.models.interface import ModelCard, SRModel
+from napari_srgan.models.interface import ModelCard, NetworkSpec, SRModel
 
 #: File types spandrel models come in.
 COMMUNITY_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
@@ -153,8 +155,24 @@ class SpandrelNetwork(nn.Module):
         super().__init__()
         self.model = descriptor.model
         self.scale = descriptor.scale
+        self.architecture = str(descriptor.architecture.id)
+        self.channels = (descriptor.input_channels, descriptor.output_channels)
         self.requirements = descriptor.size_requirements
         self.call = getattr(descriptor, "_call_fn", None) or (lambda model, x: model(x))
+
+    def training_spec(self) -> NetworkSpec:
+        """Geometry and identity for training: the architecture id and a digest of its tensor
+        shapes, which fix the hyper-parameters spandrel detected."""
+        shapes = [[name, list(t.shape)] for name, t in self.model.state_dict().items()]
+        layout = hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
+        identity = {
+            "architecture": self.architecture,
+            "scale": self.scale,
+            "in_channels": self.channels[0],
+            "out_channels": self.channels[1],
+            "layout": layout,
+        }
+        return NetworkSpec(self.scale, *self.channels, identity)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from spandrel.__helpers.size_req import pad_tensor
@@ -328,12 +346,18 @@ def load_community_file(path: str | os.PathLike, device: str | torch.device = "c
     return model
 
 
-def save_converted(model: SRModel, path: str | os.PathLike) -> Path:
-    """Write a spandrel model as ``.safetensors`` with its card and architecture id (atomic)."""
+def save_converted(
+    model: SRModel, path: str | os.PathLike, *, half: bool = False, overwrite: bool = False
+) -> Path:
+    """Write a spandrel model as ``.safetensors`` with its card and architecture id (atomic);
+    ``half`` stores fp16 weights (upcast again on load)."""
     if not isinstance(model.network, SpandrelNetwork):
         raise ModelFileError(f"{model.card.name} is not a spandrel model")
     tensors = {
-        name: t.detach().cpu().contiguous().clone()
+        name: (t.detach().half() if half and t.is_floating_point() else t.detach())
+        .cpu()
+        .contiguous()
+        .clone()
         for name, t in model.network.model.state_dict().items()
     }
     metadata = {
@@ -343,7 +367,9 @@ def save_converted(model: SRModel, path: str | os.PathLike) -> Path:
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(path, lambda temp: save_file(tensors, temp, metadata=metadata))
+    return atomic_write(
+        path, lambda temp: save_file(tensors, temp, metadata=metadata), overwrite=overwrite
+    )
 
 
 def read_converted_card(path: Path, metadata: dict[str, str]) -> ModelCard:
@@ -358,7 +384,9 @@ def load_converted(
 ) -> SRModel:
     """A model written by :func:`save_converted`: the stored architecture, no detection."""
     card = read_converted_card(path, metadata)
-    state_dict = read_state_dict(path)
+    state_dict = {
+        name: t.float() if t.is_floating_point() else t for name, t in read_state_dict(path).items()
+    }
     model = community_model(
         state_dict,
         name=card.name,

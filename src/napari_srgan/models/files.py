@@ -69,8 +69,8 @@ def read_metadata(path: str | os.PathLike) -> tuple[GeneratorConfig, ModelCard]:
         raise ModelFileError(f"{path} is not a readable .safetensors file ({error})") from None
     if metadata.get(FORMAT_KEY) == "spandrel-1":
         raise ModelFileError(
-            f"{path.name} is a community model converted from spandrel; napari-srgan can run it "
-            "but fine-tunes only its own SRResNet models"
+            f"{path.name} is a community model converted from spandrel, not a native SRResNet "
+            "file; open it with napari_srgan.models.registry.load_model"
         )
     if metadata.get(FORMAT_KEY) != FORMAT_VERSION:
         raise ModelFileError(

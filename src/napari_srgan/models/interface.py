@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Protocol
 
 from torch import nn
 
@@ -99,3 +100,29 @@ class SRModel:
     @property
     def in_channels(self) -> int:
         return self.card.in_channels
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What training needs to know about a network, whatever its source: its geometry, and a
+    dict identifying its layout, stored in checkpoints so that one network's training state is
+    never loaded into another."""
+
+    scale: int
+    in_channels: int
+    out_channels: int
+    identity: dict
+
+
+def network_label(identity: object) -> str:
+    """A network identity (:attr:`NetworkSpec.identity`) in a few words, for messages."""
+    if not isinstance(identity, dict):
+        return "unknown network"
+    architecture = identity.get("architecture", "srresnet")
+    return f"{architecture} {identity.get('scale', '?')}x"
+
+
+class TrainableNetwork(Protocol):
+    """A network the trainer can fine-tune: native generators and spandrel networks."""
+
+    def training_spec(self) -> NetworkSpec: ...

@@ -18,6 +18,8 @@ import platformdirs
 from napari_srgan.models.headers import ModelFileError, safetensors_metadata
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from napari_srgan.models.interface import ModelCard, SRModel
 
 #: The model used when none is named: the bundled RGB photo model.
@@ -81,7 +83,7 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
     raise ModelFileError(f"no model named {str(name_or_path)!r}; available: {known}")
 
 
-def _is_bioimageio(path: Path) -> bool:
+def is_bioimageio(path: Path) -> bool:
     return path.is_dir() or path.suffix.lower() == ".zip"
 
 
@@ -96,7 +98,7 @@ def load_model(
     from napari_srgan.models.files import FORMAT_KEY, FORMAT_VERSION
 
     path = resolve_model(name_or_path)
-    if _is_bioimageio(path):
+    if is_bioimageio(path):
         from napari_srgan.models.bioimageio import load_bioimageio
 
         return load_bioimageio(path, device, trust_code=trust_code)
@@ -138,7 +140,6 @@ def add_model(
     """Convert a community or bioimage.io model into the user model folder (``.safetensors``
     with a model card), so it is listed by name and reloads without the original file."""
     from napari_srgan.models.community import SpandrelNetwork, save_converted
-    from napari_srgan.models.halo import tiling_check
 
     source = Path(path)
     if not source.exists():
@@ -156,7 +157,37 @@ def add_model(
             "converted (use it directly with --model)"
         )
     model.card.name = name
+    measure_tiling(model)
+    return save_converted(model, target)
+
+
+def measure_tiling(model: SRModel) -> None:
+    """Put the tiling check with the model's own weights (measured halo, seam error) on its
+    card: converted files are not measured again when they load."""
+    from napari_srgan.models.halo import tiling_check
+
     tiling = tiling_check(model)
     model.card.measured_halo = tiling["halo"]
     model.card.metrics["tiling"] = tiling
-    return save_converted(model, target)
+
+
+def save_trained(
+    path: str | os.PathLike,
+    network: nn.Module,
+    card: ModelCard,
+    *,
+    half: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """Save a trained network in the project's ``.safetensors`` format: a native generator as a
+    native model (its halo is measured when it first loads), a spandrel network as a converted
+    one that keeps its architecture id, its tiling checked now as ``models add`` does."""
+    from napari_srgan.models.community import SpandrelNetwork, save_converted
+    from napari_srgan.models.files import save_model
+    from napari_srgan.models.interface import SRModel
+
+    if not isinstance(network, SpandrelNetwork):
+        return save_model(path, network, card, half=half, overwrite=overwrite)
+    model = SRModel(network.cpu(), card)
+    measure_tiling(model)
+    return save_converted(model, path, half=half, overwrite=overwrite)

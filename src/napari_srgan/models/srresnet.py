@@ -13,6 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from napari_srgan.models.interface import NetworkSpec
+
 #: The default upscaling factor (two PixelShuffle x2 stages); the bundled models are 4x.
 SCALE = 4
 #: Upscaling factors a generator can be built for, and their PixelShuffle stages.
@@ -166,6 +168,12 @@ class Generator(nn.Module):
             # Residual learning: an untrained network returns plain bicubic upscaling.
             nn.init.zeros_(self.tail.weight)
             nn.init.zeros_(self.tail.bias)
+
+    def training_spec(self) -> NetworkSpec:
+        """Geometry and identity for training; the identity is the config, as checkpoints have
+        always stored it."""
+        config = self.config
+        return NetworkSpec(config.scale, config.in_channels, config.out_channels, config.to_dict())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.head(x)

@@ -146,14 +146,15 @@ def ask_replace(parent, name: str, proposal: str) -> str | None:
 
 
 def trainable_models(_widget=None) -> list[str]:
-    """Models this project can fine-tune: its own (community models are used as they are)."""
+    """Models to start from: every listed model whose card reads (native and added community
+    models alike can be fine-tuned)."""
     names = []
     for name in available_models():
         try:
-            if read_card(name).source == "native":
-                names.append(name)
+            read_card(name)
         except ModelFileError:
             continue
+        names.append(name)
     return names
 
 
@@ -216,7 +217,8 @@ class TrainWidget(Container):
         self.base_model = compact_combo(ComboBox(label="Start from", choices=trainable_models))
         self.base_model.tooltip = (
             "The model to fine-tune. Starting from a trained model needs far fewer steps than "
-            "starting from scratch. Pick one made for the same kind of image (grey or RGB)."
+            "starting from scratch. Pick one made for the same kind of image (grey or RGB). "
+            "An added community model (ESRGAN, SPAN...) is fine-tuned as its own architecture."
         )
         self.model_name = LineEdit(label="Save as", value="my-srgan")
         self.model_name.tooltip = (
@@ -382,7 +384,8 @@ class TrainWidget(Container):
             checkpoint=output.with_suffix(".ckpt"),
             resume=resume,
             overwrite=replace,
-            description=f"fine-tuned in napari on {', '.join(layer.name for layer in layers)}",
+            description=f"fine-tuned from {self.base_model.value} in napari on "
+            f"{', '.join(layer.name for layer in layers)}",
         )
 
     def _fail(self, message: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 import time
@@ -15,10 +16,16 @@ import torch
 from napari_srgan.engine.devices import choose_device
 from napari_srgan.engine.upscale import InvalidImageError
 from napari_srgan.io.atomic_files import refuse_existing
-from napari_srgan.models.files import ModelFileError, load_model, save_model
-from napari_srgan.models.interface import ModelCard
+from napari_srgan.models.headers import ModelFileError
+from napari_srgan.models.interface import ModelCard, TrainableNetwork
 from napari_srgan.models.normalization import NormalizationSpec
-from napari_srgan.models.registry import resolve_model, user_model_dir
+from napari_srgan.models.registry import (
+    is_bioimageio,
+    load_model,
+    resolve_model,
+    save_trained,
+    user_model_dir,
+)
 from napari_srgan.models.srresnet import SCALE, Generator, GeneratorConfig
 from napari_srgan.training.degradations import Bicubic, Degradation
 from napari_srgan.training.device_sampler import (
@@ -47,7 +54,8 @@ class TrainingJob:
     images: list[TrainingImage]
     output: Path
     config: TrainingConfig = field(default_factory=TrainingConfig)
-    #: Start from this model's weights (a name or a path); None trains ``generator_config`` anew.
+    #: Start from this model's weights (a name or a path: a native model, or a community model
+    #: spandrel recognises); None trains ``generator_config`` anew.
     base_model: str | os.PathLike | None = None
     generator_config: GeneratorConfig | None = None
     #: Default: the base model's, else the dtype convention.
@@ -89,22 +97,27 @@ def user_model_path(name: str) -> Path:
     return user_model_dir() / f"{name}.safetensors"
 
 
-def _starting_point(job: TrainingJob) -> tuple[Generator, NormalizationSpec, str]:
+def _starting_point(job: TrainingJob) -> tuple[TrainableNetwork, NormalizationSpec, ModelCard]:
+    """The network to train, its normalisation, and the card the result inherits (architecture,
+    source, licence: a fine-tuned community model stays that architecture)."""
     if job.base_model is not None:
         path = resolve_model(job.base_model)
-        if path.suffix.lower() != ".safetensors":
+        if is_bioimageio(path):
             raise ModelFileError(
-                f"{path.name} is a community or bioimage.io model; napari-srgan can run it but "
-                "fine-tunes only its own SRResNet models"
+                f"{path.name} is a bioimage.io package: its weights (TorchScript, or code from "
+                "the package) have no state dict napari-srgan can train; fine-tune a native "
+                "or spandrel model"
             )
         base = load_model(path)
+        # spandrel hands out networks set up for inference; training needs gradients.
+        base.network.requires_grad_(True)
         spec = job.normalization or base.card.normalization
-        return base.network, spec, base.card.name
+        return base.network, spec, base.card
     config = job.generator_config or GeneratorConfig()
     return (
         Generator(config),
         job.normalization or NormalizationSpec(),
-        "none (trained from scratch)",
+        ModelCard("none (trained from scratch)"),
     )
 
 
@@ -245,8 +258,9 @@ def run_training(
     started = time.perf_counter()
     resuming = _check_outputs(job)
     torch.manual_seed(job.config.seed)  # a new generator's initial weights come from the seed
-    generator, spec, base_name = _starting_point(job)
-    channels, scale = generator.config.in_channels, generator.config.scale
+    generator, spec, base = _starting_point(job)
+    geometry = generator.training_spec()
+    channels, scale = geometry.in_channels, geometry.scale
     validation = _validation_set(job, spec, channels, scale)
     sampler = make_sampler(job, spec, channels, scale)
     if sampler.skipped and on_event is not None:
@@ -270,14 +284,18 @@ def run_training(
         for name in (recent[-1] if recent else {})
         if name != "step"
     }
-    card = ModelCard(
+    # The base's architecture, source and licence carry over; what training changed does not.
+    card = dataclasses.replace(
+        base,
         name=Path(job.output).stem,
-        description=job.description or f"fine-tuned from {base_name}",
+        description=job.description or f"fine-tuned from {base.name}",
         trained=True,
         normalization=spec,
         degradation=job.degradation.describe()["kind"],
+        intended_use="",
+        measured_halo=None,
         training={
-            "base_model": base_name,
+            "base_model": base.name,
             "data": _describe_data(sampler.images),
             "degradation": job.degradation.describe(),
             "steps": trainer.step,
@@ -289,7 +307,7 @@ def run_training(
         },
         metrics={"validation": last} if last else {},
     )
-    path = save_model(
+    path = save_trained(
         job.output, trainer.model, card, half=job.half, overwrite=job.overwrite or resuming
     )
     return TrainingOutcome(

@@ -67,8 +67,9 @@ class TrainingImage:
             if shape not in (expected, self.layout.shape):
                 smaller = f"exactly 1/{scale} its size {expected} or " if scale > 1 else ""
                 raise InvalidImageError(
-                    f"{self.name}: the LR image has shape {shape}, but an HR image of shape "
-                    f"{self.layout.shape} needs LR of {smaller}the same shape (on the HR pixel grid)"
+                    f"{self.name}: the LR image has shape {shape}, but for a {scale}x model an HR "
+                    f"image of shape {self.layout.shape} needs LR of {smaller}the same shape (on "
+                    "the HR pixel grid)"
                 )
             _check_finite(self.lr, f"{self.name} (LR)")
             self.lr_range = _range(self.lr, ImageLayout(shape, self.layout.rgb), spec)

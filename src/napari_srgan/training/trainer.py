@@ -23,7 +23,8 @@ from napari_srgan.engine.devices import choose_device
 from napari_srgan.engine.torch_safety import guard_triton
 from napari_srgan.engine.upscale import CHANNELS_LAST_DEVICES
 from napari_srgan.io.atomic_files import atomic_write
-from napari_srgan.models.srresnet import Discriminator, DiscriminatorConfig, Generator
+from napari_srgan.models.interface import TrainableNetwork, network_label
+from napari_srgan.models.srresnet import Discriminator, DiscriminatorConfig
 from napari_srgan.training.losses import (
     PerceptualLoss,
     discriminator_loss,
@@ -154,12 +155,28 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def _mismatch(stored: object, identity: dict) -> str:
+    """Why a checkpoint's network is not this one: the architectures, or (the same
+    architecture) the settings that differ."""
+    text = f"is a checkpoint of {network_label(stored)} training, not of {network_label(identity)}"
+    if isinstance(stored, dict) and network_label(stored) == network_label(identity):
+        differing = sorted(
+            k for k in stored.keys() | identity.keys() if stored.get(k) != identity.get(k)
+        )
+        text += f" (they differ in {', '.join(differing)})"
+    return text
+
+
 class Trainer:
-    """Runs :class:`TrainingConfig` on a generator with batches from a :class:`Sampler`."""
+    """Runs :class:`TrainingConfig` on a generator with batches from a :class:`Sampler`.
+
+    The generator is any :class:`~napari_srgan.models.interface.TrainableNetwork` (a native
+    SRResNet or a spandrel network): the trainer needs only its :class:`NetworkSpec`.
+    """
 
     def __init__(
         self,
-        generator: Generator,
+        generator: TrainableNetwork,
         sampler: Sampler,
         config: TrainingConfig,
         *,
@@ -183,6 +200,8 @@ class Trainer:
             if self.device.type in CHANNELS_LAST_DEVICES
             else torch.contiguous_format
         )
+        #: Scale, channels and the identity checkpoints are checked against.
+        self.spec = generator.training_spec()
         self.generator = generator.to(self.device, memory_format=self.memory_format).train()
         # The EMA copy (AveragedModel keeps the checkpoint layout); :meth:`_update_ema` updates it.
         self.ema = AveragedModel(self.generator, use_buffers=True)
@@ -210,7 +229,7 @@ class Trainer:
 
     def _build_adversarial_stage(self) -> None:
         config = self.config
-        channels = self.generator.config.out_channels
+        channels = self.spec.out_channels
         self.discriminator = Discriminator(
             DiscriminatorConfig(in_channels=channels, channels=config.discriminator_channels)
         ).to(self.device, memory_format=self.memory_format)
@@ -235,7 +254,7 @@ class Trainer:
         return "content" if self.step < self.config.pretrain_steps else "adversarial"
 
     @property
-    def model(self) -> Generator:
+    def model(self) -> torch.nn.Module:
         """The weights to validate and export: the EMA where enabled."""
         return self.ema.module if self.config.ema_decay > 0 else self.generator
 
@@ -409,7 +428,9 @@ class Trainer:
             "step": self.step,
             "elapsed": self.elapsed,
             "config": asdict(self.config),
-            "generator_config": self.generator.config.to_dict(),
+            # The network's identity (the key predates other architectures: native
+            # checkpoints written before still resume).
+            "generator_config": self.spec.identity,
             "generator": self.generator.state_dict(),
             "ema": self.ema.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -446,10 +467,9 @@ class Trainer:
             ) from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a napari-srgan training checkpoint")
-        if state.get("generator_config") != self.generator.config.to_dict():
+        if state.get("generator_config") != self.spec.identity:
             raise ValueError(
-                f"{path} was trained with generator {state.get('generator_config')}, "
-                f"not {self.generator.config.to_dict()}"
+                f"{path} {_mismatch(state.get('generator_config'), self.spec.identity)}"
             )
         try:
             self._load_state(state)

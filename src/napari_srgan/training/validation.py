@@ -145,7 +145,7 @@ def evaluate(
 ) -> EvaluationResult:
     """Mean PSNR / SSIM (Y channel for RGB, 4-pixel border crop) of the model and of bicubic."""
     generator.eval()
-    scale = generator.config.scale
+    scale = generator.training_spec().scale
     scores, bicubic_scores, preview = [], [], None
     with torch.inference_mode():
         for image in images:
