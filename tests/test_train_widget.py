@@ -170,7 +170,7 @@ def test_bad_input_gets_a_clear_message(
         def full_disk(*args, **kwargs):
             raise OSError(28, "No space left on device")
 
-        monkeypatch.setattr("napari_srgan.training.job.save_model", full_disk)
+        monkeypatch.setattr("napari_srgan.training.job.save_trained", full_disk)
     layers_before = [layer.name for layer in viewer.layers]
     widget.start()
     assert len(errors) == 1 and message in errors[0], errors
