@@ -220,6 +220,29 @@ def test_measured_halo_finds_the_real_reach_not_the_theoretical_one():
     assert np.abs(upscale(image, model, tile=20, device="cpu") - whole).max() <= 1e-4
 
 
+def test_a_slow_measurement_says_why_the_wait_and_a_quick_one_is_silent(
+    tmp_path, monkeypatch, caplog
+):
+    import time
+
+    from napari_srgan.models import halo
+
+    path = tmp_path / "m.safetensors"
+    path.write_bytes(b"weights")
+    monkeypatch.setattr(halo, "NOTICE_AFTER_S", 0.05)
+    with caplog.at_level("WARNING", logger=halo.__name__):
+        assert halo.cached_halo(path, lambda: time.sleep(0.5) or 7) == 7
+    assert [r.getMessage() for r in caplog.records] == [
+        "measuring how m.safetensors tiles (once per model file, then cached)..."
+    ]
+    caplog.clear()
+    path.write_bytes(b"other weights")
+    with caplog.at_level("WARNING", logger=halo.__name__):
+        assert halo.cached_halo(path, lambda: 5) == 5
+    time.sleep(0.2)  # a notice that was not cancelled would have fired by now
+    assert not caplog.records
+
+
 def test_halo_is_measured_once_per_file_and_cached_by_hash(tmp_path, monkeypatch):
     from napari_srgan.models import files, halo
     from napari_srgan.models.files import load_model, save_model

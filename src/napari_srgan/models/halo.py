@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -46,6 +47,8 @@ PROBED_IMAGES, HELD_BACK_IMAGES = 3, 2
 UNKNOWN_REACH = 64
 #: Set this to keep the halo cache somewhere other than the platform's user cache folder.
 CACHE_DIR_ENV = "NAPARI_SRGAN_CACHE_DIR"
+#: A measurement still running after this many seconds logs why the wait (once per file).
+NOTICE_AFTER_S = 10.0
 DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -208,7 +211,7 @@ def cache_path() -> Path:
 def cached_halo(path: str | os.PathLike, measure: Callable[[], int]) -> int:
     """The measured halo of the model file at ``path``, from the cache (keyed by the file's
     SHA-256) or measured now and cached. A cache that cannot be read or written is skipped."""
-    return _cached(file_sha256(path), measure, lambda value: isinstance(value, int))
+    return _cached(path, file_sha256(path), measure, lambda value: isinstance(value, int))
 
 
 def cached_tiling(path: str | os.PathLike, measure: Callable[[], dict]) -> dict:
@@ -217,11 +220,12 @@ def cached_tiling(path: str | os.PathLike, measure: Callable[[], dict]) -> dict:
     def valid(value) -> bool:
         return isinstance(value, dict) and set(value) == {"halo", "seam_error", "exact"}
 
-    return _cached(f"tiling:{file_sha256(path)}", measure, valid)
+    return _cached(path, f"tiling:{file_sha256(path)}", measure, valid)
 
 
-def _cached(key: str, measure: Callable, valid: Callable[[object], bool]):
-    """The cached value under ``key`` if ``valid``, else ``measure()``, stored."""
+def _cached(path: str | os.PathLike, key: str, measure: Callable, valid: Callable[[object], bool]):
+    """The cached value under ``key`` (of the file at ``path``) if ``valid``, else
+    ``measure()``, stored."""
     cache = cache_path()
     try:
         known = json.loads(cache.read_text())
@@ -229,7 +233,18 @@ def _cached(key: str, measure: Callable, valid: Callable[[object], bool]):
         known = {}
     if isinstance(known, dict) and valid(known.get(key)):
         return known[key]
-    value = measure()
+    # Large attention models take minutes on a CPU: say why the wait, once it is noticeable.
+    notice = threading.Timer(
+        NOTICE_AFTER_S,
+        log.warning,
+        ("measuring how %s tiles (once per model file, then cached)...", Path(path).name),
+    )
+    notice.daemon = True
+    notice.start()
+    try:
+        value = measure()
+    finally:
+        notice.cancel()
     known = known if isinstance(known, dict) else {}
     known[key] = value
     try:
