@@ -204,3 +204,21 @@ def test_the_preview_shows_a_textured_crop_in_labelled_panels():
     np.testing.assert_array_equal(preview[top : top + height, left : left + width], textured.hr[0])
     top, left = corners["LR"]
     np.testing.assert_array_equal(preview[top : top + 4, left : left + 4], textured.lr[0, 0, 0])
+
+
+def test_an_added_community_model_is_fine_tuned_as_its_own_architecture(
+    viewer_with_photo, tiny_model_file, monkeypatch, tmp_path
+):
+    from napari_srgan.models.registry import add_model, load_model
+    from test_community_models import community_file
+
+    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
+    add_model(community_file(tmp_path, "esrgan-x4"), "my-esrgan")
+    widget = open_train_widget(
+        viewer_with_photo, model_name="esrgan-tuned", steps=4, base_model="my-esrgan"
+    )
+    widget.train_button.clicked.emit()
+    assert widget.outcome is not None and widget.outcome.finished, widget.status.value
+    tuned = load_model(widget.outcome.model_path)
+    assert (tuned.card.architecture, tuned.scale) == ("ESRGAN", 4)
+    assert tuned.card.description.startswith("fine-tuned from my-esrgan in napari on photo")
