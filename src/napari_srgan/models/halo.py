@@ -6,8 +6,8 @@ smallest overlap ``h`` for which a tile that is cut ``h`` pixels beyond its kept
 padding there, as the network pads) gives the same kept output as a whole-image pass within
 :data:`TOLERANCE` on the [0, 1] scale.
 
-It is found by *cut probes* on real images (photos for RGB models, electron microscopy for grey
-ones, from ``../shared/data`` beside the project; synthetic textures where that is absent): for
+It is found by *cut probes* on real images (photos for RGB models, micrographs and textures for
+grey ones, all bundled with scikit-image, so every install measures alike): for
 several crops, the network's output of the crop's centre is computed once with all the context
 the architecture can use and once with only ``h`` pixels of it, and ``h`` is bisected. A safety
 margin is added, and the result is verified with probes on held-back images (grown until they
@@ -49,44 +49,39 @@ UNKNOWN_REACH = 64
 CACHE_DIR_ENV = "NAPARI_SRGAN_CACHE_DIR"
 #: A measurement still running after this many seconds logs why the wait (once per file).
 NOTICE_AFTER_S = 10.0
-DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
+#: Probe images bundled with scikit-image (offline, and the same on every install): photos for
+#: RGB models, micrographs and textures for grey ones; the held-back ones verify the halo.
+PROBES = {
+    (3, False): ("astronaut", "coffee", "rocket"),
+    (3, True): ("chelsea", "immunohistochemistry"),
+    (1, False): ("cell", "camera", "coins"),
+    (1, True): ("moon", "gravel"),
+}
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
 
 
 def probe_images(channels: int, count: int, *, held_back: bool = False) -> list[np.ndarray]:
-    """``count`` unit-scaled ``(h, w, channels)`` float32 images: photos (RGB) or EM (grey)
-    from the shared data, the measurement and the held-back ones disjoint; synthetic textures
-    where the data is absent."""
-    folders = (
-        [DATA / "val" / ("Set5" if held_back else "Set14")]
-        if channels == 3
-        else [DATA / "microscopy" / "em_isbi2012_train"]
-    )
-    files = sorted(p for folder in folders if folder.is_dir() for p in folder.glob("*.png"))
-    if channels == 1:  # EM: even files measure, odd files are held back
-        files = files[1 if held_back else 0 :: 2]
-    images = [_load_unit(path, channels) for path in files[:count]]
-    if len(images) < count:
-        log.info("halo probes: %d real images found; adding synthetic textures", len(images))
-        seed = 1000 if held_back else 0
-        images += [synthetic_texture(channels, seed + i) for i in range(count - len(images))]
+    """``count`` unit-scaled ``(h, w, channels)`` float32 images from :data:`PROBES` (the
+    measurement and the held-back ones disjoint), then synthetic textures if more are needed
+    or the model has neither 1 nor 3 channels."""
+    import skimage.data
+
+    names = PROBES.get((channels, held_back), ())[:count]
+    images = [_to_unit(getattr(skimage.data, name)(), channels) for name in names]
+    seed = 1000 if held_back else 0
+    images += [synthetic_texture(channels, seed + i) for i in range(len(images), count)]
     return images
 
 
-def _load_unit(path: Path, channels: int) -> np.ndarray:
-    import imageio.v3 as iio
-
-    image = np.asarray(iio.imread(path))
-    if image.ndim == 2:
-        image = image[..., None]
-    image = image[..., :3]
+def _to_unit(image: np.ndarray, channels: int) -> np.ndarray:
+    """An 8-bit grey or RGB image as ``(h, w, channels)`` float32 in [0, 1]."""
+    image = image[..., None] if image.ndim == 2 else image[..., :3]
     if channels == 1 and image.shape[-1] == 3:
         image = image.mean(axis=-1, keepdims=True)
     elif channels == 3 and image.shape[-1] == 1:
         image = np.repeat(image, 3, axis=-1)
-    scale = 255.0 if image.dtype == np.uint8 else float(max(image.max(), 1))
-    return (image.astype(np.float32) / scale).astype(np.float32)
+    return (image.astype(np.float32) / 255.0).astype(np.float32)
 
 
 def synthetic_texture(channels: int, seed: int, size: int = 160) -> np.ndarray:
