@@ -8,12 +8,11 @@
 # is left, and a phase that no longer fits is skipped, so the results always come back from a
 # device call with a longer limit. Reads ../shared/data; writes the models, tables and logs
 # (8 files) to RESULTS_DIR. DRY_RUN=1 runs every phase in miniature on the CPU.
-# On a remote machine with an upload limit and a bare Python (torch, Pillow, scikit-image, ...):
+# PYTHON names the interpreter (default: python; the same for scripts/train-models.sh). On a
+# remote machine with an upload limit and a bare Python (torch, Pillow, scikit-image, ...):
 #   python scripts/pack-data.py pack ../shared/data gpudata            # here; 51 MB, lossless
 #   python3 scripts/pack-data.py unpack gpudata ../shared/data &&
-#     scripts/gpu-session.sh "$OUT" 520                                # there (needs platformdirs)
-# and put a `python` on PATH that runs the environment's python3 (a wrapper script that execs
-# it: a symlink outside a virtual environment's bin/ loses that environment's packages).
+#     PYTHON=python3 scripts/gpu-session.sh "$OUT" 520                 # there (needs platformdirs)
 set -uo pipefail
 results=$(realpath -m "$1") budget=${2:-520}
 if [[ ${DRY_RUN:-} ]]; then
@@ -22,6 +21,7 @@ if [[ ${DRY_RUN:-} ]]; then
 else
   device=cuda fast=(--steps 100 --batches 50) slow=(--steps 40 --batches 10) quick=()
 fi
+export PYTHON=${PYTHON:-python}
 mkdir -p "$results"
 work=$(mktemp -d)
 export PYTHONPATH=$PWD/src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 CHECKPOINT_DIR=$work/runs
@@ -37,11 +37,11 @@ phase() {
 rgb_base=src/napari_srgan/weights/srresnet-rgb-x4.safetensors
 grey_base=src/napari_srgan/weights/srresnet-em-grey-x4.safetensors
 
-say "$(python -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")')"
+say "$("$PYTHON" -c 'import torch; print("torch", torch.__version__, torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")')"
 say "training speed: the default recipe (batch 16 of 96 px), then the fine-tunes' 192 px"
 speed=$results/training-speed.md
-RESERVE=300 phase 90 python benchmarks/training.py --device "$device" "${fast[@]}" | tee "$speed"
-RESERVE=300 phase 60 python benchmarks/training.py --device "$device" "${slow[@]}" --patch 192 |
+RESERVE=300 phase 90 "$PYTHON" benchmarks/training.py --device "$device" "${fast[@]}" | tee "$speed"
+RESERVE=300 phase 60 "$PYTHON" benchmarks/training.py --device "$device" "${slow[@]}" --patch 192 |
   tee -a "$speed"
 rate=$(grep "^| new: DeviceSampler on $device |" "$speed" | tail -1 | cut -d'|' -f4 | tr -d ' ')
 
@@ -49,20 +49,20 @@ rate=$(grep "^| new: DeviceSampler on $device |" "$speed" | tail -1 | cut -d'|' 
 # GPU (each gets half when the GPU sets the pace); 10% goes to validation and checkpoints, and
 # each stage's start (reading the data) takes about 20 s.
 seconds=$((budget - SECONDS - 110))
-read -r l1 mse grey <<<"${STEPS:-$(python -c "
+read -r l1 mse grey <<<"${STEPS:-$("$PYTHON" -c "
 rate, seconds = float('${rate:-20}') / 2 * 0.9, $seconds
 rgb = rate * (seconds - 40)
 print(int(rgb * 0.8) // 100 * 100, int(rgb * 0.2) // 100 * 100, int(rate * (seconds - 20)) // 100 * 100)
 ")}"
 say "training for ${seconds}s: RGB $l1 L1 + $mse MSE steps and grey $grey steps side by side (${rate:-?} steps/s alone)"
 export TIME_LIMIT
-TIME_LIMIT=$(python -c "print(round(($seconds - 20) * 0.8 / 60, 2))")
+TIME_LIMIT=$("$PYTHON" -c "print(round(($seconds - 20) * 0.8 / 60, 2))")
 RESERVE=110 phase "$seconds" bash -c '
   BASE=$0 scripts/train-models.sh rgb-l1 "$1" ../shared/data "$2/l1" &&
-  TIME_LIMIT=$(python -c "print(round(($5 - 20) * 0.2 / 60, 2))") \
+  TIME_LIMIT=$("$PYTHON" -c "print(round(($5 - 20) * 0.2 / 60, 2))") \
   BASE=$2/l1/srresnet-rgb-x4.safetensors scripts/train-models.sh rgb-mse "$3" ../shared/data "$4"' \
   "$rgb_base" "$l1" "$work" "$mse" "$results" "$seconds" >"$results/rgb.log" 2>&1 &
-TIME_LIMIT=$(python -c "print(round(($seconds - 20) / 60, 2))") BASE=$grey_base RESERVE=110 \
+TIME_LIMIT=$("$PYTHON" -c "print(round(($seconds - 20) / 60, 2))") BASE=$grey_base RESERVE=110 \
   phase "$seconds" scripts/train-models.sh grey-gpu "$grey" ../shared/data "$results" \
   >"$results/grey.log" 2>&1 &
 wait
@@ -70,14 +70,14 @@ say "training done: $(cd "$results" && ls -- *.safetensors 2>/dev/null | tr '\n'
 
 say "quality of the new models next to the shipped ones"
 quality=$results/quality.md
-RESERVE=50 phase 60 python benchmarks/quality.py --device "$device" --skip-em --ensemble both \
+RESERVE=50 phase 60 "$PYTHON" benchmarks/quality.py --device "$device" --skip-em --ensemble both \
   "${quick[@]}" --model "$results/srresnet-rgb-x4.safetensors" "$rgb_base" >"$quality" 2>&1
-RESERVE=40 phase 50 python benchmarks/quality.py --device "$device" --skip-photo --ensemble both \
+RESERVE=40 phase 50 "$PYTHON" benchmarks/quality.py --device "$device" --skip-photo --ensemble both \
   "${quick[@]}" --model "$results/srresnet-em-grey-x4.safetensors" "$grey_base" >>"$quality" 2>&1
 cat "$quality"
 if [[ $device == cuda ]]; then
   say "inference speed on the GPU"
-  phase 60 python benchmarks/gpu.py --sizes 1024 4096 --channels 3 --precisions fp32 bf16 |
+  phase 60 "$PYTHON" benchmarks/gpu.py --sizes 1024 4096 --channels 3 --precisions fp32 bf16 |
     tee "$results/gpu-inference.md"
 fi
 say "done"

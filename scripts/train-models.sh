@@ -15,7 +15,7 @@ common=(--from-scratch --no-batch-norm --input-skip --pixel-loss mse --learning-
         --no-download --half)
 case $kind in
 rgb)
-  python -m napari_srgan train --hr "$data/train/T91" "$data/train/BSD200" \
+  "${PYTHON:-python}" -m napari_srgan train --hr "$data/train/T91" "$data/train/BSD200" \
     --val "$data/val/Set5" --val-crop 0 --validate-every 1000 \
     --out "$out/srresnet-rgb-x4.safetensors" --checkpoint "$checkpoints"/srresnet-rgb-x4.ckpt "${common[@]}" \
     --description "SRResNet-style 4x RGB photo model (no BN, bicubic input skip, MSE), napari-srgan default"
@@ -23,7 +23,7 @@ rgb)
 em)
   em=$data/microscopy/em_isbi2012_train  # slices 0-23 train, 24-29 are held out
   slices() { for i in $(seq "$1" "$2"); do ls "$em/$i".*; done; }
-  python -m napari_srgan train --hr $(slices 0 23) --val $(slices 24 29) --val-crop 256 \
+  "${PYTHON:-python}" -m napari_srgan train --hr $(slices 0 23) --val $(slices 24 29) --val-crop 256 \
     --validate-every 1000 --grey-model --degradation crappifier --normalization percentile \
     --blur-sigma 0.5 1.5 --photons 5 100 --read-noise 0 0.03 \
     --out "$out/srresnet-em-grey-x4.safetensors" --checkpoint "$checkpoints"/srresnet-em-grey-x4.ckpt \
@@ -39,7 +39,7 @@ grey | grey-gpu)
   else patch=192 every=2000 save=2000 run=gpu; fi
   em=$data/microscopy/em_isbi2012_train
   slices() { for i in $(seq "$1" "$2"); do ls "$em/$i".*; done; }
-  python -m napari_srgan train --hr $(slices 0 23) "$data/train/T91" --val $(slices 24 29) \
+  "${PYTHON:-python}" -m napari_srgan train --hr $(slices 0 23) "$data/train/T91" --val $(slices 24 29) \
     --val-crop 256 --validate-every $every --base "${BASE:?set BASE to the model to fine-tune (grey: the first EM model, made by: $0 em 5200 DATA DIR)}" \
     --degradation mixture --blur-probability 0.5 --blur-sigma 0.3 1.5 --noise-probability 0.6 \
     --photons 10 1000 --read-noise 0 0.1 \
@@ -52,7 +52,7 @@ rgb-l1 | rgb-mse)
   # The shipped RGB model: the first one (made by 'rgb') fine-tuned on a GPU on 192 px patches
   # (48 px LR, as EDSR), first with L1 (Adam restarted at 1e-4), then briefly with MSE.
   if [[ $kind == rgb-l1 ]]; then loss=l1 rate=1e-4; else loss=mse rate=2e-5; fi
-  python -m napari_srgan train --hr "$data/train/T91" "$data/train/BSD200" \
+  "${PYTHON:-python}" -m napari_srgan train --hr "$data/train/T91" "$data/train/BSD200" \
     --val "$data/val/Set5" --val-crop 0 --validate-every 2000 --base "${BASE:?set BASE to the model to fine-tune}" \
     --pixel-loss $loss --learning-rate $rate --steps "$steps" --patch 192 --batch 16 --seed 0 \
     --checkpoint-every 2000 --resume --no-download --half ${TIME_LIMIT:+--time-limit "$TIME_LIMIT"} \
