@@ -84,10 +84,10 @@ def score(model, images, ensemble: bool, device: str, degradation=None):
 
 def label(model, ensemble: bool) -> str:
     """The model's name, and its file where it is not a bundled one (e.g. a new version)."""
-    bundled = (
-        model.path is not None and model.path.resolve().parent == bundled_model_dir().resolve()
-    )
-    name = model.card.name if bundled or model.path is None else f"{model.card.name} ({model.path})"
+    path = model.path
+    name = model.card.name
+    if path is not None and path.resolve().parent != bundled_model_dir().resolve():
+        name = f"{name} ({path})"
     return f"{name}{' + self-ensemble' if ensemble else ''}"
 
 
