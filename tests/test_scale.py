@@ -224,7 +224,7 @@ def test_big_tiff_is_read_by_chunks_into_zarr(tmp_path, grey_file, rng):
     data = rng.integers(0, 4000, (130, 120)).astype(np.uint16)
     write_tiff(tmp_path / "in.tif", data, rgb=False, scale=(0.5, 0.5), unit="µm")
     image = open_lazy(tmp_path / "in.tif")
-    assert isinstance(image.data, zarr.Array) and image.scale == (0.5, 0.5)
+    assert isinstance(image.data.array, zarr.Array) and image.scale == (0.5, 0.5)
     upscale_file(
         tmp_path / "in.tif",
         tmp_path / "out.zarr",

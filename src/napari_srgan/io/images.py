@@ -13,6 +13,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
+from xml.etree import ElementTree
 
 import imageio.v3 as iio
 import numpy as np
@@ -101,6 +102,61 @@ class ImageTooLargeError(ValueError):
     """A file's header claims more pixels than fit in memory (checked before reading)."""
 
 
+#: The most TIFF pages an OME-XML may declare: tifffile lists every declared page before reading
+#: any, so a 1 kB file declaring billions would take all memory (2**24 entries: 128 MB).
+MAX_OME_PAGES = 2**24
+
+
+def open_tiff(path: str | os.PathLike) -> tifffile.TiffFile:
+    """A TIFF whose OME-XML has been checked, so that ``tif.series`` cannot exhaust memory."""
+    tif = tifffile.TiffFile(path)
+    try:
+        _check_ome_pages(tif, Path(path))
+    except BaseException:
+        tif.close()
+        raise
+    return tif
+
+
+def _check_ome_pages(tif: tifffile.TiffFile, path: Path) -> None:
+    """Refuse OME-XML declaring more pages than :data:`MAX_OME_PAGES`, counted as tifffile
+    does: each image's pixels over the first page's, plus every TiffData's plane count."""
+    if not tif.is_ome or not tif.ome_metadata:
+        return
+    try:
+        root = ElementTree.fromstring(tif.ome_metadata)
+    except ElementTree.ParseError:
+        return  # tifffile reads such a file as a plain TIFF
+    page_size = max(tif.pages.first.size, 1)
+    declared = 0
+    for element in root.iter():
+        kind = element.tag.rsplit("}", 1)[-1]
+        try:
+            if kind == "Pixels":
+                sizes = [int(element.attrib.get(f"Size{axis}", 1)) for axis in "XYZCT"]
+                declared += max(math.prod(sizes), 0) // page_size
+            elif kind == "TiffData":
+                count = element.attrib.get("PlaneCount", element.attrib.get("NumPlanes", 0))
+                declared += max(int(element.attrib.get("IFD", 0)) + int(count), 0)
+        except ValueError:
+            message = f"its OME-XML {kind} element has a size that is not a whole number"
+            raise tifffile.TiffFileError(message) from None
+    if declared > MAX_OME_PAGES:
+        raise ImageTooLargeError(
+            f"{path}: its OME-XML declares {declared} image planes (the file has "
+            f"{len(tif.pages)}); a header that large is refused"
+        )
+
+
+def pixels_unreadable(path: str | os.PathLike, error: Exception) -> ValueError:
+    """The one-line error for pixels that do not decode (a corrupt or truncated chunk or strip:
+    codecs raise their own types, imagecodecs' RuntimeErrors, zlib.error...)."""
+    text = str(error).strip().splitlines()
+    return ValueError(
+        f"cannot read {path}: its pixel data is corrupt or truncated ({text[0] if text else type(error).__name__})"
+    )
+
+
 #: Values per pixel and bytes per value of Pillow's modes (palette images may expand to RGBA).
 _PIL_MODES = {"1": (1, 1), "L": (1, 1), "P": (4, 1), "LA": (2, 1), "RGB": (3, 1)}
 _PIL_MODES |= {"RGBA": (4, 1), "I;16": (1, 2), "I": (1, 4), "F": (1, 4), "CMYK": (4, 1)}
@@ -112,7 +168,7 @@ def declared_bytes(path: str | os.PathLike) -> tuple[tuple[int, ...], int]:
     path = Path(path)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            with tifffile.TiffFile(path) as tif:
+            with open_tiff(path) as tif:
                 series = tif.series[0]
                 return tuple(series.shape), math.prod(series.shape) * series.dtype.itemsize
         with Image.open(path) as image:
@@ -122,6 +178,8 @@ def declared_bytes(path: str | os.PathLike) -> tuple[tuple[int, ...], int]:
             return shape, math.prod(shape) * size
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(f"{path}: {error}; use a .zarr or TIFF input") from None
+    except ImageTooLargeError:
+        raise
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, SyntaxError) as error:
         raise ValueError(f"cannot read {path} as an image: {error}") from None
 
@@ -163,10 +221,10 @@ def read_image(path: str | os.PathLike, *, memory_factor: float = 1.0) -> ImageF
 def _read_tiff(path: Path, load: bool = True) -> ImageFile:
     """The TIFF's pixels (``load``) or only what is known about them (``data`` is then None)."""
     try:
-        with tifffile.TiffFile(path) as tif:
+        with open_tiff(path) as tif:
             series = tif.series[0]
             shape = tuple(series.shape)
-            data = series.asarray() if load else None
+            data = _decode(series, path) if load else None
             page = tif.pages[0]
             tag = page.tags.get(PROVENANCE_TAG)
             provenance = _provenance(path, tag.value) if tag is not None else {}
@@ -189,6 +247,15 @@ def _read_tiff(path: Path, load: bool = True) -> ImageFile:
     if len(stored.get("translate", ())) == count:
         translate = list(stored["translate"])
     return ImageFile(data, rgb, tuple(scale), tuple(translate), ome_unit(unit), provenance)
+
+
+def _decode(series: tifffile.TiffPageSeries, path: Path) -> np.ndarray:
+    try:
+        return series.asarray()
+    except MemoryError:
+        raise
+    except Exception as error:
+        raise pixels_unreadable(path, error) from None
 
 
 def _provenance(path: Path, text) -> dict:

@@ -22,6 +22,8 @@ from napari_srgan.io.atomic_files import disk_full_is_one_line, new_store, repla
 from napari_srgan.io.images import (
     PROVENANCE_KEY,
     ImageFile,
+    open_tiff,
+    pixels_unreadable,
     positive_pixel_size,
     tiff_metadata,
     unit_name,
@@ -44,13 +46,45 @@ def open_lazy(path: str | os.PathLike) -> ImageFile:
     if is_zarr(path):
         return _open_zarr(path)
     if path.suffix.lower() in (".tif", ".tiff"):
-        data = zarr.open(tifffile.imread(path, aszarr=True), mode="r")
+        try:
+            with open_tiff(path) as tif:
+                store = tif.aszarr()
+        except (tifffile.TiffFileError, OSError, IndexError) as error:
+            raise ValueError(f"cannot read {path} as a TIFF: {error}") from None
+        data = zarr.open(store, mode="r")
         if isinstance(data, zarr.Group):  # a pyramidal TIFF: level 0
             data = data["0"]
         image = tiff_metadata(path)
-        image.data = data
+        image.data = CheckedReads(data, path)
         return image
     raise ValueError(f"{path}: lazy reading needs .zarr or .tif, not {path.suffix!r}")
+
+
+class CheckedReads:
+    """A lazily read array whose corrupt or truncated chunks fail in one line naming the file
+    (the codecs' own errors would surface deep inside the engine, as a traceback)."""
+
+    def __init__(self, array, path: Path) -> None:
+        self.array, self.path = array, path
+        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
+        self.chunks = array.chunks
+
+    def __getitem__(self, key):
+        try:
+            return self.array[key]
+        except (IndexError, TypeError, MemoryError):
+            raise
+        except Exception as error:
+            raise pixels_unreadable(self.path, error) from None
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        return np.asarray(self[...], dtype=dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("CheckedReads", str(self.path), self.shape, str(self.dtype))
 
 
 def _open_zarr(path: Path) -> ImageFile:
@@ -120,7 +154,9 @@ def _zarr_image(node, path: Path) -> ImageFile:
     if isinstance(node, zarr.Array):
         rgb = node.ndim >= 3 and node.shape[-1] in (3, 4)
         count = node.ndim - rgb
-        return ImageFile(node, rgb, (1.0,) * count, (0.0,) * count, None, provenance)
+        return ImageFile(
+            CheckedReads(node, path), rgb, (1.0,) * count, (0.0,) * count, None, provenance
+        )
     first = _multiscales(node, path)
     dataset = first["datasets"][0]
     data = node[dataset["path"]]
@@ -130,7 +166,9 @@ def _zarr_image(node, path: Path) -> ImageFile:
     unit = next(
         (a.get("unit") for a in axes if isinstance(a, dict) and a.get("type") == "space"), None
     )
-    return ImageFile(data, False, tuple(scale), tuple(translate), unit, provenance)
+    return ImageFile(
+        CheckedReads(data, path), False, tuple(scale), tuple(translate), unit, provenance
+    )
 
 
 def open_pyramid(path: str | os.PathLike) -> tuple[list[da.Array], ImageFile]:
