@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from napari_srgan.io.atomic_files import atomic_write
-from napari_srgan.models.files import FORMAT_KEY, ModelFileError
+from napari_srgan.models.files import FORMAT_KEY, ModelFileError, load_weights_only
 from napari_srgan.models.halo import cached_tiling, tiling_check
 from napari_srgan.models.interface import ModelCard, NetworkSpec, SRModel
 
@@ -83,7 +83,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             "TorchScript only from a bioimage.io package"
         )
     try:
-        loaded = torch.load(path, map_location="cpu", weights_only=True, mmap=False)
+        loaded = load_weights_only(path)
     except pickle.UnpicklingError as error:
         found = re.search(r"GLOBAL (\S+)", str(error))
         reason = f": it names {found.group(1)}" if found else ""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import torch
@@ -23,6 +24,14 @@ from napari_srgan.models.srresnet import Generator, GeneratorConfig
 
 FORMAT_KEY = "napari_srgan_format"
 FORMAT_VERSION = "1"
+
+
+def load_weights_only(path: str | os.PathLike, map_location="cpu"):
+    """``torch.load`` with torch's tensors-only unpickler (no code in the file can run), minus
+    its "Detected pickle protocol" warning: the refusal or result says all, in one line."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=False)
 
 
 def save_model(

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from torchvision.models import VGG19_Weights, vgg19
 
 from napari_srgan.io.hashing import file_sha256
+from napari_srgan.models.files import load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ def load_checked_state_dict(path: Path, sha256_prefix: str) -> dict[str, torch.T
             f"{sha256_prefix}); not loading it: delete it to download the real one"
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_weights_only(path)
     except Exception as error:  # any unpickling refusal or damage: never fall back
         raise WeightsFileError(
             f"{path} holds more than tensors; not loading it ({error})"

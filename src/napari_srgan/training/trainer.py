@@ -23,6 +23,7 @@ from napari_srgan.engine.devices import choose_device
 from napari_srgan.engine.torch_safety import guard_triton
 from napari_srgan.engine.upscale import CHANNELS_LAST_DEVICES
 from napari_srgan.io.atomic_files import atomic_write
+from napari_srgan.models.files import load_weights_only
 from napari_srgan.models.interface import TrainableNetwork, network_label
 from napari_srgan.models.srresnet import Discriminator, DiscriminatorConfig
 from napari_srgan.training.losses import (
@@ -458,7 +459,7 @@ class Trainer:
         """Continue from a checkpoint (loaded with ``weights_only``: no code can run). A
         corrupt, truncated or foreign file raises one ValueError naming it."""
         try:
-            state = torch.load(Path(path), map_location=self.device, weights_only=True)
+            state = load_weights_only(Path(path), map_location=self.device)
         except Exception as error:  # torch raises many types for a damaged zip or record
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ValueError(
