@@ -73,6 +73,10 @@ class ModelCard:
         normalization = values.get("normalization", {})
         if not isinstance(normalization, dict):
             raise ValueError("the model card's normalization is not an object")
+        types = {f.name: f.type for f in fields(cls)}
+        for name, value in values.items():
+            if name != "normalization":
+                _check_card_field(name, value, types[name])
         values["normalization"] = NormalizationSpec(**normalization)
         return cls(**values)
 
@@ -83,6 +87,31 @@ class ModelCard:
         if self.measured_halo is not None:
             return self.measured_halo
         return self.theoretical_halo if self.theoretical_halo is not None else 32
+
+
+#: The Python types a stored card's field may hold, by its annotation.
+_CARD_TYPES = {"str": str, "bool": bool, "int": int, "int | None": (int, type(None)), "dict": dict}
+#: Whole-number fields' bounds: the engine tiles, pads and allocates by them.
+_CARD_LIMITS = {
+    "scale": (1, 16),
+    "in_channels": (1, 1024),
+    "out_channels": (1, 1024),
+    "theoretical_halo": (0, 100_000),
+    "measured_halo": (0, 100_000),
+    "size_multiple": (1, 4096),
+}
+
+
+def _check_card_field(name: str, value, annotation: str) -> None:
+    """A stored card is read from a file anyone may have written: a field of the wrong type
+    (``"measured_halo": "abc"``) or size (``"size_multiple": 0``) fails here in one line, not as
+    a traceback in the engine."""
+    expected = _CARD_TYPES[annotation]
+    if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+        raise ValueError(f"model card field {name!r} is {repr(value)[:40]}, not {annotation}")
+    low, high = _CARD_LIMITS.get(name, (None, None))
+    if isinstance(value, int) and low is not None and not low <= value <= high:
+        raise ValueError(f"model card field {name!r} is {value}, not within {low}..{high}")
 
 
 @dataclass
