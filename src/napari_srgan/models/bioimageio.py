@@ -18,6 +18,7 @@ import math
 import os
 import tempfile
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,10 @@ ARCHITECTURE_FILE = "srresnet_architecture.py"
 ARCHITECTURE_CALLABLE = "build_generator"
 #: Side of the exported test input: it must exceed twice the halo.
 TEST_SIDE = 96
+#: The largest description (rdf.yaml) read: real ones are a few kB; YAML parses at about
+#: 100 kB/s, so a 300 MB one (300 kB zipped) would hang the program for an hour.
+MAX_DESCRIPTION_BYTES = 2**20
+DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml", "model.yaml")
 
 
 class BioimageioError(ModelFileError):
@@ -280,6 +285,34 @@ def _one_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def _check_description_size(path: Path) -> None:
+    """Refuse a package whose description file is larger than any real one, before YAML
+    parsing (the size a zip declares bounds what it decompresses)."""
+    if path.is_dir():
+        sizes = {p.name: p.stat().st_size for p in path.iterdir() if _is_description(p.name)}
+    else:
+        try:
+            with zipfile.ZipFile(path) as archive:
+                sizes = {
+                    i.filename: i.file_size
+                    for i in archive.infolist()
+                    if _is_description(i.filename)
+                }
+        except (zipfile.BadZipFile, OSError) as error:
+            raise BioimageioError(f"{path.name}: not a readable .zip file ({error})") from None
+    for name, size in sizes.items():
+        if size > MAX_DESCRIPTION_BYTES:
+            raise BioimageioError(
+                f"{path.name}: its {name} is {size / 2**20:.0f} MiB; a bioimage.io description "
+                f"over {MAX_DESCRIPTION_BYTES // 2**20} MiB is refused"
+            )
+
+
+def _is_description(name: str) -> bool:
+    name = name.rsplit("/", 1)[-1].lower()
+    return name in DESCRIPTION_NAMES or name.endswith((".rdf.yaml", ".bioimageio.yaml"))
+
+
 def _describe(path: Path):
     from bioimageio.spec import InvalidDescr, load_description
     from bioimageio.spec.model.v0_5 import ModelDescr
@@ -485,6 +518,7 @@ def load_bioimageio(
         raise BioimageioError(f"model package not found: {path}")
     if path.is_dir() and not any((path / n).is_file() for n in ("rdf.yaml", "bioimageio.yaml")):
         raise BioimageioError(f"{path}: a folder without rdf.yaml or bioimageio.yaml")
+    _check_description_size(path)
     description = _describe(path)
     scale, channels, halo, multiple = _spatial_scale(description, path)
     normalization = _normalization(description, path)
