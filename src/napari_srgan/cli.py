@@ -602,6 +602,15 @@ def _degradation(args: argparse.Namespace):
     return Bicubic()
 
 
+def _refuse_writing_over_inputs(files: list, output: Path, checkpoint: Path) -> None:
+    """The model and checkpoint may never replace a training image, even with --overwrite."""
+    from napari_srgan.io.atomic_files import refuse_same_file
+
+    for path, _ in files:
+        for written in (output, Path(checkpoint)):
+            refuse_same_file(path, written)
+
+
 def train_command(args: argparse.Namespace) -> None:
     from napari_srgan.models.normalization import NormalizationSpec
     from napari_srgan.models.registry import DEFAULT_GREY_MODEL, DEFAULT_MODEL
@@ -632,6 +641,8 @@ def train_command(args: argparse.Namespace) -> None:
         else user_model_path(args.out)
     )
     checkpoint = args.checkpoint or output.with_suffix(".ckpt")
+    validation_files = _read_all(args.val) if args.val else []
+    _refuse_writing_over_inputs([*hr_files, *lr_files, *validation_files], output, checkpoint)
     base, generator_config = None, None
     if args.from_scratch:
         channels = 1 if args.grey_model else 3
@@ -675,7 +686,7 @@ def train_command(args: argparse.Namespace) -> None:
         if args.normalization
         else None,
         degradation=_degradation(args),
-        validation=[(f.data, f.rgb) for _, f in _read_all(args.val)] if args.val else (),
+        validation=[(f.data, f.rgb) for _, f in validation_files],
         validation_fraction=args.val_fraction,
         validation_crop=args.val_crop or None,
         checkpoint=checkpoint,
