@@ -1,0 +1,246 @@
+"""Hostile files the other bad-input tests do not build: OME-XML that declares billions of
+pages, and pixel data that does not decode (corrupt compressed TIFF strips, corrupt zarr
+chunks). Each ends in one line naming the file, exit status 2 from the CLI, nothing written."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import warnings
+import zipfile
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from safetensors.torch import save_file
+
+from conftest import tiny_model
+from napari_srgan.cli import main
+from napari_srgan.io.images import MAX_OME_PAGES, ImageTooLargeError, read_image
+from napari_srgan.io.zarr_files import open_lazy
+from napari_srgan.models.bioimageio import MAX_DESCRIPTION_BYTES
+from napari_srgan.models.community import read_state_dict
+from napari_srgan.models.files import ModelFileError
+from napari_srgan.training import losses
+
+
+def ome_tiff_declaring(path, size_z: int, side: int = 8) -> None:
+    """An 8x8 one-page OME-TIFF whose OME-XML declares ``size_z`` planes of ``side`` pixels."""
+    xml = (
+        '<?xml version="1.0" encoding="UTF-8"?>'
+        '<OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0">'
+        f'<Pixels ID="Pixels:0" DimensionOrder="XYCZT" Type="uint8" SizeX="{side}" '
+        f'SizeY="{side}" SizeC="1" SizeZ="{size_z}" SizeT="1"><TiffData/></Pixels></Image></OME>'
+    )
+    tifffile.imwrite(path, np.zeros((8, 8), np.uint8), description=xml, metadata=None)
+
+
+def corrupt_tiff(path, compression: str) -> None:
+    """A compressed 64x64 TIFF whose only strip has its bytes flipped."""
+    data = np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)
+    tifffile.imwrite(path, data, compression=compression, metadata=None)
+    with tifffile.TiffFile(path) as tif:
+        offset, count = tif.pages[0].dataoffsets[0], tif.pages[0].databytecounts[0]
+    content = bytearray(path.read_bytes())
+    for i in range(offset + 2, offset + min(count, 60)):
+        content[i] ^= 0x5A
+    path.write_bytes(bytes(content))
+
+
+def run(argv, capsys) -> tuple[int, list[str]]:
+    capsys.readouterr()
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    ("size_z", "side"),
+    [(MAX_OME_PAGES + 1, 8), (10**6, 10**6)],
+    ids=["just over the limit", "1e18 pixels"],
+)
+def test_ome_xml_declaring_too_many_pages_is_refused_before_tifffile_lists_them(
+    tmp_path, size_z, side
+):
+    """tifffile allocates a list entry per declared page: 2.4e9 of them got the process killed
+    by the kernel; a larger claim raised MemoryError, a smaller one read zeros."""
+    path = tmp_path / "lie.ome.tif"
+    ome_tiff_declaring(path, size_z, side)
+    with pytest.raises(ImageTooLargeError, match=r"its OME-XML declares .* image planes"):
+        read_image(path)
+    with pytest.raises(ImageTooLargeError, match="its OME-XML declares"):
+        open_lazy(path)
+
+
+def test_ome_xml_with_a_size_that_is_not_a_number(tmp_path):
+    path = tmp_path / "lie.ome.tif"
+    ome_tiff_declaring(path, "many")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"lie\.ome\.tif.*not a whole number"):
+        read_image(path)
+
+
+def test_an_honest_ome_stack_still_reads(tmp_path):
+    path = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(path, np.ones((3, 8, 8), np.uint8), ome=True)
+    assert read_image(path).data.shape == (3, 8, 8)
+
+
+@pytest.mark.parametrize("compression", ["zlib", "lzw", "jpeg"])
+@pytest.mark.parametrize("output", ["o.tif", "o.zarr"])
+def test_corrupt_compressed_tiff_is_one_line(
+    tmp_path, tiny_model_file, capsys, compression, output
+):
+    source = tmp_path / "in.tif"
+    corrupt_tiff(source, compression)
+    with pytest.raises(ValueError, match=r"in\.tif: its pixel data is corrupt or truncated"):
+        read_image(source)
+    with pytest.raises(ValueError, match=r"in\.tif: its pixel data is corrupt or truncated"):
+        np.asarray(open_lazy(source).data)
+    code, lines = run(["upscale", source, tmp_path / output, "--model", "tiny-rgb"], capsys)
+    assert code == 2 and "corrupt or truncated" in lines[-1], lines
+    assert not any("Traceback" in line for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+def test_truncated_tiff_names_the_file(tmp_path):
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(path, np.ones((64, 64), np.uint8))
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(ValueError, match=r"cut\.tif: its pixel data is corrupt or truncated"):
+        read_image(path)
+
+
+@pytest.mark.parametrize("output", ["o.tif", "o.zarr"])
+def test_corrupt_zarr_chunk_is_one_line(tmp_path, tiny_model_file, capsys, output):
+    source = tmp_path / "in.zarr"
+    array = zarr.create_array(str(source), shape=(16, 16), chunks=(8, 8), dtype="uint8")
+    array[:] = 5
+    chunk = next(p for p in source.rglob("*") if p.is_file() and p.name != "zarr.json")
+    chunk.write_bytes(b"not a compressed chunk")
+    code, lines = run(["upscale", source, tmp_path / output, "--model", "tiny-rgb"], capsys)
+    assert code == 2 and "in.zarr: its pixel data is corrupt or truncated" in lines[-1], lines
+    assert not any("Traceback" in line for line in lines)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"]
+
+
+class Payload:
+    """Unpickling this would create a marker file (it never may)."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("protocol", [4, 5])
+def test_a_new_protocol_pickle_is_refused_without_torch_warning_lines(tmp_path, protocol):
+    """torch warns (two more stderr lines) about any pickle protocol other than 2 before its
+    tensors-only unpickler refuses it; the refusal alone is the one line."""
+    marker, path = tmp_path / "marker", tmp_path / "evil.pth"
+    path.write_bytes(pickle.dumps({"w": Payload(marker)}, protocol=protocol))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ModelFileError, match=r"evil\.pth was refused"):
+            read_state_dict(path)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        with pytest.raises(losses.WeightsFileError, match="holds more than tensors"):
+            losses.load_checked_state_dict(path, digest[:8])
+    assert [str(w.message) for w in caught] == []
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("packing", ["zip", "folder"])
+def test_a_huge_bioimageio_description_is_refused_before_parsing(tmp_path, capsys, packing):
+    """A 300 MB rdf.yaml zips to 300 kB; parsing it took over an hour (refused from its size)."""
+    text = "type: model\nname: " + "x" * (MAX_DESCRIPTION_BYTES + 1)
+    if packing == "zip":
+        package = tmp_path / "big.zip"
+        with zipfile.ZipFile(package, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            archive.writestr("rdf.yaml", text)
+    else:
+        package = tmp_path / "big"
+        package.mkdir()
+        (package / "rdf.yaml").write_text(text)
+    source = tmp_path / "in.png"
+    iio.imwrite(source, np.zeros((16, 16), np.uint8))
+    code, lines = run(["upscale", source, tmp_path / "o.tif", "--model", package], capsys)
+    assert code == 2 and len(lines) == 1 and "its rdf.yaml is 1 MiB" in lines[0], lines
+    assert not (tmp_path / "o.tif").exists()
+
+
+def model_with_card(path, **fields) -> None:
+    """A tiny native model file whose stored card has ``fields`` replaced."""
+    model = tiny_model(3)
+    card = {**json.loads(model.card.to_json()), **fields}
+    save_file(
+        {k: v.contiguous() for k, v in model.network.state_dict().items()},
+        str(path),
+        metadata={
+            "napari_srgan_format": "1",
+            "generator_config": json.dumps(model.network.config.to_dict()),
+            "model_card": json.dumps(card),
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"measured_halo": "abc"}, "'measured_halo' is 'abc', not int | None"),
+        ({"measured_halo": -7}, "'measured_halo' is -7, not within 0..100000"),
+        ({"size_multiple": 0}, "'size_multiple' is 0, not within 1..4096"),
+        ({"size_multiple": 10**6}, "'size_multiple' is 1000000, not within"),
+        ({"metrics": [1]}, "'metrics' is [1], not dict"),
+        ({"trained": "no"}, "'trained' is 'no', not bool"),
+        ({"scale": "4"}, "'scale' is '4', not int"),
+        ({"in_channels": True}, "'in_channels' is True, not int"),
+    ],
+    ids=lambda value: str(value),
+)
+def test_a_card_field_of_the_wrong_type_or_size_is_one_line(tmp_path, capsys, fields, message):
+    """Before: a string halo or size multiple 0 was a traceback, a list of metrics too, and
+    ``"trained": "no"`` silently counted as trained."""
+    model_with_card(tmp_path / "m.safetensors", **fields)
+    source = tmp_path / "in.png"
+    iio.imwrite(source, np.zeros((16, 16, 3), np.uint8))
+    code, lines = run(
+        ["upscale", source, tmp_path / "o.tif", "--model", tmp_path / "m.safetensors"], capsys
+    )
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "o.tif").exists()
+
+
+TRAIN = ["train", "--from-scratch", "--channels", "4", "--blocks", "1", "--patch", "16"]
+TRAIN += ["--batch", "1", "--val-crop", "32", "--val-fraction", "0.4", "--device", "cpu"]
+TRAIN += ["--steps", "1", "--overwrite"]
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        ["--out", "{d}/hr.png"],
+        ["--out", "{d}/m.safetensors", "--checkpoint", "{d}/hr.png"],
+        ["--out", "{d}/val.png"],
+        ["--out", "{d}/m.safetensors", "--checkpoint", "{d}/sub/../lr.png"],
+    ],
+    ids=["model over HR", "checkpoint over HR", "model over validation", "checkpoint over LR"],
+)
+def test_training_never_writes_over_its_own_images(tmp_path, capsys, written):
+    """Before: with --overwrite the model or checkpoint replaced a training image."""
+    rng = np.random.default_rng(0)
+    iio.imwrite(tmp_path / "hr.png", rng.integers(0, 255, (96, 96, 3), np.uint8))
+    iio.imwrite(tmp_path / "lr.png", rng.integers(0, 255, (24, 24, 3), np.uint8))
+    iio.imwrite(tmp_path / "val.png", rng.integers(0, 255, (96, 96, 3), np.uint8))
+    (tmp_path / "sub").mkdir()
+    before = {p.name: p.read_bytes() for p in tmp_path.glob("*.png")}
+    images = ["--hr", tmp_path / "hr.png", "--lr", tmp_path / "lr.png"]
+    images += ["--val", tmp_path / "val.png"]
+    argv = [*TRAIN, *images, *(a.format(d=tmp_path) for a in written)]
+    code, lines = run(argv, capsys)
+    assert code == 2 and len(lines) == 1 and "is the input file" in lines[0], lines
+    assert {p.name: p.read_bytes() for p in tmp_path.glob("*.png")} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hr.png", "lr.png", "sub", "val.png"]
