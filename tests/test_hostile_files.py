@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import pickle
+import subprocess
+import sys
 import warnings
 import zipfile
 from pathlib import Path
@@ -25,7 +28,10 @@ from napari_srgan.io.zarr_files import open_lazy
 from napari_srgan.models.bioimageio import MAX_DESCRIPTION_BYTES
 from napari_srgan.models.community import read_state_dict
 from napari_srgan.models.files import ModelFileError
+from napari_srgan.models.registry import MODEL_DIR_ENV
 from napari_srgan.training import losses
+
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def ome_tiff_declaring(path, size_z: int, side: int = 8) -> None:
@@ -244,3 +250,27 @@ def test_training_never_writes_over_its_own_images(tmp_path, capsys, written):
     assert code == 2 and len(lines) == 1 and "is the input file" in lines[0], lines
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*.png")} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hr.png", "lr.png", "sub", "val.png"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="named pipes are POSIX")
+def test_a_pipe_named_like_a_model_never_blocks(tmp_path, user_models, tiny_model_file, capsys):
+    """Reading a named pipe blocks until someone writes to it: ``models`` hung for ever on a
+    pipe in the user model folder, ``--model pipe.safetensors`` too."""
+    os.mkfifo(user_models / "pipe.safetensors")
+    (user_models / "folder.safetensors").mkdir()
+    os.mkfifo(tmp_path / "given.safetensors")
+    env = {**os.environ, "PYTHONPATH": str(SRC), MODEL_DIR_ENV: str(user_models)}
+    listing = subprocess.run(
+        [sys.executable, "-m", "napari_srgan", "models"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+    assert listing.returncode == 0 and "tiny-rgb" in listing.stdout, listing.stderr
+    assert "pipe" not in listing.stdout and "folder" not in listing.stdout
+    source = tmp_path / "in.png"
+    iio.imwrite(source, np.zeros((16, 16, 3), np.uint8))
+    given = tmp_path / "given.safetensors"
+    code, lines = run(["upscale", source, tmp_path / "o.tif", "--model", given], capsys)
+    assert code == 2 and len(lines) == 1 and "is not a model file" in lines[0], lines

@@ -62,7 +62,7 @@ def available_models() -> dict[str, Path]:
         models[path.stem] = path
     user_dir = user_model_dir()
     if user_dir.is_dir():
-        for path in sorted(user_dir.glob(f"*{SUFFIX}")):
+        for path in sorted(p for p in user_dir.glob(f"*{SUFFIX}") if p.is_file()):
             models[path.stem if path.stem not in models else f"user:{path.stem}"] = path
     return models
 
@@ -78,6 +78,8 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
     if path.suffix.lower() in MODEL_SUFFIXES or path.exists():
         if not path.exists():
             raise ModelFileError(f"model file not found: {path}")
+        if not (path.is_file() or path.is_dir()):  # reading a pipe or device would block
+            raise ModelFileError(f"{path} is not a model file (a pipe, socket or device)")
         return path
     known = ", ".join(models) or "none installed"
     raise ModelFileError(f"no model named {str(name_or_path)!r}; available: {known}")
