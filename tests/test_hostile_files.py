@@ -274,3 +274,20 @@ def test_a_pipe_named_like_a_model_never_blocks(tmp_path, user_models, tiny_mode
     given = tmp_path / "given.safetensors"
     code, lines = run(["upscale", source, tmp_path / "o.tif", "--model", given], capsys)
     assert code == 2 and len(lines) == 1 and "is not a model file" in lines[0], lines
+
+
+def test_tifffile_log_lines_do_not_precede_the_error(tmp_path):
+    """tifffile logs what it cannot read; the CLI printed that line before its own error
+    (pytest's log capture hides it in-process: a real process shows it)."""
+    (tmp_path / "bad.tif").write_bytes(b"II*\x00" + b"\xff" * 20)
+    result = subprocess.run(
+        [sys.executable, "-m", "napari_srgan", "upscale", "bad.tif", "o.tif"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(SRC)},
+    )
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1 and "bad.tif" in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tif"]

@@ -7,10 +7,12 @@ layer exactly. Writes go to a temporary file that is renamed only when complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
@@ -107,6 +109,32 @@ class ImageTooLargeError(ValueError):
 MAX_OME_PAGES = 2**24
 
 
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@contextlib.contextmanager
+def tifffile_warnings(path: str | os.PathLike) -> Iterator[None]:
+    """Hold back tifffile's log lines (what it repaired or could not read) until the read
+    succeeds, then pass them on naming the file: a read that fails says it in its one error
+    line, without tifffile's lines before it."""
+    logger, handler = logging.getLogger("tifffile"), _Records()
+    propagate, logger.propagate = logger.propagate, False
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    for record in handler.records:
+        log.warning("%s: %s", path, record.getMessage())
+
+
 def open_tiff(path: str | os.PathLike) -> tifffile.TiffFile:
     """A TIFF whose OME-XML has been checked, so that ``tif.series`` cannot exhaust memory."""
     tif = tifffile.TiffFile(path)
@@ -168,7 +196,7 @@ def declared_bytes(path: str | os.PathLike) -> tuple[tuple[int, ...], int]:
     path = Path(path)
     try:
         if path.suffix.lower() in TIFF_SUFFIXES:
-            with open_tiff(path) as tif:
+            with tifffile_warnings(path), open_tiff(path) as tif:
                 series = tif.series[0]
                 return tuple(series.shape), math.prod(series.shape) * series.dtype.itemsize
         with Image.open(path) as image:
@@ -221,7 +249,7 @@ def read_image(path: str | os.PathLike, *, memory_factor: float = 1.0) -> ImageF
 def _read_tiff(path: Path, load: bool = True) -> ImageFile:
     """The TIFF's pixels (``load``) or only what is known about them (``data`` is then None)."""
     try:
-        with open_tiff(path) as tif:
+        with tifffile_warnings(path), open_tiff(path) as tif:
             series = tif.series[0]
             shape = tuple(series.shape)
             data = _decode(series, path) if load else None

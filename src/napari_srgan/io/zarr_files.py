@@ -26,6 +26,7 @@ from napari_srgan.io.images import (
     pixels_unreadable,
     positive_pixel_size,
     tiff_metadata,
+    tifffile_warnings,
     unit_name,
 )
 
@@ -47,7 +48,7 @@ def open_lazy(path: str | os.PathLike) -> ImageFile:
         return _open_zarr(path)
     if path.suffix.lower() in (".tif", ".tiff"):
         try:
-            with open_tiff(path) as tif:
+            with tifffile_warnings(path), open_tiff(path) as tif:
                 store = tif.aszarr()
         except (tifffile.TiffFileError, OSError, IndexError) as error:
             raise ValueError(f"cannot read {path} as a TIFF: {error}") from None
