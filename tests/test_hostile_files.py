@@ -291,3 +291,17 @@ def test_tifffile_log_lines_do_not_precede_the_error(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2 and len(lines) == 1 and "bad.tif" in lines[0], lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tif"]
+
+
+def test_a_rerun_into_the_input_folder_does_not_upscale_its_results(
+    tmp_path, tiny_model_file, capsys
+):
+    """Before: the second run read cells_x4.ome.tif as an input and wrote cells_x4_x4.ome.tif
+    (16x the pixels; a third run 64x...)."""
+    iio.imwrite(tmp_path / "cells.png", np.zeros((16, 16, 3), np.uint8))
+    iio.imwrite(tmp_path / "other_x2.png", np.zeros((16, 16, 3), np.uint8))  # no 'other' input
+    argv = ["upscale", tmp_path, tmp_path, "--model", "tiny-rgb"]
+    assert run(argv, capsys)[0] == 0
+    assert run([*argv, "--overwrite"], capsys)[0] == 0
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["cells.png", "cells_x4.ome.tif", "other_x2.png", "other_x2_x4.ome.tif"]

@@ -526,6 +526,7 @@ def _upscale_plan(inputs: list[Path], output: Path) -> tuple[list[Path], Path | 
     sources: list[Path] = []
     for path in inputs:
         sources += folder_inputs(path) if is_folder(path) else [path]
+    sources = _without_earlier_results(sources, output)
     stems: dict[str, Path] = {}
     for source in sources:
         stem = input_stem(source)
@@ -536,6 +537,24 @@ def _upscale_plan(inputs: list[Path], output: Path) -> tuple[list[Path], Path | 
             )
         stems[stem] = source
     return sources, output
+
+
+def _without_earlier_results(sources: list[Path], folder: Path) -> list[Path]:
+    """Leave out files in the output folder named as the result of another input
+    (``cells_x4.ome.tif`` beside ``cells.png``): a rerun into the input folder upscaled the last
+    run's results again (16x the pixels, then 64x...) and, with --overwrite, replaced an input
+    of the same run."""
+    from napari_srgan.engine.file_upscale import input_stem
+
+    stems = {input_stem(source) for source in sources}
+    kept = []
+    for source in sources:
+        result_of = re.fullmatch(r"(.+)_x\d+", input_stem(source))
+        if result_of and result_of[1] in stems and source.parent.resolve() == folder.resolve():
+            print(f"skipping {source}: the result of {result_of[1]} from an earlier run")
+            continue
+        kept.append(source)
+    return kept
 
 
 def _upscale_one(
