@@ -751,9 +751,14 @@ def train_command(args: argparse.Namespace) -> None:
 def evaluate_command(args: argparse.Namespace) -> None:
     from napari_srgan.terminal import Progress
     from napari_srgan.training.degradations import Bicubic, Crappifier
-    from napari_srgan.training.evaluation import evaluate_images, mean_quality
+    from napari_srgan.training.evaluation import (
+        check_benchmark_images,
+        evaluate_images,
+        mean_quality,
+    )
 
     images = [(path.name, f.data) for path, f in _read_all(args.hr)]
+    check_benchmark_images(images)  # before loading models: a bad image is the only line
     degradation = Crappifier() if args.degradation == "crappifier" else Bicubic()
     rows = []
     bicubic = None

@@ -76,12 +76,9 @@ def evaluate_images(
     """Score ``model`` and bicubic on ``(name, hr)`` pairs of 8/16-bit images;
     ``progress(done, total)`` counts images; ``ensemble`` runs the 8-fold self-ensemble."""
     degradation = degradation or Bicubic()
+    check_benchmark_images(images)
     scores = []
     for index, (name, hr) in enumerate(images):
-        if hr.dtype not in (np.uint8, np.uint16):
-            raise ValueError(
-                f"{name}: the benchmark protocol needs 8- or 16-bit images, not {hr.dtype}"
-            )
         hr = modcrop(hr[..., :3] if hr.ndim == 3 else hr)
         lr = make_lr(hr, degradation, seed=index)
         sr = upscale(lr, model, rgb=hr.ndim == 3, device=device, tile=tile, ensemble=ensemble)
@@ -89,6 +86,35 @@ def evaluate_images(
         if progress is not None:
             progress(index + 1, len(images))
     return scores
+
+
+#: The smallest HR side scored: after modcrop and the 4-pixel border, SSIM's Gaussian window
+#: (11 pixels) must fit (the LR is then at least 5 pixels, enough for every model).
+MIN_SIDE = 20
+
+
+def check_benchmark_images(images: Sequence[tuple[str, np.ndarray]]) -> None:
+    """Raise ValueError naming the first image the protocol cannot score, before any work:
+    8/16-bit, one grey ``(h, w)`` or colour ``(h, w, 3|4)`` image, large enough (a stack or a
+    thumbnail failed deep in the resampling with a traceback)."""
+    for name, hr in images:
+        if hr.dtype not in (np.uint8, np.uint16):
+            raise ValueError(
+                f"{name}: the benchmark protocol needs 8- or 16-bit images, not {hr.dtype}"
+            )
+        _check_shape(name, hr)
+
+
+def _check_shape(name: str, hr: np.ndarray) -> None:
+    if not (hr.ndim == 2 or (hr.ndim == 3 and hr.shape[-1] in (3, 4))):
+        raise ValueError(
+            f"{name}: the benchmark protocol scores one grey or RGB image, not shape {hr.shape}"
+        )
+    if min(hr.shape[:2]) < MIN_SIDE:
+        raise ValueError(
+            f"{name}: {hr.shape[0]}x{hr.shape[1]} pixels is too small to score "
+            f"(at least {MIN_SIDE}x{MIN_SIDE})"
+        )
 
 
 def _quality(result: np.ndarray, reference: np.ndarray) -> Quality:

@@ -47,7 +47,8 @@ def sr_quality(
     if border:
         result = result[border:-border, border:-border]
         reference = reference[border:-border, border:-border]
-    psnr = peak_signal_noise_ratio(reference, result, data_range=data_range)
+    with np.errstate(divide="ignore"):  # identical images: PSNR is +inf, not a warning
+        psnr = peak_signal_noise_ratio(reference, result, data_range=data_range)
     ssim = structural_similarity(
         reference,
         result,
