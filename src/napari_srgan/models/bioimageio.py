@@ -451,10 +451,23 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
     from bioimageio.spec.utils import download
 
     weights = description.weights
+    used = weights.torchscript or weights.pytorch_state_dict  # the entry loaded below
+    sources = [getattr(used, "source", None)]
+    sources.append(getattr(getattr(used, "architecture", None), "source", None))
+    for source in sources:
+        if source is not None and str(source).lower().startswith(("http://", "https://")):
+            raise BioimageioError(
+                f"{path.name}: its weights or code are at {source}; napari-srgan never "
+                "downloads at run time: put the file into the package"
+            )
     if weights.torchscript is not None:
         try:
             data = io.BytesIO(download(weights.torchscript.source).read())
-            return torch.jit.load(data, map_location=device), "torchscript"
+            with (
+                warnings.catch_warnings()
+            ):  # torch marks TorchScript deprecated; zoo packages use it
+                warnings.simplefilter("ignore", FutureWarning)
+                return torch.jit.load(data, map_location=device), "torchscript"
         except FileNotFoundError as error:
             raise BioimageioError(
                 f"{path.name}: missing weights file {Path(str(error)).name}"
