@@ -28,8 +28,9 @@ from napari_srgan.io.zarr_files import open_lazy
 from napari_srgan.models.bioimageio import MAX_DESCRIPTION_BYTES
 from napari_srgan.models.community import read_state_dict
 from napari_srgan.models.files import ModelFileError
-from napari_srgan.models.registry import MODEL_DIR_ENV
+from napari_srgan.models.registry import MODEL_DIR_ENV, load_model
 from napari_srgan.training import losses
+from napari_srgan.training.metrics import sr_quality
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -305,3 +306,75 @@ def test_a_rerun_into_the_input_folder_does_not_upscale_its_results(
     assert run([*argv, "--overwrite"], capsys)[0] == 0
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names == ["cells.png", "cells_x4.ome.tif", "other_x2.png", "other_x2_x4.ome.tif"]
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ((3, 3, 3), "3x3 pixels is too small to score"),
+        ((3, 32, 32), "scores one grey or RGB image, not shape (3, 32, 32)"),
+        ((32, 32, 2), "scores one grey or RGB image, not shape (32, 32, 2)"),
+    ],
+    ids=["thumbnail", "grey stack", "grey plus alpha"],
+)
+def test_evaluate_refuses_what_it_cannot_score_before_any_work(
+    tmp_path, tiny_model_file, capsys, shape, message
+):
+    """Before: a 3x3 image or a stack was a ZeroDivisionError traceback in the resampling."""
+    tifffile.imwrite(tmp_path / "hr.tif", np.zeros(shape, np.uint8), photometric="minisblack")
+    code, lines = run(["evaluate", "--hr", tmp_path / "hr.tif", "--model", "tiny-rgb"], capsys)
+    assert code == 2 and len(lines) == 1 and message in lines[0], lines
+
+
+def test_evaluating_a_perfect_result_warns_nothing():
+    """PSNR of identical images is +inf; numpy's divide-by-zero warning printed two lines."""
+    image = np.full((32, 32), 7, np.uint8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert sr_quality(image, image, data_range=255.0).psnr == np.inf
+
+
+@pytest.fixture
+def tiny_package(tmp_path, tiny_model_file) -> Path:
+    """The tiny RGB model exported as a bioimage.io package, unpacked into a folder."""
+    pytest.importorskip("bioimageio.core")
+    assert main(["export-bmz", "tiny-rgb", str(tmp_path / "tiny.zip")]) == 0
+    folder = tmp_path / "tiny"
+    with zipfile.ZipFile(tmp_path / "tiny.zip") as archive:
+        archive.extractall(folder)
+    return folder
+
+
+def test_a_package_whose_weights_are_a_url_is_refused_without_downloading(
+    tiny_package, tmp_path, capsys, monkeypatch
+):
+    """Before: bioimageio.spec downloaded the weights at run time (a progress bar, then the
+    connection's error)."""
+    import bioimageio.spec.utils
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("tried to download")
+
+    monkeypatch.setattr(bioimageio.spec.utils, "download", no_network)
+    rdf = tiny_package / "rdf.yaml"
+    rdf.write_text(
+        rdf.read_text().replace(
+            "source: weights_torchscript.pt", "source: https://example.org/weights.pt"
+        )
+    )
+    (tiny_package / "weights_torchscript.pt").unlink()
+    source = tmp_path / "in.png"
+    iio.imwrite(source, np.zeros((16, 16, 3), np.uint8))
+    code, lines = run(["upscale", source, tmp_path / "o.tif", "--model", tiny_package], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "https://example.org/weights.pt; napari-srgan never downloads" in lines[0]
+    assert not (tmp_path / "o.tif").exists()
+
+
+def test_a_torchscript_package_loads_without_torch_warning_lines(tiny_package):
+    """torch.jit.load's FutureWarning added two stderr lines to every run of a package."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = load_model(tiny_package)
+    assert model.card.scale == 4
+    assert [str(w.message) for w in caught if w.category is FutureWarning] == []
