@@ -357,6 +357,7 @@ def _add_export_bmz(commands) -> None:
     )
     parser.add_argument("model", help="model name or .safetensors path")
     parser.add_argument("output", type=Path, help="output .zip")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -798,7 +799,7 @@ def export_bmz_command(args: argparse.Namespace) -> None:
     from napari_srgan.models.bioimageio import export_bioimageio
 
     model = _load(args.model)
-    path = export_bioimageio(model, args.output)
+    path = export_bioimageio(model, args.output, overwrite=args.overwrite)
     print(f"wrote {path}: bioimage.io package of {model.card.name}")
 
 

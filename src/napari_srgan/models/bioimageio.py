@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import shutil
 import tempfile
 import warnings
 import zipfile
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from napari_srgan.io.atomic_files import atomic_write, refuse_existing
 from napari_srgan.models.files import ModelFileError
 from napari_srgan.models.interface import ModelCard, SRModel
 from napari_srgan.models.normalization import NormalizationSpec
@@ -119,8 +121,12 @@ Exported by napari-srgan; runs in napari-srgan, bioimageio.core, deepImageJ, ila
 """
 
 
-def export_bioimageio(model: SRModel, output: str | os.PathLike) -> Path:
-    """Write ``model`` (a native SRResNet model) as a bioimage.io spec 0.5 ``.zip`` package."""
+def export_bioimageio(
+    model: SRModel, output: str | os.PathLike, *, overwrite: bool = False
+) -> Path:
+    """Write ``model`` (a native SRResNet model) as a bioimage.io spec 0.5 ``.zip`` package;
+    an existing ``output`` is replaced only with ``overwrite`` (and a symlink is replaced,
+    never written through)."""
     from bioimageio.spec import save_bioimageio_package
     from bioimageio.spec.model.v0_5 import (
         ArchitectureFromFileDescr,
@@ -159,6 +165,7 @@ def export_bioimageio(model: SRModel, output: str | os.PathLike) -> Path:
     output = Path(output)
     if output.suffix.lower() != ".zip":
         raise BioimageioError(f"{output}: a bioimage.io package is written as a .zip file")
+    refuse_existing(output, overwrite=overwrite)  # before the (slow) export
     network = model.network
     if not isinstance(network, Generator):
         raise BioimageioError(
@@ -260,8 +267,11 @@ def export_bioimageio(model: SRModel, output: str | os.PathLike) -> Path:
             weights=WeightsDescr(pytorch_state_dict=state_dict, torchscript=torchscript),
             version=Version(__version__),
         )
+        package = Path(save_bioimageio_package(description, output_path=root / "package.zip"))
         output.parent.mkdir(parents=True, exist_ok=True)
-        return Path(save_bioimageio_package(description, output_path=output))
+        return atomic_write(
+            output, lambda temp: shutil.copyfile(package, temp), overwrite=overwrite
+        )
 
 
 def _cover(path: Path, test_input: np.ndarray, test_output: np.ndarray) -> None:
