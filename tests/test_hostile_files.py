@@ -378,3 +378,23 @@ def test_a_torchscript_package_loads_without_torch_warning_lines(tiny_package):
         model = load_model(tiny_package)
     assert model.card.scale == 4
     assert [str(w.message) for w in caught if w.category is FutureWarning] == []
+
+
+def test_export_never_replaces_a_file_unasked_nor_writes_through_a_symlink(
+    tmp_path, tiny_model_file, capsys
+):
+    """Before: export-bmz replaced an existing .zip without --overwrite, and wrote the package
+    into whatever file a symlink named pkg.zip pointed at (here the user's image)."""
+    pytest.importorskip("bioimageio.core")
+    image = tmp_path / "image.png"
+    iio.imwrite(image, np.zeros((16, 16, 3), np.uint8))
+    kept = image.read_bytes()
+    (tmp_path / "link.zip").symlink_to(image)
+    (tmp_path / "old.zip").write_bytes(b"a package the user keeps")
+    for name in ("link.zip", "old.zip"):
+        code, lines = run(["export-bmz", "tiny-rgb", tmp_path / name], capsys)
+        assert code == 2 and len(lines) == 1 and "exists; pass --overwrite" in lines[0], lines
+    assert (tmp_path / "old.zip").read_bytes() == b"a package the user keeps"
+    assert main(["export-bmz", "tiny-rgb", str(tmp_path / "link.zip"), "--overwrite"]) == 0
+    assert image.read_bytes() == kept
+    assert not (tmp_path / "link.zip").is_symlink() and zipfile.is_zipfile(tmp_path / "link.zip")
