@@ -398,3 +398,17 @@ def test_export_never_replaces_a_file_unasked_nor_writes_through_a_symlink(
     assert main(["export-bmz", "tiny-rgb", str(tmp_path / "link.zip"), "--overwrite"]) == 0
     assert image.read_bytes() == kept
     assert not (tmp_path / "link.zip").is_symlink() and zipfile.is_zipfile(tmp_path / "link.zip")
+
+
+def test_a_store_too_large_for_memory_is_refused_before_work_for_a_file_output(
+    tmp_path, tiny_model_file, capsys
+):
+    """A zarr read whole (a .tif output) is checked against free memory like a TIFF's header:
+    before, the work started and then failed (or filled memory, for a claim just below it)."""
+    zarr.create_array(str(tmp_path / "big.zarr"), shape=(10**6, 10**6), dtype="uint8")
+    argv = ["upscale", tmp_path / "big.zarr", tmp_path / "o.tif", "--model", "tiny-rgb"]
+    code, lines = run(argv, capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "big.zarr declares 1000000x1000000 pixels" in lines[0]
+    assert "write a .zarr output" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.zarr"]

@@ -3,6 +3,7 @@ into OME-Zarr for images larger than memory. Used by the CLI and the widget's za
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from napari_srgan.io.images import (
     PLAIN_SUFFIXES,
     TIFF_SUFFIXES,
     ImageFile,
+    check_fits_in_memory,
     check_output_format,
     guess_rgb,
     read_image,
@@ -81,7 +83,12 @@ def open_input(path: Path, stream: bool, scale: int = 4) -> ImageFile:
     input read whole must fit in memory, with its ``scale``-times larger result unless that
     is streamed (checked from the file's header before reading)."""
     if is_zarr(path) or (stream and path.suffix.lower() in TIFF_SUFFIXES):
-        return open_lazy(path)
+        image = open_lazy(path)
+        if not stream:  # a store read whole: a huge one failed only after the work began
+            shape = tuple(image.data.shape)
+            size = math.prod(shape) * np.dtype(image.data.dtype).itemsize
+            check_fits_in_memory(path, 1 + scale**2, declared=(shape, size))
+        return image
     return read_image(path, memory_factor=1 if stream else 1 + scale**2)
 
 

@@ -212,10 +212,15 @@ def declared_bytes(path: str | os.PathLike) -> tuple[tuple[int, ...], int]:
         raise ValueError(f"cannot read {path} as an image: {error}") from None
 
 
-def check_fits_in_memory(path: str | os.PathLike, factor: float = 1.0) -> None:
+def check_fits_in_memory(
+    path: str | os.PathLike,
+    factor: float = 1.0,
+    declared: tuple[tuple[int, ...], int] | None = None,
+) -> None:
     """Refuse a file whose pixels (times ``factor``: e.g. input plus result) would not fit in
-    the memory available now."""
-    shape, size = declared_bytes(path)
+    the memory available now; ``declared``: its (shape, bytes) where already known (a lazily
+    opened store), else read from its header."""
+    shape, size = declared or declared_bytes(path)
     need, free = size * factor, psutil.virtual_memory().available
     if need > free:
         raise ImageTooLargeError(
