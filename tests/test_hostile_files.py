@@ -13,6 +13,7 @@ import sys
 import warnings
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 
 import imageio.v3 as iio
 import numpy as np
@@ -412,3 +413,20 @@ def test_a_store_too_large_for_memory_is_refused_before_work_for_a_file_output(
     assert "big.zarr declares 1000000x1000000 pixels" in lines[0]
     assert "write a .zarr output" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.zarr"]
+
+
+def test_a_zip_entry_larger_than_free_memory_is_refused_before_reading(
+    tiny_package, tmp_path, capsys, monkeypatch
+):
+    """Package weights are read whole into memory: a zip bomb (GBs of zeros in a small zip)
+    would fill it. Here free memory is made smaller than the package's test output."""
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=400_000))
+    source = tmp_path / "in.png"
+    iio.imwrite(source, np.zeros((16, 16, 3), np.uint8))
+    argv = ["upscale", source, tmp_path / "o.tif", "--model", tmp_path / "tiny.zip"]
+    code, lines = run(argv, capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "tiny.zip: its test_output.npy unpacks to" in lines[0]
+    assert "more than the 0.0 GB of free memory" in lines[0]

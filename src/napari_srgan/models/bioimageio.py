@@ -23,6 +23,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import psutil
 import torch
 from torch import nn
 
@@ -295,21 +296,27 @@ def _one_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def _check_description_size(path: Path) -> None:
-    """Refuse a package whose description file is larger than any real one, before YAML
-    parsing (the size a zip declares bounds what it decompresses)."""
+def _check_package_sizes(path: Path) -> None:
+    """Refuse, before reading anything, a package whose description file is larger than any
+    real one (YAML parsing of 300 MB takes an hour) or a zip entry that unpacks to more than
+    the free memory (its weights are read whole: a zip bomb). A zip's declared sizes bound
+    what it decompresses."""
     if path.is_dir():
         sizes = {p.name: p.stat().st_size for p in path.iterdir() if _is_description(p.name)}
     else:
         try:
             with zipfile.ZipFile(path) as archive:
-                sizes = {
-                    i.filename: i.file_size
-                    for i in archive.infolist()
-                    if _is_description(i.filename)
-                }
+                entries = archive.infolist()
         except (zipfile.BadZipFile, OSError) as error:
             raise BioimageioError(f"{path.name}: not a readable .zip file ({error})") from None
+        free = psutil.virtual_memory().available
+        for entry in entries:
+            if entry.file_size > free:
+                raise BioimageioError(
+                    f"{path.name}: its {entry.filename} unpacks to {entry.file_size / 1e9:.1f} "
+                    f"GB, more than the {free / 1e9:.1f} GB of free memory"
+                )
+        sizes = {e.filename: e.file_size for e in entries if _is_description(e.filename)}
     for name, size in sizes.items():
         if size > MAX_DESCRIPTION_BYTES:
             raise BioimageioError(
@@ -541,7 +548,7 @@ def load_bioimageio(
         raise BioimageioError(f"model package not found: {path}")
     if path.is_dir() and not any((path / n).is_file() for n in ("rdf.yaml", "bioimageio.yaml")):
         raise BioimageioError(f"{path}: a folder without rdf.yaml or bioimageio.yaml")
-    _check_description_size(path)
+    _check_package_sizes(path)
     description = _describe(path)
     scale, channels, halo, multiple = _spatial_scale(description, path)
     normalization = _normalization(description, path)
