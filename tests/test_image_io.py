@@ -72,3 +72,18 @@ def test_training_folders_may_hold_lossless_webp(tmp_path, rng):
     image = read_image(tmp_path / "photo.webp")
     np.testing.assert_array_equal(image.data, data)
     assert image.rgb
+
+
+@pytest.mark.parametrize("suffix", [".webp", ".png", ".gif"])
+def test_every_frame_of_an_animated_file_is_read(tmp_path, rng, suffix):
+    """An animated WebP was read as its first frame only: the rest were silently dropped."""
+    from PIL import Image
+
+    frames = [rng.integers(0, 255, (9, 11, 3)).astype(np.uint8) for _ in range(3)]
+    first, *rest = [Image.fromarray(frame) for frame in frames]
+    first.save(tmp_path / f"movie{suffix}", save_all=True, append_images=rest, lossless=True)
+    image = read_image(tmp_path / f"movie{suffix}")
+    assert image.data.shape == (3, 9, 11, 3)
+    assert image.rgb
+    if suffix != ".gif":  # GIF stores a palette: its colours are not exact
+        np.testing.assert_array_equal(image.data, np.stack(frames))

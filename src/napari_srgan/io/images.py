@@ -243,12 +243,19 @@ def read_image(path: str | os.PathLike, *, memory_factor: float = 1.0) -> ImageF
     if suffix in TIFF_SUFFIXES:
         return _read_tiff(path)
     try:
-        data = np.asarray(iio.imread(path))
+        data = _read_frames(path)
     except Exception as error:
         raise ValueError(f"cannot read {path} as an image: {error}") from None
     rgb = guess_rgb(data.shape) or (data.ndim == 3 and data.shape[-1] == 2)  # grey + alpha
     count = _spatial_axes_count(data.shape, rgb)
     return ImageFile(data, rgb, (1.0,) * count, (0.0,) * count)
+
+
+def _read_frames(path: Path) -> np.ndarray:
+    """Every frame of an animated file as a stack (imageio reads only the first of an animated
+    WebP by default), a single frame as itself."""
+    data = np.asarray(iio.imread(path, index=...))
+    return data[0] if data.shape[0] == 1 else data
 
 
 def _read_tiff(path: Path, load: bool = True) -> ImageFile:
