@@ -372,6 +372,22 @@ def test_a_package_whose_weights_are_a_url_is_refused_without_downloading(
     assert not (tmp_path / "o.tif").exists()
 
 
+@pytest.mark.parametrize("outside", ["absolute", "parent"])
+def test_a_package_whose_weights_lie_outside_it_is_refused(tiny_package, tmp_path, capsys, outside):
+    """Before: a package naming /etc/passwd or ../other.pt as its weights had that file read."""
+    elsewhere = tmp_path / "elsewhere.pt"
+    (tiny_package / "weights_torchscript.pt").rename(elsewhere)
+    named = elsewhere if outside == "absolute" else "../elsewhere.pt"
+    rdf = tiny_package / "rdf.yaml"
+    rdf.write_text(rdf.read_text().replace("source: weights_torchscript.pt", f"source: {named}"))
+    source = tmp_path / "in.png"
+    iio.imwrite(source, np.zeros((16, 16, 3), np.uint8))
+    code, lines = run(["upscale", source, tmp_path / "o.tif", "--model", tiny_package], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert "is outside the package; a package may only use its own files" in lines[0]
+    assert not (tmp_path / "o.tif").exists()
+
+
 def test_a_torchscript_package_loads_without_torch_warning_lines(tiny_package):
     """torch.jit.load's FutureWarning added two stderr lines to every run of a package."""
     with warnings.catch_warnings(record=True) as caught:

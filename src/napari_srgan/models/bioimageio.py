@@ -471,11 +471,16 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
     used = weights.torchscript or weights.pytorch_state_dict  # the entry loaded below
     sources = [getattr(used, "source", None)]
     sources.append(getattr(getattr(used, "architecture", None), "source", None))
-    for source in sources:
-        if source is not None and str(source).lower().startswith(("http://", "https://")):
+    for source in filter(None, sources):
+        if str(source).lower().startswith(("http://", "https://")):
             raise BioimageioError(
                 f"{path.name}: its weights or code are at {source}; napari-srgan never "
                 "downloads at run time: put the file into the package"
+            )
+        if Path(str(source)).is_absolute() or ".." in Path(str(source)).parts:
+            raise BioimageioError(
+                f"{path.name}: its weights or code file {source} is outside the package; "
+                "a package may only use its own files"
             )
     if weights.torchscript is not None:
         try:
