@@ -314,3 +314,18 @@ class OmeZarrWriter:
             previous = da.from_zarr(target)
             level += 1
         return level
+
+
+def stores_read_by(data) -> set[Path]:
+    """The zarr folders a lazily read array (dask, zarr, a list of pyramid levels) reads from,
+    so a new result is never written over a store that an open image still reads."""
+    arrays = list(data) if isinstance(data, list | tuple) else [data]
+    found = set()
+    for array in arrays:
+        graph = getattr(array, "dask", None)
+        nodes = graph.values() if graph is not None else [array]
+        for node in nodes:
+            root = getattr(getattr(node, "store", None), "root", None)
+            if isinstance(node, zarr.Array) and root is not None:
+                found.add(Path(root).resolve())
+    return found

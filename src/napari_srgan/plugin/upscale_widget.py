@@ -31,7 +31,7 @@ from napari_srgan.engine.upscale import (
     upscale,
 )
 from napari_srgan.io.images import PROVENANCE_KEY
-from napari_srgan.io.zarr_files import is_zarr
+from napari_srgan.io.zarr_files import is_zarr, stores_read_by
 from napari_srgan.models.interface import ModelCard, SRModel
 from napari_srgan.models.normalization import IntensityRange
 from napari_srgan.models.registry import (
@@ -453,7 +453,20 @@ class UpscaleWidget(Container):
         if mode == "zarr file" and not self._zarr_target():
             self.advanced.expand(animate=False)
             raise ValueError("choose where to write the zarr file (a path ending in .zarr)")
+        if mode == "zarr file":
+            self._refuse_open_store(self._zarr_target())
         return mode
+
+    def _refuse_open_store(self, target: Path) -> None:
+        """Replacing a store that a layer reads lazily would change or break that layer."""
+        target = target.resolve()
+        for layer in self._viewer.layers:
+            source = layer.source.path
+            stores = stores_read_by(layer.data) | ({Path(source).resolve()} if source else set())
+            if target in stores:
+                raise ValueError(
+                    f"{target} is read by the layer {layer.name!r}: choose another zarr file"
+                )
 
     def _settings(self) -> UpscaleSettings:
         memory = self.memory_limit.chosen
