@@ -24,8 +24,9 @@ FLOAT32_SAFE = (1e-30, 1e30)
 class NormalizationSpec:
     """How a model expects its inputs scaled.
 
-    ``mode="dtype"``: integers are divided by their dtype's range (uint8 / 255), the photo
-    convention; floats fall back to percentiles. ``mode="percentile"``: the ``low`` / ``high``
+    ``mode="dtype"``: 8- and 16-bit integers are divided by their dtype's range (uint8 / 255),
+    the photo convention; floats and wider integers fall back to percentiles (a 32/64-bit range
+    would put real values below float32 precision and blow the model's smallest error up). ``mode="percentile"``: the ``low`` / ``high``
     percentiles of the whole data map to 0 / 1, the microscopy convention (CSBDeep, PSSR).
     """
 
@@ -118,7 +119,7 @@ def intensity_range(
 ) -> IntensityRange:
     """The range for ``data`` (all channels and planes together, so colours keep their balance)."""
     dtype = np.dtype(data.dtype)
-    if spec.mode == "dtype" and np.issubdtype(dtype, np.integer):
+    if spec.mode == "dtype" and np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2:
         info = np.iinfo(dtype)
         low, high = (0.0, float(info.max)) if info.min == 0 else (float(info.min), float(info.max))
     else:
