@@ -62,3 +62,27 @@ def test_wide_integer_images_keep_their_values(make_napari_viewer, tiny_model_fi
     # bicubic-like: overshoots on noise by a fraction of the range (before: up to +-6e16)
     assert result.min() >= -300 and result.max() <= 1300
     assert np.abs(result.astype(float).mean() - image.mean()) < 20
+
+
+def test_a_trained_model_cannot_take_a_bundled_models_name(
+    make_napari_viewer, tiny_model_file, monkeypatch
+):
+    """Saved as "srresnet-rgb-x4", it was listed as "user:srresnet-rgb-x4" while the Upscale
+    widget's "srresnet-rgb-x4" stayed the bundled model: the user upscaled with the wrong one."""
+    from napari_srgan.plugin import train_widget
+
+    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
+    shown = []
+    monkeypatch.setattr(train_widget, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    photo = viewer.add_image(np.zeros((160, 160, 3), np.uint8), rgb=True, name="photo")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-srgan", "Train")
+    widget.reset_choices()
+    widget.hr_layers.value = [photo]
+    widget.base_model.value = "tiny-rgb"
+    widget.steps.value = 1
+    widget.model_name.value = "srresnet-rgb-x4"
+    widget.start()
+    assert len(shown) == 1 and "bundled model" in shown[0], shown
+    assert sorted(p.name for p in tiny_model_file.parent.iterdir()) == ["tiny-rgb.safetensors"]
+    assert [layer.name for layer in viewer.layers] == ["photo"]

@@ -20,6 +20,7 @@ from napari_srgan.models.headers import ModelFileError
 from napari_srgan.models.interface import ModelCard, TrainableNetwork
 from napari_srgan.models.normalization import NormalizationSpec
 from napari_srgan.models.registry import (
+    bundled_model_dir,
     is_bioimageio,
     load_model,
     resolve_model,
@@ -94,6 +95,9 @@ def user_model_path(name: str) -> Path:
     """Where a user model called ``name`` is saved (the Upscale widget lists that folder)."""
     if not name or any(sep in name for sep in "/\\") or name.startswith("."):
         raise ValueError(f"invalid model name {name!r}: use letters, digits, '-' and '_'")
+    if (bundled_model_dir() / f"{name}.safetensors").exists():
+        # it would be listed as "user:<name>" while "<name>" stays the bundled model
+        raise ValueError(f"{name} is the name of a bundled model; choose another name")
     return user_model_dir() / f"{name}.safetensors"
 
 
