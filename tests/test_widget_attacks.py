@@ -86,3 +86,28 @@ def test_a_trained_model_cannot_take_a_bundled_models_name(
     assert len(shown) == 1 and "bundled model" in shown[0], shown
     assert sorted(p.name for p in tiny_model_file.parent.iterdir()) == ["tiny-rgb.safetensors"]
     assert [layer.name for layer in viewer.layers] == ["photo"]
+
+
+def test_a_corrupt_checkpoint_is_named_without_advice_to_unpickle(
+    make_napari_viewer, tiny_model_file, monkeypatch
+):
+    """torch's own message told the user to load the file with weights_only=False, which can
+    run any code in it."""
+    from napari_srgan.plugin import train_widget
+
+    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
+    shown = []
+    monkeypatch.setattr(train_widget, "show_error", shown.append)
+    checkpoint = tiny_model_file.parent / "mine.ckpt"
+    checkpoint.write_bytes(np.random.default_rng(0).bytes(300))
+    viewer = make_napari_viewer()
+    photo = viewer.add_image(np.zeros((160, 160, 3), np.uint8), rgb=True, name="photo")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-srgan", "Train")
+    widget.reset_choices()
+    widget.hr_layers.value = [photo]
+    widget.base_model.value = "tiny-rgb"
+    widget.model_name.value = "mine"
+    widget.start(resume=True)
+    assert len(shown) == 1 and "mine.ckpt is not a readable training checkpoint" in shown[0]
+    assert "weights_only" not in shown[0] and "trusted" not in shown[0], shown
+    assert checkpoint.stat().st_size == 300 and [layer.name for layer in viewer.layers] == ["photo"]

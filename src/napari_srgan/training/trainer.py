@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -462,6 +463,8 @@ class Trainer:
             state = load_weights_only(Path(path), map_location=self.device)
         except Exception as error:  # torch raises many types for a damaged zip or record
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            if isinstance(error, pickle.UnpicklingError):  # not torch's "weights_only=False" tip
+                reason = "it is not a tensors-only checkpoint"
             raise ValueError(
                 f"{path} is not a readable training checkpoint ({type(error).__name__}"
                 f"{': ' + reason if reason else ''})"
@@ -476,6 +479,8 @@ class Trainer:
             self._load_state(state)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            if isinstance(error, pickle.UnpicklingError):  # not torch's "weights_only=False" tip
+                reason = "it is not a tensors-only checkpoint"
             raise ValueError(
                 f"{path} is a damaged training checkpoint ({type(error).__name__}: {reason})"
             ) from None
