@@ -463,7 +463,7 @@ class Trainer:
             state = load_weights_only(Path(path), map_location=self.device)
         except Exception as error:  # torch raises many types for a damaged zip or record
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            if isinstance(error, pickle.UnpicklingError):  # not torch's "weights_only=False" tip
+            if isinstance(error, pickle.UnpicklingError):  # not torch's tip to unpickle it
                 reason = "it is not a tensors-only checkpoint"
             raise ValueError(
                 f"{path} is not a readable training checkpoint ({type(error).__name__}"
@@ -479,7 +479,7 @@ class Trainer:
             self._load_state(state)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            if isinstance(error, pickle.UnpicklingError):  # not torch's "weights_only=False" tip
+            if isinstance(error, pickle.UnpicklingError):  # not torch's tip to unpickle it
                 reason = "it is not a tensors-only checkpoint"
             raise ValueError(
                 f"{path} is a damaged training checkpoint ({type(error).__name__}: {reason})"
