@@ -479,8 +479,6 @@ class Trainer:
             self._load_state(state)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
             reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            if isinstance(error, pickle.UnpicklingError):  # not torch's tip to unpickle it
-                reason = "it is not a tensors-only checkpoint"
             raise ValueError(
                 f"{path} is a damaged training checkpoint ({type(error).__name__}: {reason})"
             ) from None
