@@ -1,6 +1,7 @@
 """Hostile input to the napari widgets: each ends in one clear message and nothing the user had
 (layers, files) changes."""
 
+import dask.array as da
 import numpy as np
 import pytest
 
@@ -111,3 +112,32 @@ def test_a_corrupt_checkpoint_is_named_without_advice_to_unpickle(
     assert len(shown) == 1 and "mine.ckpt is not a readable training checkpoint" in shown[0]
     assert "weights_only" not in shown[0] and "trusted" not in shown[0], shown
     assert checkpoint.stat().st_size == 300 and [layer.name for layer in viewer.layers] == ["photo"]
+
+
+def test_a_lazy_result_with_a_broken_model_or_nan_input_adds_nothing(
+    make_napari_viewer, tiny_model_file, errors
+):
+    """Lazy results load the model and measure the intensity range before any worker runs:
+    weights that do not fit their card raised into napari's error dialog, and a NaN stack left
+    a layer of zeros behind."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(tiny_model_file), "pt") as weights:
+        metadata = weights.metadata()
+    tensors = load_file(str(tiny_model_file))
+    del tensors[sorted(tensors)[0]]
+    save_file(tensors, str(tiny_model_file.parent / "broken.safetensors"), metadata=metadata)
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(np.zeros((3, 12, 12, 3), np.uint8), rgb=True, name="stack")
+    widget = upscale_widget(viewer, stack)
+    widget.result_mode.value = "lazy (as you browse)"
+    widget.model.value = "broken"
+    widget.start()
+    assert len(errors) == 1 and "broken.safetensors" in errors[0]
+    nan = da.from_array(np.full((2, 12, 12), np.nan, np.float32))  # read lazily: not pre-checked
+    widget.image.value = viewer.add_image(nan, name="nan")
+    widget.model.value = "tiny-rgb"
+    widget.start()
+    assert len(errors) == 2 and "NaN" in errors[1]
+    assert [layer.name for layer in viewer.layers] == ["stack", "nan"]

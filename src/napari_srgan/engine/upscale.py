@@ -122,9 +122,13 @@ def check_image(data, rgb: bool | None = None) -> ImageLayout:
 
 
 def colour_range(data, layout: ImageLayout, spec: NormalizationSpec) -> IntensityRange:
-    """The intensity range over all colour channels and planes (alpha excluded)."""
+    """The intensity range over all colour channels and planes (alpha excluded); a lazily read
+    image with NaN or infinite values is refused here, before any plane is computed."""
     colour = data[..., : layout.channels] if layout.has_alpha else data
-    return intensity_range(colour, spec)
+    found = intensity_range(colour, spec)
+    if not (math.isfinite(found.low) and math.isfinite(found.high)):
+        raise InvalidImageError("the image contains NaN or infinite values; replace them first")
+    return found
 
 
 def _alpha_to_unit(alpha: np.ndarray) -> np.ndarray:

@@ -510,7 +510,10 @@ class UpscaleWidget(Container):
             show_status(self.status, "not started: the zarr file exists (choose another name)")
             return
         if mode == LAZY:
-            self._add_lazy(layer, data, layout, model_path, card)
+            try:
+                self._add_lazy(layer, data, layout, model_path, card)
+            except (ValueError, ModelFileError, OSError) as error:
+                self._fail(str(error))
             return
         settings = self._settings()
         options = output_layer_options(layer, {}, card, self.model.value)
