@@ -141,3 +141,34 @@ def test_a_lazy_result_with_a_broken_model_or_nan_input_adds_nothing(
     widget.start()
     assert len(errors) == 2 and "NaN" in errors[1]
     assert [layer.name for layer in viewer.layers] == ["stack", "nan"]
+
+
+def test_starting_again_while_a_job_runs_starts_nothing(
+    make_napari_viewer, tiny_model_file, qtbot, monkeypatch
+):
+    """A script (or a queued click) calling start() while a job runs started a second job that
+    Cancel could no longer reach, and a second layer."""
+    from napari_srgan.plugin import train_widget
+
+    monkeypatch.setattr(module, "show_warning", lambda message: None)
+    shown = []
+    monkeypatch.setattr(module, "show_error", shown.append)
+    monkeypatch.setattr(train_widget, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    photo = viewer.add_image(np.zeros((120, 120, 3), np.uint8), rgb=True, name="photo")
+    widget = upscale_widget(viewer, photo)
+    widget.tile.value = 40
+    widget.start()
+    widget.start()
+    assert len(shown) == 1 and "running" in shown[0]
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=60000)
+    assert [layer.name for layer in viewer.layers] == ["photo", "photo x4 tiny-rgb"]
+    _, trainer = viewer.window.add_plugin_dock_widget("napari-srgan", "Train")
+    trainer.reset_choices()
+    trainer.hr_layers.value = [photo]
+    trainer.base_model.value = "tiny-rgb"
+    trainer.steps.value, trainer.patch_size.value, trainer.batch_size.value = 2, 16, 1
+    trainer.start()
+    trainer.start()
+    assert len(shown) == 2 and "running" in shown[1]
+    qtbot.waitUntil(lambda: trainer.train_button.enabled, timeout=60000)

@@ -410,6 +410,9 @@ class TrainWidget(Container):
         return chosen == name
 
     def start(self, resume: bool = False) -> None:
+        if self.job is not None and not self.job.done:  # a script can call in while it runs
+            self._fail("training is running: wait for it or press Stop")
+            return
         show_status(self.status, "")
         replace = self._name_to_save(resume)
         if replace is None:

@@ -488,7 +488,16 @@ class UpscaleWidget(Container):
         show_status(self.status, f"⚠ {message}")
         show_error(f"napari-srgan: {message}")
 
+    def _busy(self) -> bool:
+        """A job runs (the buttons are disabled then, but a script can still call in)."""
+        if self.job is not None and not self.job.done:  # (a new worker is not yet is_running)
+            self._fail("a computation is running: wait for it or press Cancel")
+            return True
+        return False
+
     def start(self, *_args) -> None:
+        if self._busy():
+            return
         show_status(self.status, "")
         self.progress.hide()
         layer = self.image.value
@@ -628,6 +637,8 @@ class UpscaleWidget(Container):
 
     def add_model_file(self, *_args) -> None:
         """Ask for a model file, convert it into the user model folder, then select it."""
+        if self._busy():
+            return
         path = choose_model_file(self.native)
         if not path:
             return
