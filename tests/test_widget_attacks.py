@@ -172,3 +172,26 @@ def test_starting_again_while_a_job_runs_starts_nothing(
     trainer.start()
     assert len(shown) == 2 and "running" in shown[1]
     qtbot.waitUntil(lambda: trainer.train_button.enabled, timeout=60000)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [(np.zeros((8, 8), np.int64), "int64"), (np.zeros((1, 1, 1, 2, 8, 8), np.uint8), "6-dim")],
+)
+def test_saving_what_ome_tiff_cannot_hold_says_why(
+    make_napari_viewer, tmp_path, monkeypatch, data, reason
+):
+    """napari turns a writer's ValueError into "napari-srgan is not a valid writer", which
+    hid the reason."""
+    from napari_srgan.plugin import writer
+
+    shown = []
+    monkeypatch.setattr(writer, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    viewer.layers.selection = {viewer.add_image(data, name="wide")}
+    with pytest.warns(UserWarning):  # napari's own "did not return any written paths"
+        written = viewer.layers.save(
+            str(tmp_path / "out.tif"), selected=True, plugin="napari-srgan"
+        )
+    assert written == [] and list(tmp_path.iterdir()) == []
+    assert len(shown) == 1 and reason in shown[0], shown

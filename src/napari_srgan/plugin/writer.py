@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from napari.utils.notifications import show_error
+
 from napari_srgan.io.images import PROVENANCE_KEY, write_tiff
 
 
@@ -18,15 +20,20 @@ def length_unit(units) -> str | None:
 def write_image_layer(path: str, data, meta: dict) -> list[str]:
     provenance = dict(meta.get("metadata", {}).get(PROVENANCE_KEY, {}))
     provenance.pop("layer", None)
-    written = write_tiff(
-        path,
-        data,
-        rgb=bool(meta.get("rgb", False)),
-        scale=tuple(meta.get("scale", ())) or None,
-        translate=tuple(meta.get("translate", ())) or None,
-        unit=length_unit(meta.get("units")),
-        name=meta.get("name"),
-        provenance=provenance,
-        overwrite=True,  # napari's save dialog has asked the user already
-    )
+    try:
+        written = write_tiff(
+            path,
+            data,
+            rgb=bool(meta.get("rgb", False)),
+            scale=tuple(meta.get("scale", ())) or None,
+            translate=tuple(meta.get("translate", ())) or None,
+            unit=length_unit(meta.get("units")),
+            name=meta.get("name"),
+            provenance=provenance,
+            overwrite=True,  # napari's save dialog has asked the user already
+        )
+    except (ValueError, OSError) as error:
+        # napari reports a writer's ValueError only as "not a valid writer": say why here
+        show_error(f"napari-srgan: cannot save {meta.get('name', 'the layer')}: {error}")
+        return []
     return [str(written)]
