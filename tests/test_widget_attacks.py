@@ -195,3 +195,21 @@ def test_saving_what_ome_tiff_cannot_hold_says_why(
         )
     assert written == [] and list(tmp_path.iterdir()) == []
     assert len(shown) == 1 and reason in shown[0], shown
+
+
+def test_a_deleted_lazy_result_releases_its_model_and_input(
+    make_napari_viewer, tiny_model_file, qtbot
+):
+    """The widget kept every lazy result (its model and a reference to its input) after the
+    layer was deleted, for as long as the viewer lived. (Threaded: in synchronous test mode,
+    deleting one of two lazy results crashes the process, a test-mode-only fault.)"""
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(da.zeros((3, 12, 12, 3), np.uint8), rgb=True, name="stack")
+    widget = upscale_widget(viewer, stack)
+    widget.result_mode.value = "lazy (as you browse)"
+    for _ in range(2):
+        widget.start()
+        qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30000)
+    assert len(widget.lazy_results) == 2
+    viewer.layers.remove("stack x4 tiny-rgb")
+    assert [lazy.layer.name for lazy in widget.lazy_results] == ["stack x4 tiny-rgb [1]"]

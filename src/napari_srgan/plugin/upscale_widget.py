@@ -363,6 +363,7 @@ class UpscaleWidget(Container):
         self.in_memory_limit = psutil.virtual_memory().available // 4
         self.job: BackgroundJob | None = None
         self.lazy_results: list[LazyResult] = []
+        viewer.layers.events.removed.connect(self._forget_deleted_result)
         self.model.changed.connect(self._show_model_info)
         self.image.changed.connect(self._choose_model_for_layer)
         self.result_mode.changed.connect(self._show_zarr_field)
@@ -603,6 +604,11 @@ class UpscaleWidget(Container):
             self.status, f"lazy: {options['name']}; each plane is computed when you first view it"
         )
         self._compute_planes()
+
+    def _forget_deleted_result(self, *_args) -> None:
+        """A deleted lazy result frees its model and its input (nothing else refers to them)."""
+        layers = self._viewer.layers
+        self.lazy_results = [lazy for lazy in self.lazy_results if lazy.layer in layers]
 
     def _compute_planes(self) -> None:
         """Start computing the planes napari asked for, one lazy result at a time."""
