@@ -357,19 +357,11 @@ def test_a_package_whose_weights_are_a_url_is_refused_without_downloading(
         raise AssertionError("tried to download")
 
     monkeypatch.setattr(bioimageio.spec.utils, "download", no_network)
-    rdf = tiny_package / "rdf.yaml"
-    rdf.write_text(
-        rdf.read_text().replace(
-            "source: weights_torchscript.pt", "source: https://example.org/weights.pt"
-        )
-    )
     (tiny_package / "weights_torchscript.pt").unlink()
-    source = tmp_path / "in.png"
-    iio.imwrite(source, np.zeros((16, 16, 3), np.uint8))
-    code, lines = run(["upscale", source, tmp_path / "o.tif", "--model", tiny_package], capsys)
-    assert code == 2 and len(lines) == 1, lines
-    assert "https://example.org/weights.pt; napari-srgan never downloads" in lines[0]
-    assert not (tmp_path / "o.tif").exists()
+    line = _refused_with_weights_at(
+        "https://example.org/weights.pt", tiny_package, tmp_path, capsys
+    )
+    assert "https://example.org/weights.pt; napari-srgan never downloads" in line
 
 
 @pytest.mark.parametrize("outside", ["absolute", "parent"])
@@ -378,14 +370,21 @@ def test_a_package_whose_weights_lie_outside_it_is_refused(tiny_package, tmp_pat
     elsewhere = tmp_path / "elsewhere.pt"
     (tiny_package / "weights_torchscript.pt").rename(elsewhere)
     named = elsewhere if outside == "absolute" else "../elsewhere.pt"
-    rdf = tiny_package / "rdf.yaml"
+    line = _refused_with_weights_at(named, tiny_package, tmp_path, capsys)
+    assert "is outside the package; a package may only use its own files" in line
+
+
+def _refused_with_weights_at(named, package: Path, tmp_path: Path, capsys) -> str:
+    """Point the package's TorchScript weights at ``named``, upscale with it: the one error
+    line (nothing is written)."""
+    rdf = package / "rdf.yaml"
     rdf.write_text(rdf.read_text().replace("source: weights_torchscript.pt", f"source: {named}"))
     source = tmp_path / "in.png"
     iio.imwrite(source, np.zeros((16, 16, 3), np.uint8))
-    code, lines = run(["upscale", source, tmp_path / "o.tif", "--model", tiny_package], capsys)
+    code, lines = run(["upscale", source, tmp_path / "o.tif", "--model", package], capsys)
     assert code == 2 and len(lines) == 1, lines
-    assert "is outside the package; a package may only use its own files" in lines[0]
     assert not (tmp_path / "o.tif").exists()
+    return lines[0]
 
 
 def test_a_torchscript_package_loads_without_torch_warning_lines(tiny_package):

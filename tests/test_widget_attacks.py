@@ -27,6 +27,23 @@ def upscale_widget(viewer, layer):
     return widget
 
 
+def train_widget_on_a_photo(make_napari_viewer, monkeypatch):
+    """A viewer with one photo layer, the Train widget set to fine-tune tiny-rgb on it, and the
+    list its error messages go to."""
+    from napari_srgan.plugin import train_widget
+
+    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
+    shown = []
+    monkeypatch.setattr(train_widget, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    photo = viewer.add_image(np.zeros((160, 160, 3), np.uint8), rgb=True, name="photo")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-srgan", "Train")
+    widget.reset_choices()
+    widget.hr_layers.value = [photo]
+    widget.base_model.value = "tiny-rgb"
+    return viewer, widget, shown
+
+
 @pytest.mark.parametrize("input_is_the_store", [True, False])
 def test_a_zarr_result_never_replaces_a_store_an_open_layer_reads(
     make_napari_viewer, tiny_model_file, errors, monkeypatch, tmp_path, input_is_the_store
@@ -70,17 +87,7 @@ def test_a_trained_model_cannot_take_a_bundled_models_name(
 ):
     """Saved as "srresnet-rgb-x4", it was listed as "user:srresnet-rgb-x4" while the Upscale
     widget's "srresnet-rgb-x4" stayed the bundled model: the user upscaled with the wrong one."""
-    from napari_srgan.plugin import train_widget
-
-    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
-    shown = []
-    monkeypatch.setattr(train_widget, "show_error", shown.append)
-    viewer = make_napari_viewer()
-    photo = viewer.add_image(np.zeros((160, 160, 3), np.uint8), rgb=True, name="photo")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-srgan", "Train")
-    widget.reset_choices()
-    widget.hr_layers.value = [photo]
-    widget.base_model.value = "tiny-rgb"
+    viewer, widget, shown = train_widget_on_a_photo(make_napari_viewer, monkeypatch)
     widget.steps.value = 1
     widget.model_name.value = "srresnet-rgb-x4"
     widget.start()
@@ -94,19 +101,9 @@ def test_a_corrupt_checkpoint_is_named_without_advice_to_unpickle(
 ):
     """torch's own message told the user to load the file with weights_only=False, which can
     run any code in it."""
-    from napari_srgan.plugin import train_widget
-
-    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
-    shown = []
-    monkeypatch.setattr(train_widget, "show_error", shown.append)
     checkpoint = tiny_model_file.parent / "mine.ckpt"
     checkpoint.write_bytes(np.random.default_rng(0).bytes(300))
-    viewer = make_napari_viewer()
-    photo = viewer.add_image(np.zeros((160, 160, 3), np.uint8), rgb=True, name="photo")
-    _, widget = viewer.window.add_plugin_dock_widget("napari-srgan", "Train")
-    widget.reset_choices()
-    widget.hr_layers.value = [photo]
-    widget.base_model.value = "tiny-rgb"
+    viewer, widget, shown = train_widget_on_a_photo(make_napari_viewer, monkeypatch)
     widget.model_name.value = "mine"
     widget.start(resume=True)
     assert len(shown) == 1 and "mine.ckpt is not a readable training checkpoint" in shown[0]
