@@ -26,8 +26,9 @@ class NormalizationSpec:
 
     ``mode="dtype"``: 8- and 16-bit integers are divided by their dtype's range (uint8 / 255),
     the photo convention; floats and wider integers fall back to percentiles (a 32/64-bit range
-    would put real values below float32 precision and blow the model's smallest error up). ``mode="percentile"``: the ``low`` / ``high``
-    percentiles of the whole data map to 0 / 1, the microscopy convention (CSBDeep, PSSR).
+    would put real values below float32 precision and blow the model's smallest error up).
+    ``mode="percentile"``: the ``low`` / ``high`` percentiles of the whole data map to 0 / 1,
+    the microscopy convention (CSBDeep, PSSR).
     """
 
     mode: str = "dtype"
