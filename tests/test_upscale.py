@@ -120,3 +120,43 @@ def test_channel_mismatch_is_explained(rng):
     two_channel = tiny_model(2)
     with pytest.raises(InvalidImageError, match="2-channel model cannot upscale 3-channel"):
         upscale(rng.integers(0, 255, (8, 8, 3)).astype(np.uint8), two_channel)
+
+
+def test_threads_sharing_a_model_never_convert_it_while_another_prepares(monkeypatch, rng):
+    """dask blocks share one model: a block that converted the weights to channels-last while
+    another folded the tail from them gave that block wrong values now and then. Preparation
+    is serialised (never two at once), and every thread's result equals the lone one."""
+    import threading
+    import time
+
+    from napari_srgan.engine import upscale as engine
+
+    model = tiny_model(1, mode="percentile", residual_blocks=2)
+    data = rng.random((40, 44)).astype(np.float32)
+    preparing, most = [0], [0]
+    fold = engine.inference_network
+
+    def slow_fold(network):
+        preparing[0] += 1
+        most[0] = max(most[0], preparing[0])
+        time.sleep(0.05)
+        try:
+            return fold(network)
+        finally:
+            preparing[0] -= 1
+
+    monkeypatch.setattr(engine, "inference_network", slow_fold)
+    results = [None] * 4
+
+    def run(index):
+        results[index] = upscale(data, model, tile=20, device="cpu")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert most[0] == 1
+    alone = upscale(data, model, tile=20, device="cpu")
+    for result in results:
+        np.testing.assert_array_equal(result, alone)
