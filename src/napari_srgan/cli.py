@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from napari_srgan import __version__
+from napari_srgan.messages import first_line
 from napari_srgan.training import degradation_defaults
 
 #: Output formats of a batch (kept here so building the parser imports no engine).
@@ -391,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         }[args.command]
         return handler(args) or 0
     except (CommandError, ValueError, OSError) as error:  # ModelFileError is a ValueError
-        print(f"napari-srgan: error: {_one_line(error)}", file=sys.stderr)
+        print(f"napari-srgan: error: {first_line(error)}", file=sys.stderr)
         return 2
     except MemoryError:
         print("napari-srgan: error: not enough memory for this image", file=sys.stderr)
@@ -399,11 +400,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _interruptions():
         print("napari-srgan: interrupted", file=sys.stderr)
         return 130
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _interruptions() -> tuple[type[BaseException], ...]:
@@ -506,7 +502,7 @@ def upscale_command(args: argparse.Namespace) -> int:
             )
         except (ValueError, OSError) as error:
             failed.append(source)
-            print(f"napari-srgan: error: {source}: {_one_line(error)}", file=sys.stderr)
+            print(f"napari-srgan: error: {source}: {first_line(error)}", file=sys.stderr)
     done = len(sources) - len(failed)
     print(f"upscaled {done} of {len(sources)} files into {folder}", end="")
     print(f"; {len(failed)} failed: {', '.join(p.name for p in failed)}" if failed else "")

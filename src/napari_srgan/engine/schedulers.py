@@ -13,6 +13,8 @@ import socket
 import struct
 from collections.abc import Iterator
 
+from napari_srgan.messages import first_line
+
 SCHEDULERS = ("threads", "processes", "synchronous")
 #: Address schemes of a dask.distributed scheduler this package connects to.
 SCHEDULER_SCHEMES = ("tcp", "tls")
@@ -93,7 +95,6 @@ def dask_scheduler(scheduler: str) -> Iterator[None]:
     try:
         client = Client(scheduler, set_as_default=False, timeout=CONNECT_TIMEOUT)
     except Exception as error:  # distributed raises many types (TLS setup, timeouts, refusals)
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ValueError(f"cannot connect to scheduler {scheduler}: {reason}") from None
+        raise ValueError(f"cannot connect to scheduler {scheduler}: {first_line(error)}") from None
     with client, dask.config.set(scheduler=client.get):
         yield

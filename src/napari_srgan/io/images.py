@@ -24,6 +24,7 @@ import tifffile
 from PIL import Image
 
 from napari_srgan.io.atomic_files import atomic_write, refuse_existing
+from napari_srgan.messages import first_line
 
 log = logging.getLogger(__name__)
 
@@ -179,9 +180,8 @@ def _check_ome_pages(tif: tifffile.TiffFile, path: Path) -> None:
 def pixels_unreadable(path: str | os.PathLike, error: Exception) -> ValueError:
     """The one-line error for pixels that do not decode (a corrupt or truncated chunk or strip:
     codecs raise their own types, imagecodecs' RuntimeErrors, zlib.error...)."""
-    text = str(error).strip().splitlines()
     return ValueError(
-        f"cannot read {path}: its pixel data is corrupt or truncated ({text[0] if text else type(error).__name__})"
+        f"cannot read {path}: its pixel data is corrupt or truncated ({first_line(error)})"
     )
 
 

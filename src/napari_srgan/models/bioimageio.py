@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from napari_srgan.io.atomic_files import atomic_write, refuse_existing
+from napari_srgan.messages import first_line
 from napari_srgan.models.files import ModelFileError
 from napari_srgan.models.interface import ModelCard, SRModel
 from napari_srgan.models.normalization import NormalizationSpec
@@ -291,11 +292,6 @@ def _cover(path: Path, test_input: np.ndarray, test_output: np.ndarray) -> None:
 # ---------------------------------------------------------------------------------------- import
 
 
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def _check_package_sizes(path: Path) -> None:
     """Refuse, before reading anything, a package whose description file is larger than any
     real one (YAML parsing of 300 MB takes an hour) or a zip entry that unpacks to more than
@@ -339,7 +335,7 @@ def _describe(path: Path):
         description = load_description(path, format_version="latest", perform_io_checks=False)
     except Exception as error:
         raise BioimageioError(
-            f"{path.name}: not a readable bioimage.io package ({_one_line(error)})"
+            f"{path.name}: not a readable bioimage.io package ({first_line(error)})"
         ) from None
     if isinstance(description, InvalidDescr):
         problems = (
@@ -496,7 +492,7 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
             ) from None
         except Exception as error:
             raise BioimageioError(
-                f"{path.name}: cannot load its TorchScript weights ({_one_line(error)})"
+                f"{path.name}: cannot load its TorchScript weights ({first_line(error)})"
             ) from None
     if weights.pytorch_state_dict is not None:
         if not trust_code:
@@ -512,7 +508,7 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
             raise BioimageioError(f"{path.name}: missing file {Path(str(error)).name}") from None
         except Exception as error:
             raise BioimageioError(
-                f"{path.name}: cannot build its PyTorch model ({_one_line(error)})"
+                f"{path.name}: cannot build its PyTorch model ({first_line(error)})"
             ) from None
         return network, "pytorch_state_dict"
     formats = [
