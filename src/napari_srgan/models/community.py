@@ -29,7 +29,7 @@ from torch import nn
 
 from napari_srgan.io.atomic_files import atomic_write
 from napari_srgan.models.files import FORMAT_KEY, ModelFileError, load_weights_only
-from napari_srgan.models.halo import cached_tiling, tiling_check
+from napari_srgan.models.halo import measure_tiling
 from napari_srgan.models.interface import ModelCard, NetworkSpec, SRModel
 
 #: File types spandrel models come in.
@@ -339,9 +339,7 @@ def load_community_file(path: str | os.PathLike, device: str | torch.device = "c
         read_state_dict(path), name=path.stem, source=f"spandrel: {path.name}", path=path
     )
     if model.card.theoretical_halo is None:
-        tiling = cached_tiling(path, lambda: tiling_check(model))
-        model.card.measured_halo = tiling["halo"]
-        model.card.metrics["tiling"] = tiling
+        measure_tiling(model, cache_for=path)
     model.network.to(device)
     return model
 

@@ -196,6 +196,19 @@ def tiling_check(
     return {"halo": halo, "seam_error": error, "exact": error <= TOLERANCE}
 
 
+def measure_tiling(model: SRModel, cache_for: str | os.PathLike | None = None) -> None:
+    """Put :func:`tiling_check` with the model's own weights on its card (``measured_halo`` and
+    ``metrics["tiling"]``), cached by the hash of the file ``cache_for`` when given: a community
+    file is measured on its first load only, a converted file carries the result."""
+    tiling = (
+        tiling_check(model)
+        if cache_for is None
+        else cached_tiling(cache_for, lambda: tiling_check(model))
+    )
+    model.card.measured_halo = tiling["halo"]
+    model.card.metrics["tiling"] = tiling
+
+
 def cache_path() -> Path:
     folder = os.environ.get(CACHE_DIR_ENV) or platformdirs.user_cache_dir(
         "napari-srgan", appauthor=False

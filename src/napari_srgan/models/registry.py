@@ -142,6 +142,7 @@ def add_model(
     """Convert a community or bioimage.io model into the user model folder (``.safetensors``
     with a model card), so it is listed by name and reloads without the original file."""
     from napari_srgan.models.community import SpandrelNetwork, save_converted
+    from napari_srgan.models.halo import measure_tiling
 
     source = Path(path)
     if not source.exists():
@@ -163,16 +164,6 @@ def add_model(
     return save_converted(model, target)
 
 
-def measure_tiling(model: SRModel) -> None:
-    """Put the tiling check with the model's own weights (measured halo, seam error) on its
-    card: converted files are not measured again when they load."""
-    from napari_srgan.models.halo import tiling_check
-
-    tiling = tiling_check(model)
-    model.card.measured_halo = tiling["halo"]
-    model.card.metrics["tiling"] = tiling
-
-
 def save_trained(
     path: str | os.PathLike,
     network: nn.Module,
@@ -186,6 +177,7 @@ def save_trained(
     one that keeps its architecture id, its tiling checked now as ``models add`` does."""
     from napari_srgan.models.community import SpandrelNetwork, save_converted
     from napari_srgan.models.files import save_model
+    from napari_srgan.models.halo import measure_tiling
     from napari_srgan.models.interface import SRModel
 
     if not isinstance(network, SpandrelNetwork):
