@@ -194,12 +194,18 @@ def test_saving_what_ome_tiff_cannot_hold_says_why(
     assert len(shown) == 1 and reason in shown[0], shown
 
 
+@pytest.mark.parametrize("synchronous", [True, False])
 def test_a_deleted_lazy_result_releases_its_model_and_input(
-    make_napari_viewer, tiny_model_file, qtbot
+    make_napari_viewer, tiny_model_file, qtbot, qapp, monkeypatch, synchronous
 ):
     """The widget kept every lazy result (its model and a reference to its input) after the
-    layer was deleted, for as long as the viewer lived. (Threaded: in synchronous test mode,
-    deleting one of two lazy results crashes the process, a test-mode-only fault.)"""
+    layer was deleted, for as long as the viewer lived. Deleting the first of two also crashed
+    the process in synchronous mode: each job's report slot referred back to its job, the
+    engine's tile-writer thread had queued reports for it that run only after the job, and
+    the collector freed the slot of the replaced job while they were still queued."""
+    import gc
+
+    monkeypatch.setenv(SYNCHRONOUS_ENV, "1" if synchronous else "0")
     viewer = make_napari_viewer()
     stack = viewer.add_image(da.zeros((3, 12, 12, 3), np.uint8), rgb=True, name="stack")
     widget = upscale_widget(viewer, stack)
@@ -209,4 +215,52 @@ def test_a_deleted_lazy_result_releases_its_model_and_input(
         qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30000)
     assert len(widget.lazy_results) == 2
     viewer.layers.remove("stack x4 tiny-rgb")
+    gc.collect()  # what any allocation may do at this point
+    qapp.processEvents()  # the queued reports
     assert [lazy.layer.name for lazy in widget.lazy_results] == ["stack x4 tiny-rgb [1]"]
+
+
+def test_deleting_a_lazy_result_while_it_computes_stops_it(
+    make_napari_viewer, tiny_model_file, qtbot, monkeypatch
+):
+    """Its planes went on being computed for nobody, and the widget then said "done" for a
+    layer that no longer existed."""
+    import threading
+
+    shown = []
+    monkeypatch.setattr(module, "show_error", shown.append)
+    monkeypatch.setattr(module, "show_info", shown.append)
+    deleted = threading.Event()
+    engine = module.upscale
+
+    def after_the_deletion(*args, **options):
+        deleted.wait(30)
+        return engine(*args, **options)
+
+    monkeypatch.setattr(module, "upscale", after_the_deletion)
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(da.zeros((3, 12, 12, 3), np.uint8), rgb=True, name="stack")
+    widget = upscale_widget(viewer, stack)
+    widget.result_mode.value = "lazy (as you browse)"
+    widget.start()
+    [lazy] = widget.lazy_results
+    viewer.layers.remove("stack x4 tiny-rgb")
+    deleted.set()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30000)
+    assert lazy.array.planes == {} and widget.lazy_results == [] and shown == []
+    assert widget.status.value == "stopped: stack x4 tiny-rgb was deleted"
+
+
+def test_a_lazy_result_outlives_its_input_layer(make_napari_viewer, tiny_model_file, errors):
+    """Planes first viewed after the input layer was deleted are still computed from it."""
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(0).integers(0, 255, (3, 12, 12, 3), np.uint8)
+    stack = viewer.add_image(data, rgb=True, name="stack")
+    widget = upscale_widget(viewer, stack)
+    widget.result_mode.value = "lazy (as you browse)"
+    widget.start()
+    [lazy] = widget.lazy_results
+    viewer.layers.remove("stack")
+    assert (2,) not in lazy.array.planes
+    viewer.dims.set_current_step(0, 2)
+    assert errors == [] and lazy.array.planes[(2,)].std() > 10

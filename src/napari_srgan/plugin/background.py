@@ -74,11 +74,20 @@ class BackgroundJob:
         except RuntimeError:  # the Qt side was deleted (the viewer closed): stop quietly
             self.stop_flag.set()
 
+    def end_reports(self) -> None:
+        """Deliver no more reports, including any still queued (PyQt drops the calls queued to
+        a disconnected slot). The slot, which refers to the widget and so to this job, is let
+        go of here: left for Python's cycle collector, a slot freed while a report from another
+        thread was still queued for it was then called anyway, crashing the process (the
+        engine reports from its tile-writer thread, and in synchronous mode every such report
+        is still queued when the job ends)."""
+        with contextlib.suppress(RuntimeError, TypeError):
+            self.relay.report.disconnect()
+
     def detach(self) -> None:
         """Stop, and deliver nothing more: the widget that wanted the results is gone."""
         self.stop()
-        with contextlib.suppress(RuntimeError, TypeError):
-            self.relay.report.disconnect()
+        self.end_reports()
         if self.worker is not None:
             for name in ("returned", "errored", "finished"):
                 with contextlib.suppress(RuntimeError, TypeError):
@@ -103,20 +112,16 @@ def run_job(
     object) stops the job when it is destroyed."""
     job = BackgroundJob()
 
-    def deliver(report: object) -> None:
-        # Reports queued just before the job ended may arrive after its end: drop them.
-        if not job.done:
-            on_report(report)
-
     def ending(callback: Callable) -> Callable:
         def end(*args) -> None:
             job.done = True
+            job.end_reports()  # a threaded job's reports all arrived before its end
             callback(*args)
 
         return end
 
     on_returned, on_errored, on_finished = map(ending, (on_returned, on_errored, on_finished))
-    job.relay.report.connect(deliver)
+    job.relay.report.connect(on_report)
     if os.environ.get(SYNCHRONOUS_ENV) == "1":
         try:
             on_returned(function(job))

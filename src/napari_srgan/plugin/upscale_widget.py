@@ -203,6 +203,8 @@ class LazyResult:
         self.data, self.layout, self.model = data, layout, model
         self.intensity, self.settings, self.on_request = intensity, settings, on_request
         self.queue: list[tuple[int, ...]] = []
+        #: The last job that computed this result's planes (stopped when the layer is deleted).
+        self.job: BackgroundJob | None = None
         #: Planes whose computation was cancelled: asked for again only after another plane.
         self.cancelled: set[tuple[int, ...]] = set()
         self.layer: Image | None = None
@@ -606,8 +608,12 @@ class UpscaleWidget(Container):
         self._compute_planes()
 
     def _forget_deleted_result(self, *_args) -> None:
-        """A deleted lazy result frees its model and its input (nothing else refers to them)."""
+        """A deleted lazy result frees its model and its input (nothing else refers to them)
+        and stops being computed."""
         layers = self._viewer.layers
+        for lazy in self.lazy_results:
+            if lazy.layer not in layers and lazy.job is not None:
+                lazy.job.stop()
         self.lazy_results = [lazy for lazy in self.lazy_results if lazy.layer in layers]
 
     def _compute_planes(self) -> None:
@@ -621,21 +627,32 @@ class UpscaleWidget(Container):
         self._set_running(True)
         self.progress.busy(f"upscaling {len(planes)} plane(s)…")
 
-        def finished() -> None:
-            self._set_running(False)
-            lazy.queue = [plane for plane in lazy.queue if plane not in lazy.array.planes]
-            lazy.refresh()
-            self._compute_planes()
+        def shown() -> bool:
+            return lazy in self.lazy_results
+
+        def returned(_) -> None:
+            if shown():
+                show_status(self.status, f"done: {lazy.layer.name} (as viewed)")
 
         def errored(error: Exception) -> None:
             lazy.cancelled.update(lazy.queue)
             lazy.queue = []
-            self._on_errored(error)
+            if shown():
+                self._on_errored(error)
+            else:
+                show_status(self.status, f"stopped: {lazy.layer.name} was deleted")
 
-        self.job = run_job(
+        def finished() -> None:
+            self._set_running(False)
+            if shown():
+                lazy.queue = [plane for plane in lazy.queue if plane not in lazy.array.planes]
+                lazy.refresh()
+            self._compute_planes()
+
+        self.job = lazy.job = run_job(
             lambda job: lazy.compute(planes, job),
             on_report=self._on_report,
-            on_returned=lambda _: show_status(self.status, f"done: {lazy.layer.name} (as viewed)"),
+            on_returned=returned,
             on_errored=errored,
             on_finished=finished,
             owner=self.native,
