@@ -54,7 +54,50 @@ def test_get_reader_declines_files_it_adds_nothing_to(tmp_path):
     zarr.create_array(tmp_path / "store.zarr", shape=(4, 4), dtype="u1")
     assert get_reader(str(tmp_path / "plain.ome.tif")) is None
     assert get_reader(str(tmp_path / "broken.ome.tif")) is None
-    assert get_reader(str(tmp_path / "photo.ome.tif")) is read_tiff_layer  # provenance
-    assert get_reader(str(tmp_path / "cells.ome.tif")) is read_tiff_layer  # physical size
+    assert get_reader(str(tmp_path / "photo.ome.tif")).__wrapped__ is read_tiff_layer
+    assert get_reader(str(tmp_path / "cells.ome.tif")).__wrapped__ is read_tiff_layer  # unit
     assert get_reader(str(tmp_path / "folder")) is None
-    assert get_reader(str(tmp_path / "store.zarr")) is read_zarr_layer
+    assert get_reader(str(tmp_path / "store.zarr")).__wrapped__ is read_zarr_layer
+
+
+def damaged(tmp_path, kind: str) -> tuple[str, str]:
+    """A damaged file this reader claims, and what the message must say about it."""
+    if kind == "zarr.json":
+        path = tmp_path / "garbage.zarr"
+        path.mkdir()
+        (path / "zarr.json").write_text("{not json")
+        return str(path), f"napari-srgan: cannot open {path} as zarr: Expecting property name"
+    if kind == "multiscales":
+        path = tmp_path / "hollow.zarr"
+        zarr.open_group(path, mode="w").attrs["multiscales"] = [{"datasets": [{"path": "0"}]}]
+        return str(path), f"napari-srgan: {path}: OME-Zarr dataset '0' (datasets[0]) is not an"
+    path = tmp_path / "cut.ome.tif"
+    data = np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)
+    write_tiff(path, data, rgb=False, provenance={"model": "m"})
+    path.write_bytes(path.read_bytes()[:2000])
+    return str(path), f"napari-srgan: cannot read {path}: its pixel data is corrupt or truncated"
+
+
+@pytest.mark.parametrize("kind", ["zarr.json", "multiscales", "truncated ome.tif"])
+def test_a_damaged_file_is_one_notification_line_and_no_layer(
+    make_napari_viewer, tmp_path, monkeypatch, capsys, no_dialog, kind
+):
+    """napari wrapped the reader's one-line error in "Tried opening with napari-srgan, but
+    failed. ... Scroll up to see the full stack trace" (shown in its reader dialog when the
+    reader is the remembered one for the name), or raised it with a traceback."""
+    from napari.settings import get_settings
+    from napari.utils.notifications import notification_manager
+
+    monkeypatch.setattr(notification_manager, "records", [])
+    path, message = damaged(tmp_path, kind)
+    viewer = make_napari_viewer()
+    assert viewer.open(path, plugin="napari-srgan") == []
+    shown = [str(notification.message) for notification in notification_manager.records]
+    assert len(shown) == 1 and shown[0].startswith(message) and "\n" not in shown[0], shown
+    settings = get_settings().plugins  # File > Open with the reader remembered for the name
+    remembered = {"*.zarr/": "napari-srgan", "*.ome.tif": "napari-srgan"}
+    monkeypatch.setattr(settings, "extension2reader", remembered)
+    viewer.window._qt_viewer._qt_open([path], stack=False)
+    again = [str(notification.message) for notification in notification_manager.records]
+    assert again == shown * 2 and no_dialog == [] and len(viewer.layers) == 0
+    assert "Traceback" not in capsys.readouterr().err
