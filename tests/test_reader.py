@@ -101,3 +101,15 @@ def test_a_damaged_file_is_one_notification_line_and_no_layer(
     again = [str(notification.message) for notification in notification_manager.records]
     assert again == shown * 2 and no_dialog == [] and len(viewer.layers) == 0
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_corrupt_zarr_chunk_shown_in_napari_names_the_store(tmp_path, make_napari_viewer):
+    """napari reads pixels while adding a layer and while browsing: a chunk that does not
+    decode raised the codec's own message ("Zstd decompression error: invalid input data")."""
+    path = tmp_path / "chunks.zarr"
+    zarr.create_array(path, shape=(2, 16, 16), chunks=(1, 16, 16), dtype="uint8")[:] = 5
+    (path / "c" / "1" / "0" / "0").write_bytes(b"not a compressed chunk")
+    viewer = make_napari_viewer()
+    assert len(viewer.open(str(path), plugin="napari-srgan")) == 1  # plane 0 is fine
+    with pytest.raises(ValueError, match=r"chunks\.zarr: its pixel data is corrupt or trunc"):
+        viewer.dims.set_current_step(0, 1)

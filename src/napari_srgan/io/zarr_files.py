@@ -180,9 +180,11 @@ def open_pyramid(path: str | os.PathLike) -> tuple[list[da.Array], ImageFile]:
     node = _open_node(path)
     image = _zarr_image(node, path)
     if isinstance(node, zarr.Array):
-        levels = [da.from_zarr(node)]
+        arrays = [node]
     else:
-        levels = [da.from_zarr(node[d["path"]]) for d in _multiscales(node, path)["datasets"]]
+        arrays = [node[d["path"]] for d in _multiscales(node, path)["datasets"]]
+    # a corrupt chunk fails in one line naming the store, when napari shows it too
+    levels = [da.from_array(CheckedReads(array, path), chunks=array.chunks) for array in arrays]
     if image.provenance.get("layer", {}).get("rgb"):
         levels = [da.moveaxis(level, -3, -1) for level in levels]
         scale, translate = list(image.scale), list(image.translate)
@@ -325,6 +327,7 @@ def stores_read_by(data) -> set[Path]:
         graph = getattr(array, "dask", None)
         nodes = graph.values() if graph is not None else [array]
         for node in nodes:
+            node = node.array if isinstance(node, CheckedReads) else node
             root = getattr(getattr(node, "store", None), "root", None)
             if isinstance(node, zarr.Array) and root is not None:
                 found.add(Path(root).resolve())
