@@ -264,3 +264,32 @@ def test_a_lazy_result_outlives_its_input_layer(make_napari_viewer, tiny_model_f
     assert (2,) not in lazy.array.planes
     viewer.dims.set_current_step(0, 2)
     assert errors == [] and lazy.array.planes[(2,)].std() > 10
+
+
+def test_cancelling_a_lazy_result_does_not_say_no_layer_was_added(
+    make_napari_viewer, tiny_model_file, qtbot, monkeypatch
+):
+    """Cancel while planes of a lazy result were computed said "no layer added" beside the
+    layer it had added."""
+    import threading
+
+    shown = []
+    monkeypatch.setattr(module, "show_info", shown.append)
+    cancelled = threading.Event()
+    engine = module.upscale
+
+    def after_cancel(*args, **options):
+        cancelled.wait(30)
+        return engine(*args, **options)
+
+    monkeypatch.setattr(module, "upscale", after_cancel)
+    viewer = make_napari_viewer()
+    stack = viewer.add_image(da.zeros((3, 12, 12, 3), np.uint8), rgb=True, name="stack")
+    widget = upscale_widget(viewer, stack)
+    widget.result_mode.value = "lazy (as you browse)"
+    widget.start()
+    widget.cancel()
+    cancelled.set()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30000)
+    assert "stack x4 tiny-rgb" in viewer.layers and widget.status.value.startswith("cancelled")
+    assert len(shown) == 1 and "no layer" not in shown[0] and "stack x4 tiny-rgb" in shown[0]

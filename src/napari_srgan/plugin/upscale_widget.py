@@ -637,10 +637,14 @@ class UpscaleWidget(Container):
         def errored(error: Exception) -> None:
             lazy.cancelled.update(lazy.queue)
             lazy.queue = []
-            if shown():
-                self._on_errored(error)
-            else:
+            if not shown():
                 show_status(self.status, f"stopped: {lazy.layer.name} was deleted")
+            elif isinstance(error, Cancelled):  # the layer stays: "no layer added" is wrong here
+                message = f"cancelled: planes of {lazy.layer.name} not computed stay blank"
+                show_status(self.status, f"{message} until viewed again")
+                show_info(f"napari-srgan: {message} until viewed again")
+            else:
+                self._on_errored(error)
 
         def finished() -> None:
             self._set_running(False)
