@@ -1,6 +1,8 @@
 """Hostile input to the napari widgets: each ends in one clear message and nothing the user had
 (layers, files) changes."""
 
+import re
+
 import dask.array as da
 import numpy as np
 import pytest
@@ -293,3 +295,29 @@ def test_cancelling_a_lazy_result_does_not_say_no_layer_was_added(
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30000)
     assert "stack x4 tiny-rgb" in viewer.layers and widget.status.value.startswith("cancelled")
     assert len(shown) == 1 and "no layer" not in shown[0] and "stack x4 tiny-rgb" in shown[0]
+
+
+def test_a_zarr_result_that_cannot_fit_is_refused_before_any_work(
+    make_napari_viewer, tiny_model_file, errors, monkeypatch, tmp_path
+):
+    """The same check and line as the CLI's (tests/test_disk_space.py), as a notification."""
+    from napari_srgan.engine import file_upscale
+    from napari_srgan.io import disk_space
+
+    usage = disk_space.disk_usage(tmp_path)
+    monkeypatch.setattr(disk_space, "disk_usage", lambda path: usage._replace(free=1000))
+    computed = []
+    monkeypatch.setattr(file_upscale, "upscale", lambda *args, **kwargs: computed.append(args))
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    photo = viewer.add_image(rng.integers(0, 255, (16, 16, 3), np.uint8), rgb=True, name="photo")
+    widget = upscale_widget(viewer, photo)
+    widget.result_mode.value = "zarr file"
+    target = tmp_path / "result.zarr"
+    widget.zarr_path.value = str(target)
+    widget.start()
+    mount = disk_space.mount_point(tmp_path)
+    line = rf"{re.escape(str(target))} needs an estimated [\d.]+ KiB but only 1000 bytes is free on {re.escape(str(mount))}"
+    assert len(errors) == 1 and re.fullmatch(f"napari-srgan: failed: {line}", errors[0]), errors
+    assert computed == [] and list(tmp_path.iterdir()) == []
+    assert [layer.name for layer in viewer.layers] == ["photo"]

@@ -12,6 +12,8 @@ from pathlib import Path
 import dask.array as da
 import imageio.v3 as iio
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 from napari_srgan.engine.geometry import upscaled_placement
 from napari_srgan.engine.lazy import upscale_lazy
@@ -30,6 +32,7 @@ from napari_srgan.io.atomic_files import (
     refuse_existing,
     refuse_same_file,
 )
+from napari_srgan.io.disk_space import check_output_space
 from napari_srgan.io.images import (
     PLAIN_SUFFIXES,
     TIFF_SUFFIXES,
@@ -41,8 +44,12 @@ from napari_srgan.io.images import (
     tiff_metadata,
     write_image,
 )
-from napari_srgan.io.zarr_files import OmeZarrWriter, is_zarr, open_lazy
+from napari_srgan.io.zarr_files import CHUNK, OmeZarrWriter, is_zarr, open_lazy
 from napari_srgan.models.interface import SRModel
+
+#: A grid of SAMPLE_GRID x SAMPLE_GRID input patches, upscaled to one zarr chunk each, stands in
+#: for the result when its compressed size is estimated.
+SAMPLE_GRID = 3
 
 #: What a folder contributes to a batch: image files (and OME-Zarr stores, by their suffix).
 INPUT_SUFFIXES = (*TIFF_SUFFIXES, *PLAIN_SUFFIXES, ".webp", ".zarr")
@@ -135,6 +142,41 @@ def check_output(path: Path, *, overwrite: bool = False) -> None:
     check_writable(path.parent)
 
 
+def result_sample(data, layout: ImageLayout, factor: int) -> list[np.ndarray]:
+    """Patches like the result, for estimating how well it compresses: a grid over the middle
+    plane, each upscaled bicubically in the result's type to the size of a zarr chunk (the
+    codec finds more repeats in a small buffer). They are smoother than a network's output,
+    so they compress a little better and the estimate errs towards starting a job."""
+    plane = tuple(size // 2 for size in layout.leading_shape)
+    side = -(-CHUNK // factor)
+    side_y, side_x = min(side, layout.height), min(side, layout.width)
+    dtype = np.dtype(data.dtype)
+    sample = []
+    for row in range(SAMPLE_GRID):
+        for column in range(SAMPLE_GRID):
+            y = (layout.height - side_y) * row // (SAMPLE_GRID - 1)
+            x = (layout.width - side_x) * column // (SAMPLE_GRID - 1)
+            patch = np.asarray(data[(*plane, slice(y, y + side_y), slice(x, x + side_x))])
+            pixels = torch.from_numpy(patch.astype(np.float32))
+            pixels = pixels.permute(2, 0, 1) if layout.rgb else pixels[None]
+            upscaled = F.interpolate(pixels[None], scale_factor=factor, mode="bicubic")[0]
+            upscaled = upscaled.permute(1, 2, 0) if layout.rgb else upscaled[0]
+            result = upscaled.numpy()
+            if dtype.kind in "iu":
+                limits = np.iinfo(dtype)
+                result = np.clip(np.rint(result), limits.min, limits.max)
+            sample.append(result.astype(dtype))
+    return sample
+
+
+def check_space(output: Path, data, layout: ImageLayout, factor: int) -> None:
+    """Refuse, before any work, a result that will not fit on the output's disk."""
+    sample = result_sample(data, layout, factor)
+    check_output_space(
+        output, layout.output_shape(factor), data.dtype, rgb=layout.rgb, sample=sample
+    )
+
+
 def upscale_to_zarr(
     data,
     model: SRModel,
@@ -148,14 +190,19 @@ def upscale_to_zarr(
     settings: UpscaleSettings,
     progress: Callable[[int, int], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    before_work: Callable[[], None] | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Write the upscaled result of ``data`` to an OME-Zarr store; ``scale`` / ``translate`` are the
     result's. Memory stays at a few tiles (or dask blocks) whatever the image size. An existing
-    store (one this package wrote) is replaced only with ``overwrite``, atomically."""
+    store (one this package wrote) is replaced only with ``overwrite``, atomically. A store that
+    will not fit on its disk is refused before ``before_work`` and any work."""
     dtype = np.dtype(data.dtype)
     if settings.scheduler is not None:
         parse_scheduler(settings.scheduler)
+    check_space(Path(output), data, layout, model.scale)
+    if before_work is not None:
+        before_work()
     writer = OmeZarrWriter(
         output,
         layout.output_shape(model.scale),
@@ -243,8 +290,6 @@ def upscale_file(
     spatial = [len(image.scale) - 2, len(image.scale) - 1]
     scale, translate = upscaled_placement(image.scale, image.translate, spatial, factor=model.scale)
     record = provenance(model, source=str(source))
-    if before_work is not None:
-        before_work()
     if is_zarr(output):
         upscale_to_zarr(
             image.data,
@@ -257,9 +302,13 @@ def upscale_file(
             record=record,
             settings=settings,
             progress=progress,
+            before_work=before_work,
             overwrite=overwrite,
         )
     else:
+        check_space(output, image.data, layout, model.scale)
+        if before_work is not None:
+            before_work()
         result = upscale(
             np.asarray(image.data),
             model,

@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 
 import dask.array as da
+import numcodecs
 import numpy as np
 import tifffile
 import zarr
@@ -33,6 +35,8 @@ from napari_srgan.io.images import (
 #: Output chunks on the two image axes: a good size for napari tiles and for compression.
 CHUNK = 512
 NGFF_VERSION = "0.4"
+#: The chunks' codec (zarr's default for format 2, named so the disk space check uses the same).
+COMPRESSOR = numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
 
 
 def is_zarr(path: str | os.PathLike) -> bool:
@@ -219,6 +223,27 @@ class ChannelsFirst:
         self.array[(*leading, slice(None), ys, xs)] = np.moveaxis(value, -1, -3)
 
 
+def stored_shape(shape: Sequence[int], *, rgb: bool) -> tuple[int, ...]:
+    """The array shape in the store of an image of ``shape`` in napari's layout (colour moves
+    before y, x)."""
+    return (*shape[:-3], shape[-1], *shape[-3:-1]) if rgb else tuple(shape)
+
+
+def store_levels(shape: Sequence[int], *, rgb: bool) -> list[tuple[tuple[int, ...], tuple]]:
+    """(shape, chunks) of every level a store of an image of ``shape`` (napari layout) holds:
+    level 0 in chunks of one plane (with all its colours) of :data:`CHUNK` x :data:`CHUNK`,
+    then 2x means until the image axes fit one chunk."""
+    stored = stored_shape(shape, rgb=rgb)
+    chunks = (1,) * (len(stored) - 2) + (CHUNK, CHUNK)
+    if rgb:
+        chunks = (*chunks[:-3], stored[-3], CHUNK, CHUNK)
+    levels = [(stored, chunks)]
+    while max(stored[-2:]) > CHUNK and min(stored[-2:]) >= 2:
+        stored = (*stored[:-2], stored[-2] // 2, stored[-1] // 2)
+        levels.append((stored, tuple(min(c, s) for c, s in zip(chunks, stored, strict=True))))
+    return levels
+
+
 class OmeZarrWriter:
     """Creates ``path`` (under a temporary name) for an image of ``shape`` (napari layout:
     ``(..., y, x[, rgb])``), takes level 0 through :attr:`level0`, then :meth:`finish` builds
@@ -240,7 +265,8 @@ class OmeZarrWriter:
         self.path = Path(path)
         self.overwrite = overwrite
         self.rgb = rgb
-        stored = (*shape[:-3], shape[-1], *shape[-3:-1]) if rgb else tuple(shape)
+        self.levels = store_levels(shape, rgb=rgb)
+        stored, chunks = self.levels[0]
         if len(stored) > 5:
             raise ValueError(f"OME-Zarr holds at most 5 axes; this image has {len(stored)}")
         scale, translate = list(scale), list(translate)
@@ -250,14 +276,13 @@ class OmeZarrWriter:
         self.scale, self.translate, self.unit = scale, translate, unit
         self.provenance = dict(provenance or {})
         self.provenance["layer"] = {**self.provenance.get("layer", {}), "rgb": rgb}
-        chunks = (1,) * (len(stored) - 2) + (CHUNK, CHUNK)
-        if rgb:
-            chunks = (*chunks[:-3], stored[-3], CHUNK, CHUNK)
         self.temporary = new_store(self.path, overwrite=overwrite)
         try:
             with disk_full_is_one_line(self.path):
                 self.group = zarr.open_group(str(self.temporary), mode="a", zarr_format=2)
-                self.array = self.group.create_array("0", shape=stored, dtype=dtype, chunks=chunks)
+                self.array = self.group.create_array(
+                    "0", shape=stored, dtype=dtype, chunks=chunks, compressors=COMPRESSOR
+                )
         except BaseException:
             self.abort()
             raise
@@ -297,25 +322,25 @@ class OmeZarrWriter:
         shutil.rmtree(self.temporary, ignore_errors=True)
 
     def _pyramid(self) -> int:
-        """2x mean levels until the image axes fit one chunk; dask keeps memory to a few chunks."""
-        level, previous = 1, da.from_zarr(self.array)
-        while max(previous.shape[-2:]) > CHUNK and min(previous.shape[-2:]) >= 2:
+        """The 2x mean levels of :func:`store_levels`; dask keeps memory to a few chunks."""
+        previous = da.from_zarr(self.array)
+        for level, (shape, chunks) in enumerate(self.levels[1:], 1):
             axes = {previous.ndim - 2: 2, previous.ndim - 1: 2}
-            even = previous[..., : previous.shape[-2] // 2 * 2, : previous.shape[-1] // 2 * 2]
+            even = previous[..., : shape[-2] * 2, : shape[-1] * 2]
             mean = da.coarsen(np.mean, even.astype(np.float32), axes)
             if np.issubdtype(self.array.dtype, np.integer):
                 mean = mean.round()
             mean = mean.astype(self.array.dtype)
             target = self.group.create_array(
                 str(level),
-                shape=mean.shape,
+                shape=shape,
                 dtype=self.array.dtype,
-                chunks=tuple(min(c, s) for c, s in zip(self.array.chunks, mean.shape, strict=True)),
+                chunks=chunks,
+                compressors=COMPRESSOR,
             )
             da.store(mean.rechunk(target.chunks), target, lock=False)
             previous = da.from_zarr(target)
-            level += 1
-        return level
+        return len(self.levels)
 
 
 def stores_read_by(data) -> set[Path]:

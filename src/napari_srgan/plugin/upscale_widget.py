@@ -535,12 +535,15 @@ class UpscaleWidget(Container):
 
         def work(job: BackgroundJob):
             model = load_model(model_path)
-            if not model.card.trained:
-                job.report(("warning", f"model {model.card.name} is untrained"))
-            notice = blending_notice(model.card, settings.exact)
-            if notice is not None:
-                job.report(("warning", notice))
-            job.report(("busy", "upscaling the first tile…"))
+
+            def before_work() -> None:  # the output is valid (and fits): warn, then compute
+                if not model.card.trained:
+                    job.report(("warning", f"model {model.card.name} is untrained"))
+                notice = blending_notice(model.card, settings.exact)
+                if notice is not None:
+                    job.report(("warning", notice))
+                job.report(("busy", "upscaling the first tile…"))
+
             record = provenance(model, source=source)
             options["metadata"][PROVENANCE_KEY] = record
 
@@ -560,9 +563,11 @@ class UpscaleWidget(Container):
                     settings=settings,
                     progress=report,
                     should_stop=job.stop_flag.is_set,
+                    before_work=before_work,
                     overwrite=replace,
                 )
                 return target, options
+            before_work()
             result = upscale(
                 data,
                 model,
