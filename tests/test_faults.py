@@ -22,6 +22,7 @@ import pytest
 import torch
 from zarr.storage import LocalStore
 
+import napari_srgan.io.atomic_files as atomic
 from napari_srgan.cli import main
 from napari_srgan.io.atomic_files import STORE_MARKER, clean_leftovers
 from napari_srgan.io.zarr_files import OmeZarrWriter, open_pyramid
@@ -156,8 +157,89 @@ def test_two_concurrent_writers_one_wins_and_nothing_is_incomplete(tmp_path):
     outputs = [process.stdout.read() for process in processes]
     assert sorted(codes) == [0, 2], outputs
     winner = (1, 2)[codes.index(0)]
-    assert "exists; pass --overwrite" in outputs[codes.index(2)]
+    assert f"{target} was written by another writer meanwhile" in outputs[codes.index(2)]
     assert store_value(target) == winner
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr", "sync"]
+
+
+def test_the_next_write_leaves_a_writer_on_another_host_alone(tmp_path, monkeypatch):
+    """A folder shared by machines (or containers): a process id from another host says nothing
+    here. Before, a write on this host took the temporary store of a live writer on another
+    host, whose process id does not exist here, for a killed writer's leftover and deleted it."""
+    target = tmp_path / "out.zarr"
+    no_such_process = int(Path("/proc/sys/kernel/pid_max").read_text()) + 1
+    with monkeypatch.context() as other_host:
+        other_host.setattr(atomic, "HOST", "otherhost", raising=False)
+        other_host.setattr(atomic.os, "getpid", lambda: no_such_process)
+        theirs = atomic.new_store(target)
+    write_store(target, 1)
+    assert atomic.is_own_store(theirs)
+    assert store_value(target) == 1
+
+
+def test_a_temporary_store_deleted_while_written_is_never_swapped_in(tmp_path):
+    """Whoever deleted it, zarr made its folders again at the next chunk write, and the writer
+    swapped a store without its marker, metadata or first chunks in over the user's store."""
+    target = tmp_path / "out.zarr"
+    write_store(target, 1)
+    writer = OmeZarrWriter(
+        target, (SIDE, SIDE), "uint8", rgb=False, scale=(1.0, 1.0), translate=(0.0, 0.0),
+        overwrite=True,
+    )  # fmt: skip
+    writer.level0[:512, :] = np.full((512, SIDE), 2, np.uint8)
+    atomic.remove_store(writer.temporary)
+    writer.level0[512:, :] = np.full((SIDE - 512, SIDE), 2, np.uint8)
+    with pytest.raises(OSError, match=f"the temporary store of {target} was deleted while"):
+        writer.finish()
+    writer.abort()
+    assert store_value(target) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["out.zarr"]
+
+
+RENAME_AT_ONCE = """
+import os, sys, time
+from pathlib import Path
+import numpy as np
+import napari_srgan.io.atomic_files as atomic
+from napari_srgan.io.zarr_files import OmeZarrWriter
+
+path, value, folder = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
+real_rename = os.rename
+
+def rename(source, target):  # both writers found the path free; now both move onto it
+    if str(target) == path:
+        (folder / f"ready-{value}").touch()
+        while len(list(folder.glob("ready-*"))) < 2:
+            time.sleep(0.01)
+        time.sleep(0.2 * value)
+    real_rename(source, target)
+
+atomic.os.rename = rename
+writer = OmeZarrWriter(path, (SIDE, SIDE), "uint8", rgb=False, scale=(1.0, 1.0),
+                       translate=(0.0, 0.0), overwrite=True)
+writer.level0[:, :] = np.full((SIDE, SIDE), value, np.uint8)
+writer.finish()
+""".replace("SIDE", str(SIDE))
+
+
+def test_two_writers_with_overwrite_at_once_both_succeed_and_the_last_store_stays(tmp_path):
+    """Both were told to replace the output: the second to finish replaces the first's store,
+    as when they run one after the other. Before, the one whose rename came second failed with
+    "exists; pass --overwrite to replace it", though --overwrite had been given."""
+    target, sync = tmp_path / "out.zarr", tmp_path / "sync"
+    sync.mkdir()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", RENAME_AT_ONCE, str(target), str(value), str(sync)],
+            env={**os.environ, "PYTHONPATH": SRC},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for value in (1, 2)
+    ]
+    codes = [process.wait(timeout=120) for process in processes]
+    assert codes == [0, 0], [process.stderr.read() for process in processes]
+    assert store_value(target) in (1, 2)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.zarr", "sync"]
 
 

@@ -321,3 +321,57 @@ def test_a_zarr_result_that_cannot_fit_is_refused_before_any_work(
     assert len(errors) == 1 and re.fullmatch(f"napari-srgan: failed: {line}", errors[0]), errors
     assert computed == [] and list(tmp_path.iterdir()) == []
     assert [layer.name for layer in viewer.layers] == ["photo"]
+
+
+OTHER_WRITER = """
+import sys
+import numpy as np
+from napari_srgan.io.zarr_files import OmeZarrWriter
+
+writer = OmeZarrWriter(sys.argv[1], (64, 64), "uint8", rgb=False, scale=(1.0, 1.0),
+                       translate=(0.0, 0.0))
+writer.level0[:, :] = np.full((64, 64), 7, np.uint8)
+writer.finish()
+"""
+
+
+def test_a_zarr_store_another_process_writes_meanwhile_is_kept(
+    make_napari_viewer, tiny_model_file, errors, monkeypatch, tmp_path
+):
+    """While the widget computes into result.zarr, another process writes result.zarr and
+    finishes first: its store stays whole and the widget says why in one line (it said
+    "exists; pass --overwrite to replace it", an option the widget does not have)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from napari_srgan.engine import file_upscale
+
+    target = tmp_path / "result.zarr"
+    written = {}
+    real_upscale = file_upscale.upscale
+
+    def upscale_while_another_process_writes(*args, **kwargs):
+        src = str(Path(module.__file__).parents[2])
+        environment = {**os.environ, "PYTHONPATH": src}
+        subprocess.run(
+            [sys.executable, "-c", OTHER_WRITER, str(target)], env=environment, check=True
+        )
+        written.update({p: p.read_bytes() for p in target.rglob("*") if p.is_file()})
+        return real_upscale(*args, **kwargs)
+
+    monkeypatch.setattr(file_upscale, "upscale", upscale_while_another_process_writes)
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    photo = viewer.add_image(rng.integers(0, 255, (16, 16, 3), np.uint8), rgb=True, name="photo")
+    widget = upscale_widget(viewer, photo)
+    widget.result_mode.value = "zarr file"
+    widget.zarr_path.value = str(target)
+    widget.start()
+    assert errors == [
+        f"napari-srgan: failed: {target} was written by another writer meanwhile; not replacing it"
+    ]
+    assert written and {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == written
+    assert [p.name for p in tmp_path.iterdir()] == ["result.zarr"]
+    assert [layer.name for layer in viewer.layers] == ["photo"]

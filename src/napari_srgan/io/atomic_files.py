@@ -5,8 +5,9 @@ Files are written to a temporary name beside the target and renamed into place. 
 (folders) are written to a unique temporary store and swapped in atomically (Linux
 ``renameat2(RENAME_EXCHANGE)``; elsewhere: old store aside, new store in, old store deleted,
 with the next run restoring the old store if a kill came between the two renames). Temporary
-names carry the writer's process id, so leftovers of a killed writer are recognised and removed
-by the next write to the same output, and a live writer's temporary files are never touched.
+names carry the writer's host and process id, so leftovers of a killed writer are recognised and
+removed by the next write to the same output on that host, and a live writer's temporary files
+are never touched.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,6 +30,9 @@ import psutil
 #: A file inside every zarr store this package writes; only such stores are ever replaced or
 #: deleted (a folder without it is someone else's data).
 STORE_MARKER = ".napari-srgan-store"
+#: This machine in temporary names (letters and digits of its host name): which process ids
+#: mean anything (containers sharing a folder get their own host names).
+HOST = re.sub(r"[^0-9A-Za-z]", "", socket.gethostname())[:40]
 #: Errors that mean the disk (or the user's quota) is full.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
@@ -47,6 +52,11 @@ def refuse_existing(path: str | os.PathLike, *, overwrite: bool) -> None:
         raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
     if path.is_dir() and not is_own_store(path):
         raise OutputExistsError(f"{path} is a folder napari-srgan did not write; not replacing it")
+
+
+def written_meanwhile(path: Path) -> OutputExistsError:
+    """``path`` was free when a write to it began and another writer has made it since."""
+    return OutputExistsError(f"{path} was written by another writer meanwhile; not replacing it")
 
 
 def refuse_same_file(source: str | os.PathLike, output: str | os.PathLike) -> None:
@@ -90,18 +100,23 @@ def disk_full_is_one_line(path: str | os.PathLike) -> Iterator[None]:
 
 
 def _temporary_name(path: Path, kind: str) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.{kind}")
+    token = secrets.token_hex(4)
+    return path.with_name(f".{path.name}.{HOST}-{os.getpid()}-{token}.{kind}")
 
 
 def _leftovers(path: Path) -> Iterator[tuple[Path, str]]:
-    """This package's temporary names for ``path`` whose writer process is gone."""
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(\d+)-[0-9a-f]{{8}}\.(tmp|partial|old)")
+    """This package's temporary names for ``path`` whose writer process is gone. Only this
+    host's: a process id says nothing about a writer on another machine (or container) that
+    shares the folder, whose temporary files must be left alone."""
+    pattern = re.compile(
+        rf"\.{re.escape(path.name)}\.([0-9A-Za-z]*)-(\d+)-[0-9a-f]{{8}}\.(tmp|partial|old)"
+    )
     if not path.parent.is_dir():
         return
     for entry in path.parent.iterdir():
         match = pattern.fullmatch(entry.name)
-        if match and not psutil.pid_exists(int(match.group(1))):
-            yield entry, match.group(2)
+        if match and match[1] == HOST and not psutil.pid_exists(int(match[2])):
+            yield entry, match[3]
 
 
 def clean_leftovers(path: str | os.PathLike) -> None:
@@ -153,9 +168,10 @@ def _link_new(temp_name: str, path: Path) -> None:
     try:
         os.link(temp_name, path)
     except FileExistsError:
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it") from None
+        raise written_meanwhile(path) from None
     except OSError:  # a file system without hard links: a (tiny) race is unavoidable there
-        refuse_existing(path, overwrite=False)
+        if os.path.lexists(path):
+            raise written_meanwhile(path) from None
         os.rename(temp_name, path)
     else:
         os.unlink(temp_name)
@@ -216,18 +232,21 @@ def replace_store(
     """Move the complete store ``temporary`` (from :func:`new_store`) to ``path``.
 
     At every moment ``path`` holds either the complete old store or the complete new one.
-    Without ``overwrite`` an existing ``path`` (e.g. from a concurrent writer) is an error.
+    Without ``overwrite`` a store another writer put at ``path`` meanwhile is kept and this is
+    an error; with it, the last writer's store stays (as when one writer runs after the other).
     """
     temporary, path = Path(temporary), Path(path)
+    if not is_own_store(temporary):  # emptied by someone meanwhile: never move that in
+        raise OSError(f"the temporary store of {path} was deleted while it was written")
     if not os.path.lexists(path):
         try:
             os.rename(temporary, path)
+            return path
         except OSError as error:  # another writer got there first
             if error.errno not in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
                 raise
-            raise OutputExistsError(f"{path} exists; pass --overwrite to replace it") from None
-        return path
-    refuse_existing(path, overwrite=overwrite)
+    if not overwrite:  # the path was free when this write began (see new_store)
+        raise written_meanwhile(path)
     if not is_own_store(path):
         raise OutputExistsError(f"{path} is not a store napari-srgan wrote; not replacing it")
     if _exchange(temporary, path):
