@@ -24,6 +24,7 @@ from zarr.storage import LocalStore
 
 import napari_srgan.io.atomic_files as atomic
 from napari_srgan.cli import main
+from napari_srgan.engine.file_upscale import UpscaleSettings, upscale_file
 from napari_srgan.io.atomic_files import STORE_MARKER, clean_leftovers
 from napari_srgan.io.zarr_files import OmeZarrWriter, open_pyramid
 
@@ -196,6 +197,35 @@ def test_a_temporary_store_deleted_while_written_is_never_swapped_in(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.zarr"]
 
 
+def test_an_input_store_replaced_while_it_is_read_stops_the_run(tmp_path, grey_model):
+    """Another writer swapped a new store in at the input's path mid-run: chunks are read by
+    path, so the remaining tiles came from the new image and the result silently mixed two."""
+    source, output = tmp_path / "in.zarr", tmp_path / "out.zarr"
+
+    def write_input(value: int) -> None:
+        writer = OmeZarrWriter(
+            source, (128, 128), "uint8", rgb=False, scale=(1.0, 1.0), translate=(0.0, 0.0),
+            overwrite=True,
+        )  # fmt: skip
+        writer.level0[:, :] = np.full((128, 128), value, np.uint8)
+        writer.finish()
+
+    def replace_input_after_the_first_tile(done: int, total: int) -> None:
+        if done == 1:
+            write_input(2)
+
+    write_input(1)
+    with pytest.raises(ValueError, match=f"^{source} was replaced by another writer while it"):
+        upscale_file(
+            source,
+            output,
+            grey_model,
+            settings=UpscaleSettings(tile=32),
+            progress=replace_input_after_the_first_tile,
+        )
+    assert [p.name for p in tmp_path.iterdir()] == ["in.zarr"]
+
+
 RENAME_AT_ONCE = """
 import os, sys, time
 from pathlib import Path
@@ -302,6 +332,7 @@ KILL_AT_STEP = """
 import os, signal, sys
 import napari_srgan.training.trainer as trainer
 from napari_srgan.cli import main
+from napari_srgan.engine.file_upscale import UpscaleSettings, upscale_file
 
 real = trainer.Trainer.save_checkpoint
 def save_then_die(self, path=None):

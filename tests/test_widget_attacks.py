@@ -304,8 +304,8 @@ def test_a_zarr_result_that_cannot_fit_is_refused_before_any_work(
     from napari_srgan.engine import file_upscale
     from napari_srgan.io import disk_space
 
-    usage = disk_space.disk_usage(tmp_path)
-    monkeypatch.setattr(disk_space, "disk_usage", lambda path: usage._replace(free=1000))
+    real_usage = disk_space.disk_usage
+    monkeypatch.setattr(disk_space, "disk_usage", lambda path: real_usage(path)._replace(free=1000))
     computed = []
     monkeypatch.setattr(file_upscale, "upscale", lambda *args, **kwargs: computed.append(args))
     viewer = make_napari_viewer()
@@ -314,6 +314,10 @@ def test_a_zarr_result_that_cannot_fit_is_refused_before_any_work(
     widget = upscale_widget(viewer, photo)
     widget.result_mode.value = "zarr file"
     target = tmp_path / "result.zarr"
+    widget.zarr_path.value = str(tmp_path / "missing" / "result.zarr")
+    widget.start()  # (the check came first and said "[Errno 2] No such file or directory")
+    assert errors == [f"napari-srgan: failed: output folder does not exist: {tmp_path / 'missing'}"]
+    errors.clear()
     widget.zarr_path.value = str(target)
     widget.start()
     mount = disk_space.mount_point(tmp_path)

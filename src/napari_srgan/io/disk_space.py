@@ -101,7 +101,10 @@ def check_output_space(
     path = Path(path)
     needed = output_bytes(path, shape, dtype, rgb=rgb, sample=sample)
     directory = path.absolute().parent
-    usage = disk_usage(directory)
+    try:
+        usage = disk_usage(directory)
+    except OSError:  # a missing or unreadable folder: the writer says so in its own words
+        return
     if usage.total == 0:  # some network and FUSE file systems do not report sizes
         return
     if needed > usage.free:

@@ -67,20 +67,37 @@ def open_lazy(path: str | os.PathLike) -> ImageFile:
 
 class CheckedReads:
     """A lazily read array whose corrupt or truncated chunks fail in one line naming the file
-    (the codecs' own errors would surface deep inside the engine, as a traceback)."""
+    (the codecs' own errors would surface deep inside the engine, as a traceback).
 
-    def __init__(self, array, path: Path) -> None:
-        self.array, self.path = array, path
+    With ``inode`` (the store folder's when opened), a store another writer swapped in at
+    ``path`` meanwhile fails too: chunks are read by path, so the rest of a result would have
+    come from another image."""
+
+    def __init__(self, array, path: Path, inode: int | None = None) -> None:
+        self.array, self.path, self.inode = array, path, inode
         self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
         self.chunks = array.chunks
 
     def __getitem__(self, key):
         try:
-            return self.array[key]
+            values = self.array[key]
         except (IndexError, TypeError, MemoryError):
             raise
         except Exception as error:
+            if self.inode is not None:
+                self._check_store()  # a swap halfway (old store aside) may fail the read
             raise pixels_unreadable(self.path, error) from None
+        if self.inode is not None:
+            self._check_store()
+        return values
+
+    def _check_store(self) -> None:
+        try:
+            inode = os.stat(self.path).st_ino
+        except OSError:
+            inode = None
+        if inode != self.inode:
+            raise ValueError(f"{self.path} was replaced by another writer while it was read")
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         return np.asarray(self[...], dtype=dtype)
@@ -89,11 +106,12 @@ class CheckedReads:
         return self.shape[0]
 
     def __dask_tokenize__(self) -> tuple:
-        return ("CheckedReads", str(self.path), self.shape, str(self.dtype))
+        return ("CheckedReads", str(self.path), self.inode, self.shape, str(self.dtype))
 
 
 def _open_zarr(path: Path) -> ImageFile:
-    return _zarr_image(_open_node(path), path)
+    inode = os.stat(path).st_ino  # before opening: a swap in between is seen at the first read
+    return _zarr_image(_open_node(path), path, inode)
 
 
 def _open_node(path: Path):
@@ -150,8 +168,9 @@ def _transforms(dataset: dict, ndim: int, path: Path) -> tuple[list[float], list
     return scale, translate
 
 
-def _zarr_image(node, path: Path) -> ImageFile:
-    """A plain zarr array, or the full-resolution level of an OME-Zarr group, with metadata."""
+def _zarr_image(node, path: Path, inode: int | None = None) -> ImageFile:
+    """A plain zarr array, or the full-resolution level of an OME-Zarr group, with metadata
+    (``inode``: see :class:`CheckedReads`)."""
     provenance = node.attrs.get(PROVENANCE_KEY, {})
     if not isinstance(provenance, dict):
         raise ValueError(f"{path}: the {PROVENANCE_KEY!r} attribute is not an object")
@@ -160,7 +179,7 @@ def _zarr_image(node, path: Path) -> ImageFile:
         rgb = node.ndim >= 3 and node.shape[-1] in (3, 4)
         count = node.ndim - rgb
         return ImageFile(
-            CheckedReads(node, path), rgb, (1.0,) * count, (0.0,) * count, None, provenance
+            CheckedReads(node, path, inode), rgb, (1.0,) * count, (0.0,) * count, None, provenance
         )
     first = _multiscales(node, path)
     dataset = first["datasets"][0]
@@ -172,7 +191,7 @@ def _zarr_image(node, path: Path) -> ImageFile:
         (a.get("unit") for a in axes if isinstance(a, dict) and a.get("type") == "space"), None
     )
     return ImageFile(
-        CheckedReads(data, path), False, tuple(scale), tuple(translate), unit, provenance
+        CheckedReads(data, path, inode), False, tuple(scale), tuple(translate), unit, provenance
     )
 
 
