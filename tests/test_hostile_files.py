@@ -445,3 +445,30 @@ def test_a_zip_entry_larger_than_free_memory_is_refused_before_reading(
     assert code == 2 and len(lines) == 1, lines
     assert "tiny.zip: its test_output.npy unpacks to" in lines[0]
     assert "more than the 0.0 GB of free memory" in lines[0]
+
+
+@pytest.mark.parametrize("character", ["\n", "\r", "\x1b"], ids=["newline", "return", "escape"])
+@pytest.mark.parametrize("problem", ["missing input", "corrupt input", "existing output"])
+def test_a_control_character_in_a_file_name_is_shown_escaped_in_one_line(
+    tmp_path, capsys, character, problem
+):
+    """A newline in a name cut the one-line message ("no such image file: a"); an escape
+    character reached the terminal. The name is shown with Python's escapes instead."""
+    name = f"cells{character}[31m.png"
+    source, output = tmp_path / "in.png", tmp_path / "out.png"
+    iio.imwrite(source, np.zeros((8, 8, 3), np.uint8))
+    if problem == "existing output":
+        output = tmp_path / name
+        output.write_bytes(b"an earlier result")
+    else:
+        source = tmp_path / name
+        if problem == "corrupt input":
+            source.write_bytes(b"\x89PNG\r\n\x1a\n but not an image")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert main(["upscale", str(source), str(output), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.endswith("\n"), repr(err)
+    assert "\r" not in err and "\x1b" not in err, repr(err)
+    escaped = repr(character)[1:-1]
+    assert f"cells{escaped}[31m.png" in err, err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before

@@ -1,21 +1,26 @@
 """``napari-srgan``: upscale, train and evaluate from a terminal or a headless server.
 
 Every command calls the same core functions as the napari widgets. Bad input ends with a
-one-line message on stderr and exit status 2; nothing is written.
+one-line message on stderr and exit status 2; nothing is written. SIGTERM, SIGHUP and Ctrl-C
+stop a command cleanly: unfinished outputs are removed, one line says what was kept, and the
+exit status is 128 + the signal's number.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import re
+import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from napari_srgan import __version__
-from napari_srgan.messages import first_line
+from napari_srgan.messages import first_line, shown
 from napari_srgan.training import degradation_defaults
 
 #: Output formats of a batch (kept here so building the parser imports no engine).
@@ -24,6 +29,45 @@ BATCH_FORMATS = ("ome.tif", "tif", "png", "jpg", "zarr")
 
 class CommandError(Exception):
     """A user error to report in one line."""
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal (SIGTERM, SIGHUP, SIGINT) raised in the main thread, so that every
+    writer's cleanup runs (a signal's default action ends the process at once and leaves its
+    temporary files beside the output). A KeyboardInterrupt: ``except Exception`` in libraries
+    does not swallow it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+#: The signals that stop a command cleanly (SIGHUP: the terminal closed; not on Windows).
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGHUP", "SIGINT") if hasattr(signal, name)
+)
+
+
+@contextlib.contextmanager
+def _stop_signals_raise() -> Iterator[None]:
+    """Turn the first stop signal into :class:`Stopped`; further ones are ignored while the
+    writers clean up (SIGKILL still ends the process). The previous handlers come back after
+    (``main`` also runs inside other programs and tests). Only the main thread can do this."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame) -> None:
+        for number in STOP_SIGNALS:
+            signal.signal(number, signal.SIG_IGN)
+        raise Stopped(signum)
+
+    previous = {number: signal.signal(number, stop) for number in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -381,6 +425,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.kept = ""  # what a stopped command keeps, set by the commands as results are finished
+    with _stop_signals_raise():
+        try:
+            return _run(args)
+        except Stopped as stop:  # the writers removed their temporary files on the way out
+            kept = f"; {args.kept}" if args.kept else ""
+            print(
+                f"napari-srgan: stopped by {stop}: no unfinished output was left{kept}",
+                file=sys.stderr,
+            )
+            return 128 + stop.signum
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         handler = {
             "upscale": upscale_command,
@@ -397,6 +455,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MemoryError:
         print("napari-srgan: error: not enough memory for this image", file=sys.stderr)
         return 2
+    except Stopped:
+        raise
     except _interruptions():
         print("napari-srgan: interrupted", file=sys.stderr)
         return 130
@@ -455,7 +515,7 @@ def upscale_command(args: argparse.Namespace) -> int:
         check_output(args.output, overwrite=args.overwrite)  # before the (slow) model load
     else:
         if folder.exists() and not folder.is_dir():
-            raise CommandError(f"{folder} is a file; several inputs need an output folder")
+            raise CommandError(f"{shown(folder)} is a file; several inputs need an output folder")
         if args.scheduler is not None and args.format != "zarr":
             raise CommandError("computing with a dask scheduler needs --format zarr")
         check_writable(folder if folder.is_dir() else folder.parent)
@@ -493,19 +553,20 @@ def upscale_command(args: argparse.Namespace) -> int:
     failed: list[Path] = []
     warned: list = []
     for index, source in enumerate(sources, 1):
-        label = f"[{index}/{len(sources)}] {source.name}"
+        label = f"[{index}/{len(sources)}] {shown(source.name)}"
         try:
             model = model_for(source)
             output = batch_output(source, folder, model.scale, f".{args.format}")
             _upscale_one(
                 source, output, model, args.rgb, settings, warned, args.overwrite, label=label
             )
+            args.kept = f"{index - len(failed)} of {len(sources)} results are in {shown(folder)}"
         except (ValueError, OSError) as error:
             failed.append(source)
-            print(f"napari-srgan: error: {source}: {first_line(error)}", file=sys.stderr)
+            print(f"napari-srgan: error: {shown(source)}: {first_line(error)}", file=sys.stderr)
     done = len(sources) - len(failed)
-    print(f"upscaled {done} of {len(sources)} files into {folder}", end="")
-    print(f"; {len(failed)} failed: {', '.join(p.name for p in failed)}" if failed else "")
+    print(f"upscaled {done} of {len(sources)} files into {shown(folder)}", end="")
+    print(f"; {len(failed)} failed: {', '.join(shown(p.name) for p in failed)}" if failed else "")
     return 2 if failed else 0
 
 
@@ -529,7 +590,7 @@ def _upscale_plan(inputs: list[Path], output: Path) -> tuple[list[Path], Path | 
         stem = input_stem(source)
         if stem in stems:
             raise CommandError(
-                f"{stems[stem]} and {source} would both be written as "
+                f"{shown(stems[stem])} and {shown(source)} would both be written as "
                 f"{stem}_x<scale>; upscale them into separate folders"
             )
         stems[stem] = source
@@ -548,7 +609,7 @@ def _without_earlier_results(sources: list[Path], folder: Path) -> list[Path]:
     for source in sources:
         result_of = re.fullmatch(r"(.+)_x\d+", input_stem(source))
         if result_of and result_of[1] in stems and source.parent.resolve() == folder.resolve():
-            print(f"skipping {source}: the result of {result_of[1]} from an earlier run")
+            print(f"skipping {shown(source)}: the result of {result_of[1]} from an earlier run")
             continue
         kept.append(source)
     return kept
@@ -585,7 +646,10 @@ def _upscale_one(
             overwrite=overwrite,
         )
     (height, width), (out_height, out_width) = result.input_shape, result.output_shape
-    print(f"{source} {height}x{width} -> {output} {out_height}x{out_width} with {model.card.name}")
+    print(
+        f"{shown(source)} {height}x{width} -> {shown(output)} {out_height}x{out_width} "
+        f"with {model.card.name}"
+    )
 
 
 def _read_all(paths) -> list:
@@ -729,6 +793,7 @@ def train_command(args: argparse.Namespace) -> None:
             bar.write(f"note: {event.message}")
         elif isinstance(event, CheckpointSaved):
             bar.note = f"checkpoint @{event.step}"
+            args.kept = f"{shown(event.path)} holds step {event.step}; --resume continues from it"
 
     deadline = time.monotonic() + 60 * args.time_limit if args.time_limit else math.inf
     with bar:  # shows from the first step on: a refused job prints only its error
@@ -741,7 +806,8 @@ def train_command(args: argparse.Namespace) -> None:
             f"{config.total_steps} steps; the same command with --resume continues"
         )
     print(
-        f"saved {outcome.model_path} after {outcome.steps} steps; checkpoint {outcome.checkpoint}"
+        f"saved {shown(outcome.model_path)} after {outcome.steps} steps; "
+        f"checkpoint {shown(outcome.checkpoint)}"
     )
 
 
@@ -788,7 +854,7 @@ def sample_command(args: argparse.Namespace) -> None:
 
     image, description = low_resolution_sample(args.name)
     write_image(args.output, image, rgb=image.ndim == 3, overwrite=args.overwrite)
-    print(f"wrote {args.output} {image.shape[0]}x{image.shape[1]}: {description}")
+    print(f"wrote {shown(args.output)} {image.shape[0]}x{image.shape[1]}: {description}")
 
 
 def export_bmz_command(args: argparse.Namespace) -> None:
@@ -796,7 +862,7 @@ def export_bmz_command(args: argparse.Namespace) -> None:
 
     model = _load(args.model)
     path = export_bioimageio(model, args.output, overwrite=args.overwrite)
-    print(f"wrote {path}: bioimage.io package of {model.card.name}")
+    print(f"wrote {shown(path)}: bioimage.io package of {model.card.name}")
 
 
 def models_add_command(args: argparse.Namespace) -> None:
@@ -810,7 +876,7 @@ def models_add_command(args: argparse.Namespace) -> None:
     print(
         f"added {card.name}: {card.architecture} x{card.scale}, {card.in_channels} channel(s), "
         f"receptive field {reach}, measured halo {card.measured_halo} px, licence "
-        f"{card.license} -> {path}"
+        f"{card.license} -> {shown(path)}"
     )
     if not tiling.get("exact", True):
         print(

@@ -45,6 +45,7 @@ from napari_srgan.io.images import (
     write_image,
 )
 from napari_srgan.io.zarr_files import CHUNK, OmeZarrWriter, is_zarr, open_lazy
+from napari_srgan.messages import shown
 from napari_srgan.models.interface import SRModel
 
 #: A grid of SAMPLE_GRID x SAMPLE_GRID input patches, upscaled to one zarr chunk each, stands in
@@ -103,7 +104,7 @@ def folder_inputs(folder: Path) -> list[Path]:
     """The images and OME-Zarr stores directly inside ``folder``, sorted by name."""
     found = sorted(p for p in folder.iterdir() if p.suffix.lower() in INPUT_SUFFIXES)
     if not found:
-        raise ValueError(f"no images in {folder} (looked for {', '.join(INPUT_SUFFIXES)})")
+        raise ValueError(f"no images in {shown(folder)} (looked for {', '.join(INPUT_SUFFIXES)})")
     return found
 
 
@@ -125,13 +126,13 @@ def input_is_rgb(path: Path) -> bool:
     if is_zarr(path):
         return open_lazy(path).rgb
     if not path.is_file():
-        raise FileNotFoundError(f"no such image file: {path}")
+        raise FileNotFoundError(f"no such image file: {shown(path)}")
     if path.suffix.lower() in TIFF_SUFFIXES:
         return tiff_metadata(path).rgb
     try:
         return guess_rgb(tuple(iio.improps(path).shape))
     except Exception as error:
-        raise ValueError(f"cannot read {path} as an image: {error}") from None
+        raise ValueError(f"cannot read {shown(path)} as an image: {error}") from None
 
 
 def check_output(path: Path, *, overwrite: bool = False) -> None:

@@ -81,6 +81,12 @@ def dask_scheduler(scheduler: str) -> Iterator[None]:
     trusted network only: dask's protocol trusts its peer)."""
     import dask
 
+    from napari_srgan.io.zarr_files import dask_threads
+
+    if scheduler == "threads":  # blocks still running when a write fails or is stopped finish first
+        with dask_threads():
+            yield
+        return
     if parse_scheduler(scheduler) in SCHEDULERS:
         with dask.config.set(scheduler=scheduler):
             yield

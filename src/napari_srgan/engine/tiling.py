@@ -28,11 +28,13 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from napari_srgan.threads import joined_pool
 
 
 class Cancelled(Exception):
@@ -157,7 +159,7 @@ def run_tiles(
         if on_batch is not None:
             on_batch(len(group))
 
-    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+    with joined_pool(1) as reader, joined_pool(1) as writer:  # both ended when it stops
         upcoming: Future = reader.submit(load, groups[0])
         written: Future | None = None
         try:

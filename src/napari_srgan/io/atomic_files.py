@@ -27,6 +27,8 @@ from pathlib import Path
 
 import psutil
 
+from napari_srgan.messages import shown
+
 #: A file inside every zarr store this package writes; only such stores are ever replaced or
 #: deleted (a folder without it is someone else's data).
 STORE_MARKER = ".napari-srgan-store"
@@ -49,14 +51,18 @@ def refuse_existing(path: str | os.PathLike, *, overwrite: bool) -> None:
     """Raise :class:`OutputExistsError` if ``path`` exists and may not be replaced."""
     path = Path(path)
     if not overwrite and os.path.lexists(path):
-        raise OutputExistsError(f"{path} exists; pass --overwrite to replace it")
+        raise OutputExistsError(f"{shown(path)} exists; pass --overwrite to replace it")
     if path.is_dir() and not is_own_store(path):
-        raise OutputExistsError(f"{path} is a folder napari-srgan did not write; not replacing it")
+        raise OutputExistsError(
+            f"{shown(path)} is a folder napari-srgan did not write; not replacing it"
+        )
 
 
 def written_meanwhile(path: Path) -> OutputExistsError:
     """``path`` was free when a write to it began and another writer has made it since."""
-    return OutputExistsError(f"{path} was written by another writer meanwhile; not replacing it")
+    return OutputExistsError(
+        f"{shown(path)} was written by another writer meanwhile; not replacing it"
+    )
 
 
 def refuse_same_file(source: str | os.PathLike, output: str | os.PathLike) -> None:
@@ -66,7 +72,9 @@ def refuse_same_file(source: str | os.PathLike, output: str | os.PathLike) -> No
     with contextlib.suppress(OSError):
         same = same or os.path.samefile(source, output)
     if same:
-        raise OutputExistsError(f"the output {output} is the input file; choose another name")
+        raise OutputExistsError(
+            f"the output {shown(output)} is the input file; choose another name"
+        )
 
 
 def check_writable(directory: str | os.PathLike) -> None:
@@ -74,15 +82,15 @@ def check_writable(directory: str | os.PathLike) -> None:
     bits alone do not tell: root ignores them, read-only or special file systems do not)."""
     directory = Path(directory)
     if not directory.is_dir():
-        raise FileNotFoundError(f"output folder does not exist: {directory}")
+        raise FileNotFoundError(f"output folder does not exist: {shown(directory)}")
     try:
         with tempfile.TemporaryFile(dir=directory):
             pass
     except OSError as error:
         if error.errno in DISK_FULL:
-            raise DiskFullError(f"no space left on device in {directory}") from None
+            raise DiskFullError(f"no space left on device in {shown(directory)}") from None
         raise PermissionError(
-            f"output folder is not writable: {directory} ({error.strerror})"
+            f"output folder is not writable: {shown(directory)} ({error.strerror})"
         ) from None
 
 
@@ -96,7 +104,7 @@ def disk_full_is_one_line(path: str | os.PathLike) -> Iterator[None]:
     except OSError as error:
         if error.errno not in DISK_FULL:
             raise
-        raise DiskFullError(f"no space left on device while writing {path}") from None
+        raise DiskFullError(f"no space left on device while writing {shown(path)}") from None
 
 
 def _temporary_name(path: Path, kind: str) -> Path:
@@ -147,8 +155,8 @@ def atomic_write(
     clean_leftovers(path)
     # Not mkstemp: its files are private (0600); results should get the usual umask permissions.
     temp_name = str(_temporary_name(path, "tmp"))
-    os.close(os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
+    try:  # an interruption (SIGTERM) right after creating it still removes it
+        os.close(os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
         with disk_full_is_one_line(path):
             write(temp_name)
             with open(temp_name, "rb+") as stream:
@@ -203,12 +211,18 @@ def new_store(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
     path = Path(path)
     refuse_existing(path, overwrite=overwrite)
     if os.path.lexists(path) and not is_own_store(path):
-        raise OutputExistsError(f"{path} is not a store napari-srgan wrote; not replacing it")
+        raise OutputExistsError(
+            f"{shown(path)} is not a store napari-srgan wrote; not replacing it"
+        )
     check_writable(path.parent)
     clean_leftovers(path)
     temporary = _temporary_name(path, "partial")
     temporary.mkdir()
-    (temporary / STORE_MARKER).write_text(json.dumps({"written_by": "napari-srgan"}))
+    try:  # a folder without the marker would not be recognised (and removed) as a leftover
+        (temporary / STORE_MARKER).write_text(json.dumps({"written_by": "napari-srgan"}))
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
     return temporary
 
 
@@ -237,7 +251,7 @@ def replace_store(
     """
     temporary, path = Path(temporary), Path(path)
     if not is_own_store(temporary):  # emptied by someone meanwhile: never move that in
-        raise OSError(f"the temporary store of {path} was deleted while it was written")
+        raise OSError(f"the temporary store of {shown(path)} was deleted while it was written")
     if not os.path.lexists(path):
         try:
             os.rename(temporary, path)
@@ -248,7 +262,9 @@ def replace_store(
     if not overwrite:  # the path was free when this write began (see new_store)
         raise written_meanwhile(path)
     if not is_own_store(path):
-        raise OutputExistsError(f"{path} is not a store napari-srgan wrote; not replacing it")
+        raise OutputExistsError(
+            f"{shown(path)} is not a store napari-srgan wrote; not replacing it"
+        )
     if _exchange(temporary, path):
         remove_store(temporary)  # now the old store
         return path

@@ -22,6 +22,7 @@ import numpy as np
 from napari_srgan.io.atomic_files import DiskFullError
 from napari_srgan.io.images import TIFF_SUFFIXES
 from napari_srgan.io.zarr_files import COMPRESSOR, is_zarr, store_levels
+from napari_srgan.messages import shown
 
 #: TIFF beyond its pixels: header and OME-XML, and per page an IFD with its tags (a BigTIFF
 #: IFD is about 300 bytes) and the provenance JSON on the first.
@@ -110,7 +111,7 @@ def check_output_space(
     if needed > usage.free:
         about = "about" if path.suffix.lower() in TIFF_SUFFIXES else "an estimated"
         raise NotEnoughSpaceError(
-            f"{path} needs {about} {human_bytes(needed)} but only {human_bytes(usage.free)} "
+            f"{shown(path)} needs {about} {human_bytes(needed)} but only {human_bytes(usage.free)} "
             f"is free on {mount_point(directory)}"
         )
 

@@ -24,7 +24,7 @@ import tifffile
 from PIL import Image
 
 from napari_srgan.io.atomic_files import atomic_write, refuse_existing
-from napari_srgan.messages import first_line
+from napari_srgan.messages import first_line, shown
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def _check_ome_pages(tif: tifffile.TiffFile, path: Path) -> None:
             raise tifffile.TiffFileError(message) from None
     if declared > MAX_OME_PAGES:
         raise ImageTooLargeError(
-            f"{path}: its OME-XML declares {declared} image planes (the file has "
+            f"{shown(path)}: its OME-XML declares {declared} image planes (the file has "
             f"{len(tif.pages)}); a header that large is refused"
         )
 
@@ -181,7 +181,7 @@ def pixels_unreadable(path: str | os.PathLike, error: Exception) -> ValueError:
     """The one-line error for pixels that do not decode (a corrupt or truncated chunk or strip:
     codecs raise their own types, imagecodecs' RuntimeErrors, zlib.error...)."""
     return ValueError(
-        f"cannot read {path}: its pixel data is corrupt or truncated ({first_line(error)})"
+        f"cannot read {shown(path)}: its pixel data is corrupt or truncated ({first_line(error)})"
     )
 
 
@@ -205,11 +205,11 @@ def declared_bytes(path: str | os.PathLike) -> tuple[tuple[int, ...], int]:
             shape = (frames, image.height, image.width, values)
             return shape, math.prod(shape) * size
     except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(f"{path}: {error}; use a .zarr or TIFF input") from None
+        raise ImageTooLargeError(f"{shown(path)}: {error}; use a .zarr or TIFF input") from None
     except ImageTooLargeError:
         raise
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, SyntaxError) as error:
-        raise ValueError(f"cannot read {path} as an image: {error}") from None
+        raise ValueError(f"cannot read {shown(path)} as an image: {error}") from None
 
 
 def check_fits_in_memory(
@@ -224,7 +224,7 @@ def check_fits_in_memory(
     need, free = size * factor, psutil.virtual_memory().available
     if need > free:
         raise ImageTooLargeError(
-            f"{path} declares {'x'.join(map(str, shape))} pixels: {need / 1e9:.1f} GB needed in "
+            f"{shown(path)} declares {'x'.join(map(str, shape))} pixels: {need / 1e9:.1f} GB needed in "
             f"memory, {free / 1e9:.1f} GB free; write a .zarr output to stream it tile by tile"
         )
 
@@ -237,7 +237,7 @@ def read_image(path: str | os.PathLike, *, memory_factor: float = 1.0) -> ImageF
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no such image file: {path}")
+        raise FileNotFoundError(f"no such image file: {shown(path)}")
     check_fits_in_memory(path, memory_factor)
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
@@ -245,7 +245,7 @@ def read_image(path: str | os.PathLike, *, memory_factor: float = 1.0) -> ImageF
     try:
         data = _read_frames(path)
     except Exception as error:
-        raise ValueError(f"cannot read {path} as an image: {error}") from None
+        raise ValueError(f"cannot read {shown(path)} as an image: {error}") from None
     rgb = guess_rgb(data.shape) or (data.ndim == 3 and data.shape[-1] == 2)  # grey + alpha
     count = _spatial_axes_count(data.shape, rgb)
     return ImageFile(data, rgb, (1.0,) * count, (0.0,) * count)
@@ -272,7 +272,7 @@ def _read_tiff(path: Path, load: bool = True) -> ImageFile:
             z_spacing = _tiff_z_spacing(tif)
             photometric = page.photometric
     except (tifffile.TiffFileError, OSError, IndexError) as error:
-        raise ValueError(f"cannot read {path} as a TIFF: {error}") from None
+        raise ValueError(f"cannot read {shown(path)} as a TIFF: {error}") from None
     rgb = bool(photometric == tifffile.PHOTOMETRIC.RGB and guess_rgb(shape))
     count = _spatial_axes_count(shape, rgb)
     scale = [1.0] * count
@@ -303,21 +303,25 @@ def _provenance(path: Path, text) -> dict:
     try:
         record = json.loads(text)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: provenance tag {PROVENANCE_TAG} is not JSON ({error})") from None
+        raise ValueError(
+            f"{shown(path)}: provenance tag {PROVENANCE_TAG} is not JSON ({error})"
+        ) from None
     if not isinstance(record, dict):
-        raise ValueError(f"{path}: provenance tag {PROVENANCE_TAG} is not a JSON object")
+        raise ValueError(f"{shown(path)}: provenance tag {PROVENANCE_TAG} is not a JSON object")
     layer = record.get("layer", {})
     if not isinstance(layer, dict):
-        raise ValueError(f"{path}: provenance field 'layer' is not an object")
+        raise ValueError(f"{shown(path)}: provenance field 'layer' is not an object")
     for name in ("scale", "translate"):
         values = layer.get(name, [])
         if not isinstance(values, list) or not all(
             isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
             for v in values
         ):
-            raise ValueError(f"{path}: provenance field 'layer.{name}' is not a list of numbers")
+            raise ValueError(
+                f"{shown(path)}: provenance field 'layer.{name}' is not a list of numbers"
+            )
         if name == "scale" and any(v <= 0 for v in values):
-            raise ValueError(f"{path}: provenance field 'layer.scale' has a value <= 0")
+            raise ValueError(f"{shown(path)}: provenance field 'layer.scale' has a value <= 0")
     return record
 
 
@@ -327,7 +331,7 @@ def positive_pixel_size(values, path, field: str) -> tuple[float, ...] | None:
     try:
         sizes = tuple(float(v) for v in values)
     except (TypeError, ValueError):
-        raise ValueError(f"{path}: {field} is not a number: {values!r}") from None
+        raise ValueError(f"{shown(path)}: {field} is not a number: {values!r}") from None
     if not all(math.isfinite(v) and v > 0 for v in sizes):
         log.warning("%s: ignoring %s %s (not a positive number)", path, field, list(values))
         return None
@@ -359,12 +363,12 @@ def _ome_pixels(tif: tifffile.TiffFile, path: Path) -> dict:
     try:
         root = tifffile.xml2dict(tif.ome_metadata)
     except Exception as error:  # tifffile passes on ElementTree's parse errors
-        raise ValueError(f"{path}: the OME-XML does not parse ({error})") from None
+        raise ValueError(f"{shown(path)}: the OME-XML does not parse ({error})") from None
     image = root.get("OME", {}).get("Image") if isinstance(root.get("OME"), dict) else None
     image = image[0] if isinstance(image, list) and image else image
     pixels = image.get("Pixels") if isinstance(image, dict) else None
     if not isinstance(pixels, dict):
-        raise ValueError(f"{path}: the OME-XML has no OME/Image/Pixels element")
+        raise ValueError(f"{shown(path)}: the OME-XML has no OME/Image/Pixels element")
     return pixels
 
 
@@ -401,11 +405,11 @@ def check_output_format(path: str | os.PathLike, dtype, *, rgb: bool, colours: i
     if suffix in TIFF_SUFFIXES:
         if name not in OME_DTYPES:
             raise ValueError(
-                f"OME-TIFF cannot hold {name} pixels ({path}); write a .zarr output instead"
+                f"OME-TIFF cannot hold {name} pixels ({shown(path)}); write a .zarr output instead"
             )
         if rgb and colours == 2:
             raise ValueError(
-                f"OME-TIFF output of grey + alpha is not supported ({path}); write a .png"
+                f"OME-TIFF output of grey + alpha is not supported ({shown(path)}); write a .png"
             )
         return
     if suffix not in PLAIN_SUFFIXES:

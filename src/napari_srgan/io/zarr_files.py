@@ -9,11 +9,14 @@ A store is written under a unique temporary name and swapped in atomically when 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+import dask
 import dask.array as da
 import numcodecs
 import numpy as np
@@ -31,6 +34,8 @@ from napari_srgan.io.images import (
     tifffile_warnings,
     unit_name,
 )
+from napari_srgan.messages import shown
+from napari_srgan.threads import joined_pool
 
 #: Output chunks on the two image axes: a good size for napari tiles and for compression.
 CHUNK = 512
@@ -47,7 +52,7 @@ def open_lazy(path: str | os.PathLike) -> ImageFile:
     """An image whose ``data`` reads from disk on slicing (zarr, OME-Zarr, or TIFF)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"no such image: {path}")
+        raise FileNotFoundError(f"no such image: {shown(path)}")
     if is_zarr(path):
         return _open_zarr(path)
     if path.suffix.lower() in (".tif", ".tiff"):
@@ -55,14 +60,14 @@ def open_lazy(path: str | os.PathLike) -> ImageFile:
             with tifffile_warnings(path), open_tiff(path) as tif:
                 store = tif.aszarr()
         except (tifffile.TiffFileError, OSError, IndexError) as error:
-            raise ValueError(f"cannot read {path} as a TIFF: {error}") from None
+            raise ValueError(f"cannot read {shown(path)} as a TIFF: {error}") from None
         data = zarr.open(store, mode="r")
         if isinstance(data, zarr.Group):  # a pyramidal TIFF: level 0
             data = data["0"]
         image = tiff_metadata(path)
         image.data = CheckedReads(data, path)
         return image
-    raise ValueError(f"{path}: lazy reading needs .zarr or .tif, not {path.suffix!r}")
+    raise ValueError(f"{shown(path)}: lazy reading needs .zarr or .tif, not {path.suffix!r}")
 
 
 class CheckedReads:
@@ -118,7 +123,7 @@ def _open_node(path: Path):
     try:
         return zarr.open(str(path), mode="r")
     except Exception as error:
-        raise ValueError(f"cannot open {path} as zarr: {error}") from None
+        raise ValueError(f"cannot open {shown(path)} as zarr: {error}") from None
 
 
 def _multiscales(group: zarr.Group, path: Path) -> dict:
@@ -129,18 +134,20 @@ def _multiscales(group: zarr.Group, path: Path) -> dict:
         ome.get("multiscales") if isinstance(ome, dict) else None
     )
     if not multiscales:
-        raise ValueError(f"{path} is a zarr group without OME-Zarr multiscales metadata")
+        raise ValueError(f"{shown(path)} is a zarr group without OME-Zarr multiscales metadata")
     if not isinstance(multiscales, list) or not isinstance(multiscales[0], dict):
-        raise ValueError(f"{path}: OME-Zarr field 'multiscales' is not a list of objects")
+        raise ValueError(f"{shown(path)}: OME-Zarr field 'multiscales' is not a list of objects")
     datasets = multiscales[0].get("datasets")
     if not isinstance(datasets, list) or not datasets:
-        raise ValueError(f"{path}: OME-Zarr field 'multiscales[0].datasets' is missing or empty")
+        raise ValueError(
+            f"{shown(path)}: OME-Zarr field 'multiscales[0].datasets' is missing or empty"
+        )
     for index, dataset in enumerate(datasets):
         if not isinstance(dataset, dict) or not isinstance(dataset.get("path"), str):
-            raise ValueError(f"{path}: OME-Zarr field 'datasets[{index}].path' is missing")
+            raise ValueError(f"{shown(path)}: OME-Zarr field 'datasets[{index}].path' is missing")
         if not isinstance(group.get(dataset["path"]), zarr.Array):
             raise ValueError(
-                f"{path}: OME-Zarr dataset {dataset['path']!r} (datasets[{index}]) is not an array"
+                f"{shown(path)}: OME-Zarr dataset {dataset['path']!r} (datasets[{index}]) is not an array"
             )
     return multiscales[0]
 
@@ -150,21 +157,21 @@ def _transforms(dataset: dict, ndim: int, path: Path) -> tuple[list[float], list
     scale, translate = [1.0] * ndim, [0.0] * ndim
     transforms = dataset.get("coordinateTransformations", [])
     if not isinstance(transforms, list):
-        raise ValueError(f"{path}: OME-Zarr field 'coordinateTransformations' is not a list")
+        raise ValueError(f"{shown(path)}: OME-Zarr field 'coordinateTransformations' is not a list")
     for transform in transforms:
         kind = transform.get("type") if isinstance(transform, dict) else None
         values = transform.get(kind) if kind in ("scale", "translation") else None
         if kind not in ("scale", "translation"):
             continue
         if not isinstance(values, list) or len(values) != ndim:
-            raise ValueError(f"{path}: OME-Zarr {kind} is not a list of {ndim} numbers")
+            raise ValueError(f"{shown(path)}: OME-Zarr {kind} is not a list of {ndim} numbers")
         if kind == "scale":
             scale = list(positive_pixel_size(values, path, "OME-Zarr scale") or scale)
         else:
             try:
                 translate = [float(v) for v in values]
             except (TypeError, ValueError):
-                raise ValueError(f"{path}: OME-Zarr translation is not numbers") from None
+                raise ValueError(f"{shown(path)}: OME-Zarr translation is not numbers") from None
     return scale, translate
 
 
@@ -173,7 +180,7 @@ def _zarr_image(node, path: Path, inode: int | None = None) -> ImageFile:
     (``inode``: see :class:`CheckedReads`)."""
     provenance = node.attrs.get(PROVENANCE_KEY, {})
     if not isinstance(provenance, dict):
-        raise ValueError(f"{path}: the {PROVENANCE_KEY!r} attribute is not an object")
+        raise ValueError(f"{shown(path)}: the {PROVENANCE_KEY!r} attribute is not an object")
     provenance = dict(provenance)
     if isinstance(node, zarr.Array):
         rgb = node.ndim >= 3 and node.shape[-1] in (3, 4)
@@ -338,6 +345,10 @@ class OmeZarrWriter:
         return replace_store(self.temporary, self.path, overwrite=self.overwrite)
 
     def abort(self) -> None:
+        """Remove the unfinished store (after an error, Ctrl-C or SIGTERM), once no write into
+        it is in flight: a write the caller stopped waiting for still runs on zarr's IO thread
+        and would recreate the folders after they were removed."""
+        _zarr_writes_finished()
         shutil.rmtree(self.temporary, ignore_errors=True)
 
     def _pyramid(self) -> int:
@@ -357,9 +368,35 @@ class OmeZarrWriter:
                 chunks=chunks,
                 compressors=COMPRESSOR,
             )
-            da.store(mean.rechunk(target.chunks), target, lock=False)
+            with dask_threads():
+                da.store(mean.rechunk(target.chunks), target, lock=False)
             previous = da.from_zarr(target)
         return len(self.levels)
+
+
+def _zarr_writes_finished() -> None:
+    """Wait for whatever runs on zarr's IO event loop (zarr 3 does every read and write there;
+    the calling thread only waits for it, and an exception raised in that thread by a signal
+    ends the wait, not the write)."""
+    from zarr.core.sync import sync
+
+    async def the_others() -> None:
+        current = asyncio.current_task()
+        running = [task for task in asyncio.all_tasks() if task is not current]
+        await asyncio.gather(*running, return_exceptions=True)
+
+    sync(the_others())
+
+
+@contextlib.contextmanager
+def dask_threads() -> Iterator[None]:
+    """dask's threaded scheduler on a pool of its own: when the computation fails or is
+    interrupted (Ctrl-C, SIGTERM), the blocks already running finish before the caller goes on
+    (dask's shared pool runs them on, and they would write into a store being removed)."""
+    from dask.system import CPU_COUNT
+
+    with joined_pool(CPU_COUNT) as pool, dask.config.set(scheduler="threads", pool=pool):
+        yield
 
 
 def stores_read_by(data) -> set[Path]:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from napari_srgan.io.atomic_files import atomic_write, refuse_existing
-from napari_srgan.messages import first_line
+from napari_srgan.messages import first_line, shown
 from napari_srgan.models.files import ModelFileError
 from napari_srgan.models.interface import ModelCard, SRModel
 from napari_srgan.models.normalization import NormalizationSpec
@@ -166,7 +166,7 @@ def export_bioimageio(
     _offline()
     output = Path(output)
     if output.suffix.lower() != ".zip":
-        raise BioimageioError(f"{output}: a bioimage.io package is written as a .zip file")
+        raise BioimageioError(f"{shown(output)}: a bioimage.io package is written as a .zip file")
     refuse_existing(output, overwrite=overwrite)  # before the (slow) export
     network = model.network
     if not isinstance(network, Generator):
@@ -304,19 +304,21 @@ def _check_package_sizes(path: Path) -> None:
             with zipfile.ZipFile(path) as archive:
                 entries = archive.infolist()
         except (zipfile.BadZipFile, OSError) as error:
-            raise BioimageioError(f"{path.name}: not a readable .zip file ({error})") from None
+            raise BioimageioError(
+                f"{shown(path.name)}: not a readable .zip file ({error})"
+            ) from None
         free = psutil.virtual_memory().available
         for entry in entries:
             if entry.file_size > free:
                 raise BioimageioError(
-                    f"{path.name}: its {entry.filename} unpacks to {entry.file_size / 1e9:.1f} "
+                    f"{shown(path.name)}: its {shown(entry.filename)} unpacks to {entry.file_size / 1e9:.1f} "
                     f"GB, more than the {free / 1e9:.1f} GB of free memory"
                 )
         sizes = {e.filename: e.file_size for e in entries if _is_description(e.filename)}
     for name, size in sizes.items():
         if size > MAX_DESCRIPTION_BYTES:
             raise BioimageioError(
-                f"{path.name}: its {name} is {size / 2**20:.0f} MiB; a bioimage.io description "
+                f"{shown(path.name)}: its {shown(name)} is {size / 2**20:.0f} MiB; a bioimage.io description "
                 f"over {MAX_DESCRIPTION_BYTES // 2**20} MiB is refused"
             )
 
@@ -335,7 +337,7 @@ def _describe(path: Path):
         description = load_description(path, format_version="latest", perform_io_checks=False)
     except Exception as error:
         raise BioimageioError(
-            f"{path.name}: not a readable bioimage.io package ({first_line(error)})"
+            f"{shown(path.name)}: not a readable bioimage.io package ({first_line(error)})"
         ) from None
     if isinstance(description, InvalidDescr):
         problems = (
@@ -347,10 +349,10 @@ def _describe(path: Path):
             else []
         )
         raise BioimageioError(
-            f"{path.name}: invalid bioimage.io package ({problems[0] if problems else 'see bioimageio validate'})"
+            f"{shown(path.name)}: invalid bioimage.io package ({problems[0] if problems else 'see bioimageio validate'})"
         )
     if not isinstance(description, ModelDescr):
-        raise BioimageioError(f"{path.name}: a bioimage.io {description.type}, not a model")
+        raise BioimageioError(f"{shown(path.name)}: a bioimage.io {description.type}, not a model")
     return description
 
 
@@ -367,7 +369,7 @@ def _spatial_scale(description, path: Path) -> tuple[int, int, int, int]:
 
     if len(description.inputs) != 1 or len(description.outputs) != 1:
         raise BioimageioError(
-            f"{path.name}: {len(description.inputs)} inputs and {len(description.outputs)} "
+            f"{shown(path.name)}: {len(description.inputs)} inputs and {len(description.outputs)} "
             "outputs; napari-srgan runs models with one image in and one image out"
         )
     source, target = description.inputs[0], description.outputs[0]
@@ -377,21 +379,21 @@ def _spatial_scale(description, path: Path) -> tuple[int, int, int, int]:
     expected = ["BatchAxis", "ChannelAxis", "SpaceInputAxis", "SpaceInputAxis"]
     if kinds != expected or list(in_axes)[2:] != ["y", "x"]:
         raise BioimageioError(
-            f"{path.name}: input axes {[str(a.id) for a in source.axes]}; napari-srgan needs "
+            f"{shown(path.name)}: input axes {[str(a.id) for a in source.axes]}; napari-srgan needs "
             "batch, channel, y, x"
         )
     if [str(a.id) for a in target.axes] != ["batch", "channel", "y", "x"] or not isinstance(
         target.axes[0], BatchAxis
     ):
         raise BioimageioError(
-            f"{path.name}: output axes {[str(a.id) for a in target.axes]}; napari-srgan needs "
+            f"{shown(path.name)}: output axes {[str(a.id) for a in target.axes]}; napari-srgan needs "
             "batch, channel, y, x"
         )
     channels = in_axes["channel"]
     out_channels = out_axes["channel"]
     assert isinstance(channels, ChannelAxis)
     if not isinstance(out_channels, ChannelAxis) or out_channels.size != channels.size:
-        raise BioimageioError(f"{path.name}: the output has other channels than the input")
+        raise BioimageioError(f"{shown(path.name)}: the output has other channels than the input")
     scales, halos, multiples = [], [], []
     for axis_id in ("y", "x"):
         axis_in, axis_out = in_axes[axis_id], out_axes[axis_id]
@@ -404,13 +406,13 @@ def _spatial_scale(description, path: Path) -> tuple[int, int, int, int]:
             and size.offset == 0
         ):
             raise BioimageioError(
-                f"{path.name}: output axis {axis_id} is not a scaled reference to input axis "
+                f"{shown(path.name)}: output axis {axis_id} is not a scaled reference to input axis "
                 f"{axis_id}, so its output is not a scaled image of its input"
             )
         ratio = axis_in.scale / axis_out.scale
         if ratio < 1 or abs(ratio - round(ratio)) > 1e-6:
             raise BioimageioError(
-                f"{path.name}: output axis {axis_id} is {ratio:g} times its input; napari-srgan "
+                f"{shown(path.name)}: output axis {axis_id} is {ratio:g} times its input; napari-srgan "
                 "needs a whole-number upscaling factor"
             )
         scale = round(ratio)
@@ -418,10 +420,10 @@ def _spatial_scale(description, path: Path) -> tuple[int, int, int, int]:
         halos.append(math.ceil(getattr(axis_out, "halo", 0) / scale))
         multiples.append(axis_in.size.step if isinstance(axis_in.size, ParameterizedSize) else 0)
     if scales[0] != scales[1]:
-        raise BioimageioError(f"{path.name}: different scales along y and x ({scales})")
+        raise BioimageioError(f"{shown(path.name)}: different scales along y and x ({scales})")
     if 0 in multiples:
         raise BioimageioError(
-            f"{path.name}: a fixed input size; napari-srgan tiles images and needs a "
+            f"{shown(path.name)}: a fixed input size; napari-srgan tiles images and needs a "
             "parameterised (min + n * step) input size"
         )
     return scales[0], int(channels.size), max(halos), math.lcm(*multiples)
@@ -435,7 +437,7 @@ def _normalization(description, path: Path) -> NormalizationSpec:
     for step in source.preprocessing:
         if step.id not in SUPPORTED_PREPROCESSING:
             raise BioimageioError(
-                f"{path.name}: preprocessing {step.id!r} is not supported (supported: "
+                f"{shown(path.name)}: preprocessing {step.id!r} is not supported (supported: "
                 f"{', '.join(SUPPORTED_PREPROCESSING)})"
             )
         if isinstance(step, ScaleRangeDescr):
@@ -445,14 +447,14 @@ def _normalization(description, path: Path) -> NormalizationSpec:
                 "channel" not in axes and len(source.axes) > 1 and source.axes[1].size > 1
             ):
                 raise BioimageioError(
-                    f"{path.name}: scale_range over axes {sorted(axes)} is not supported; "
+                    f"{shown(path.name)}: scale_range over axes {sorted(axes)} is not supported; "
                     "napari-srgan normalises all channels of an image together"
                 )
             spec = NormalizationSpec("percentile", kwargs.min_percentile, kwargs.max_percentile)
     for step in target.postprocessing:
         if step.id not in SUPPORTED_POSTPROCESSING:
             raise BioimageioError(
-                f"{path.name}: postprocessing {step.id!r} is not supported (supported: "
+                f"{shown(path.name)}: postprocessing {step.id!r} is not supported (supported: "
                 f"{', '.join(SUPPORTED_POSTPROCESSING)})"
             )
     return spec
@@ -470,12 +472,12 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
     for source in filter(None, sources):
         if str(source).lower().startswith(("http://", "https://")):
             raise BioimageioError(
-                f"{path.name}: its weights or code are at {source}; napari-srgan never "
+                f"{shown(path.name)}: its weights or code are at {shown(str(source))}; napari-srgan never "
                 "downloads at run time: put the file into the package"
             )
         if Path(str(source)).is_absolute() or ".." in Path(str(source)).parts:
             raise BioimageioError(
-                f"{path.name}: its weights or code file {source} is outside the package; "
+                f"{shown(path.name)}: its weights or code file {shown(str(source))} is outside the package; "
                 "a package may only use its own files"
             )
     if weights.torchscript is not None:
@@ -488,16 +490,16 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
                 return torch.jit.load(data, map_location=device), "torchscript"
         except FileNotFoundError as error:
             raise BioimageioError(
-                f"{path.name}: missing weights file {Path(str(error)).name}"
+                f"{shown(path.name)}: missing weights file {shown(Path(str(error)).name)}"
             ) from None
         except Exception as error:
             raise BioimageioError(
-                f"{path.name}: cannot load its TorchScript weights ({first_line(error)})"
+                f"{shown(path.name)}: cannot load its TorchScript weights ({first_line(error)})"
             ) from None
     if weights.pytorch_state_dict is not None:
         if not trust_code:
             raise BioimageioError(
-                f"{path.name}: its weights need the package's Python architecture code to run; "
+                f"{shown(path.name)}: its weights need the package's Python architecture code to run; "
                 "rerun with --trust-code (or trust_code=True) if you trust its authors"
             )
         from bioimageio.core.backends.pytorch_backend import load_torch_model
@@ -505,10 +507,12 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
         try:
             network = load_torch_model(weights.pytorch_state_dict, devices=[str(device)])
         except FileNotFoundError as error:
-            raise BioimageioError(f"{path.name}: missing file {Path(str(error)).name}") from None
+            raise BioimageioError(
+                f"{shown(path.name)}: missing file {shown(Path(str(error)).name)}"
+            ) from None
         except Exception as error:
             raise BioimageioError(
-                f"{path.name}: cannot build its PyTorch model ({first_line(error)})"
+                f"{shown(path.name)}: cannot build its PyTorch model ({first_line(error)})"
             ) from None
         return network, "pytorch_state_dict"
     formats = [
@@ -523,7 +527,7 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
         if getattr(weights, name, None) is not None
     ]
     raise BioimageioError(
-        f"{path.name}: no TorchScript or PyTorch weights (it has {', '.join(formats) or 'none'}); "
+        f"{shown(path.name)}: no TorchScript or PyTorch weights (it has {', '.join(formats) or 'none'}); "
         "napari-srgan runs PyTorch models only"
     )
 
@@ -546,9 +550,9 @@ def load_bioimageio(
     """A bioimage.io package (zip or folder) whose output is a scaled image of its input."""
     path = Path(path)
     if not path.exists():
-        raise BioimageioError(f"model package not found: {path}")
+        raise BioimageioError(f"model package not found: {shown(path)}")
     if path.is_dir() and not any((path / n).is_file() for n in ("rdf.yaml", "bioimageio.yaml")):
-        raise BioimageioError(f"{path}: a folder without rdf.yaml or bioimageio.yaml")
+        raise BioimageioError(f"{shown(path)}: a folder without rdf.yaml or bioimageio.yaml")
     _check_package_sizes(path)
     description = _describe(path)
     scale, channels, halo, multiple = _spatial_scale(description, path)

@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from napari_srgan.io.atomic_files import atomic_write
+from napari_srgan.messages import shown
 from napari_srgan.models.files import FORMAT_KEY, ModelFileError, load_weights_only
 from napari_srgan.models.halo import measure_tiling
 from napari_srgan.models.interface import ModelCard, NetworkSpec, SRModel
@@ -63,10 +64,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"model file not found: {path}")
+        raise ModelFileError(f"model file not found: {shown(path)}")
     if path.suffix.lower() not in COMMUNITY_SUFFIXES:
         raise ModelFileError(
-            f"{path.name}: unknown model file type {path.suffix!r}; use "
+            f"{shown(path.name)}: unknown model file type {path.suffix!r}; use "
             f"{', '.join(COMMUNITY_SUFFIXES)} or a bioimage.io package (.zip or folder)"
         )
     if path.suffix.lower() == ".safetensors":
@@ -75,11 +76,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
                 return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
         except (SafetensorError, OSError, ValueError) as error:
             raise ModelFileError(
-                f"{path.name} is not a readable .safetensors file ({error})"
+                f"{shown(path.name)} is not a readable .safetensors file ({error})"
             ) from None
     if _is_torchscript(path):
         raise ModelFileError(
-            f"{path.name} is a TorchScript program, not a weights file; napari-srgan runs "
+            f"{shown(path.name)} is a TorchScript program, not a weights file; napari-srgan runs "
             "TorchScript only from a bioimage.io package"
         )
     try:
@@ -88,16 +89,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         found = re.search(r"GLOBAL (\S+)", str(error))
         reason = f": it names {found.group(1)}" if found else ""
         raise ModelFileError(
-            f"{path.name} was refused: it is a pickle that would run code or build objects, "
+            f"{shown(path.name)} was refused: it is a pickle that would run code or build objects, "
             f"not plain weights{reason}"
         ) from None
     except (RuntimeError, OSError, EOFError, ValueError) as error:
         raise ModelFileError(
-            f"{path.name} is not a readable PyTorch weights file ({error})"
+            f"{shown(path.name)} is not a readable PyTorch weights file ({error})"
         ) from None
     if not isinstance(loaded, dict):
         raise ModelFileError(
-            f"{path.name} holds a {type(loaded).__name__}, not a state dict of named tensors"
+            f"{shown(path.name)} holds a {type(loaded).__name__}, not a state dict of named tensors"
         )
     return loaded
 
@@ -374,7 +375,9 @@ def read_converted_card(path: Path, metadata: dict[str, str]) -> ModelCard:
     try:
         return ModelCard.from_json(metadata["model_card"])
     except (KeyError, TypeError, ValueError) as error:
-        raise ModelFileError(f"{path}: broken model card in a converted model ({error})") from None
+        raise ModelFileError(
+            f"{shown(path)}: broken model card in a converted model ({error})"
+        ) from None
 
 
 def load_converted(

@@ -17,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from napari_srgan.io.atomic_files import atomic_write
+from napari_srgan.messages import shown
 from napari_srgan.models.halo import cached_halo, measure_halo
 from napari_srgan.models.headers import ModelFileError
 from napari_srgan.models.interface import ModelCard, SRModel
@@ -70,27 +71,29 @@ def read_metadata(path: str | os.PathLike) -> tuple[GeneratorConfig, ModelCard]:
     """The architecture and card of a model file, without loading its weights."""
     path = Path(path)
     if not path.is_file():
-        raise ModelFileError(f"model file not found: {path}")
+        raise ModelFileError(f"model file not found: {shown(path)}")
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
     except (SafetensorError, OSError, ValueError) as error:
-        raise ModelFileError(f"{path} is not a readable .safetensors file ({error})") from None
+        raise ModelFileError(
+            f"{shown(path)} is not a readable .safetensors file ({error})"
+        ) from None
     if metadata.get(FORMAT_KEY) == "spandrel-1":
         raise ModelFileError(
-            f"{path.name} is a community model converted from spandrel, not a native SRResNet "
+            f"{shown(path.name)} is a community model converted from spandrel, not a native SRResNet "
             "file; open it with napari_srgan.models.registry.load_model"
         )
     if metadata.get(FORMAT_KEY) != FORMAT_VERSION:
         raise ModelFileError(
-            f"{path} is a safetensors file but not a napari-srgan model "
+            f"{shown(path)} is a safetensors file but not a napari-srgan model "
             f"(metadata {FORMAT_KEY!r} is {metadata.get(FORMAT_KEY)!r}, expected {FORMAT_VERSION!r})"
         )
     try:
         config = GeneratorConfig.from_dict(json.loads(metadata["generator_config"]))
         card = ModelCard.from_json(metadata["model_card"])
     except (KeyError, TypeError, ValueError) as error:
-        raise ModelFileError(f"{path} has broken model metadata: {error}") from None
+        raise ModelFileError(f"{shown(path)} has broken model metadata: {error}") from None
     return config, describe_network(card, config, path)
 
 
@@ -131,12 +134,12 @@ def load_model(
         with safe_open(str(path), framework="pt") as handle:
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as error:
-        raise ModelFileError(f"{path}: cannot read weights ({error})") from None
+        raise ModelFileError(f"{shown(path)}: cannot read weights ({error})") from None
     _check_fits(path, generator, tensors)
     broken = [n for n, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
     if broken:
         raise ModelFileError(
-            f"{path}: weights contain NaN or infinite values ({', '.join(sorted(broken)[:3])}"
+            f"{shown(path)}: weights contain NaN or infinite values ({', '.join(sorted(broken)[:3])}"
             f"{', ...' if len(broken) > 3 else ''}); the file is damaged or the training diverged"
         )
     generator.load_state_dict({name: t.float() for name, t in tensors.items()})
@@ -168,6 +171,6 @@ def _check_fits(path: Path, generator: Generator, tensors: dict[str, torch.Tenso
             f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         )
         raise ModelFileError(
-            f"{path}: weights do not fit the architecture in its metadata "
+            f"{shown(path)}: weights do not fit the architecture in its metadata "
             f"({generator.config}): {shown}"
         )

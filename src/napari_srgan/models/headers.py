@@ -13,6 +13,8 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+from napari_srgan.messages import shown
+
 #: Headers larger than this are refused (the format's own reference limit is 100 MB).
 MAX_HEADER_BYTES = 100_000_000
 
@@ -34,14 +36,18 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
                 raise ValueError(f"header length {length} does not fit the file")
             header = json.loads(handle.read(length))
     except FileNotFoundError:
-        raise ModelFileError(f"model file not found: {path}") from None
+        raise ModelFileError(f"model file not found: {shown(path)}") from None
     except (OSError, ValueError, UnicodeDecodeError) as error:
-        raise ModelFileError(f"{path} is not a readable .safetensors file ({error})") from None
+        raise ModelFileError(
+            f"{shown(path)} is not a readable .safetensors file ({error})"
+        ) from None
     if not isinstance(header, dict):
-        raise ModelFileError(f"{path} is not a readable .safetensors file (header is not a map)")
+        raise ModelFileError(
+            f"{shown(path)} is not a readable .safetensors file (header is not a map)"
+        )
     metadata = header.get("__metadata__") or {}
     if not isinstance(metadata, dict):
-        raise ModelFileError(f"{path} has a malformed safetensors __metadata__")
+        raise ModelFileError(f"{shown(path)} has a malformed safetensors __metadata__")
     return metadata
 
 
@@ -75,9 +81,9 @@ def summarize(name: str, path: Path, *, location: str, use_fallback: str = "") -
     except ModelFileError as error:
         return ModelSummary(name, path, problem=str(error))
     except (ValueError, TypeError) as error:
-        return ModelSummary(name, path, problem=f"{path} has broken model metadata: {error}")
+        return ModelSummary(name, path, problem=f"{shown(path)} has broken model metadata: {error}")
     if not card and not network:
-        return ModelSummary(name, path, problem=f"{path} carries no napari-srgan model card")
+        return ModelSummary(name, path, problem=f"{shown(path)} carries no napari-srgan model card")
     source = card.get("source", "native")
     description = str(card.get("description", "")).strip()
     return ModelSummary(

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import platformdirs
 
+from napari_srgan.messages import shown
 from napari_srgan.models.headers import ModelFileError, safetensors_metadata
 
 if TYPE_CHECKING:
@@ -77,9 +78,9 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
     path = Path(name_or_path)
     if path.suffix.lower() in MODEL_SUFFIXES or path.exists():
         if not path.exists():
-            raise ModelFileError(f"model file not found: {path}")
+            raise ModelFileError(f"model file not found: {shown(path)}")
         if not (path.is_file() or path.is_dir()):  # reading a pipe or device would block
-            raise ModelFileError(f"{path} is not a model file (a pipe, socket or device)")
+            raise ModelFileError(f"{shown(path)} is not a model file (a pipe, socket or device)")
         return path
     known = ", ".join(models) or "none installed"
     raise ModelFileError(f"no model named {str(name_or_path)!r}; available: {known}")
@@ -146,7 +147,7 @@ def add_model(
 
     source = Path(path)
     if not source.exists():
-        raise ModelFileError(f"model file not found: {source}")
+        raise ModelFileError(f"model file not found: {shown(source)}")
     model = load_model(source, trust_code=trust_code)
     name = name or source.stem
     if not name or "/" in name or "\\" in name or name.startswith("."):
@@ -156,7 +157,7 @@ def add_model(
         raise ModelFileError(f"a model named {name!r} exists already; choose another --name")
     if not isinstance(model.network, SpandrelNetwork):
         raise ModelFileError(
-            f"{source.name} is a {model.card.source} model; only spandrel architectures can be "
+            f"{shown(source.name)} is a {model.card.source} model; only spandrel architectures can be "
             "converted (use it directly with --model)"
         )
     model.card.name = name

@@ -30,7 +30,7 @@ from napari_srgan.io.images import (
     unit_name,
 )
 from napari_srgan.io.zarr_files import is_zarr, open_pyramid
-from napari_srgan.messages import first_line
+from napari_srgan.messages import first_line, shown
 
 
 def get_reader(path: str | list[str]) -> Callable | None:
@@ -62,7 +62,9 @@ def reporting_errors(read: Callable[[str], list[tuple]]) -> Callable[[str], list
         except (ValueError, OSError) as error:
             reason = first_line(error)
             named = Path(path).name in reason
-            show_error(f"napari-srgan: {reason if named else f'cannot open {path}: {reason}'}")
+            show_error(
+                f"napari-srgan: {reason if named else f'cannot open {shown(path)}: {reason}'}"
+            )
             return [(None,)]  # npe2's null-layer result: handled, nothing to add
 
     return read_or_report

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import QDockWidget, QMainWindow, QMessageBox, QSizePolicy
 
 from napari_srgan.engine.torch_safety import guard_triton
 from napari_srgan.io.images import PROVENANCE_KEY
+from napari_srgan.messages import shown
 from napari_srgan.models.registry import DEFAULT_MODEL, ModelFileError, available_models, read_card
 from napari_srgan.plugin.background import BackgroundJob, run_job
 from napari_srgan.plugin.controls import (
@@ -533,7 +534,9 @@ class TrainWidget(Container):
         show_status(
             self.status, f"{state} at step {outcome.steps}; saved {outcome.model_path.stem}"
         )
-        show_info(f"napari-srgan: saved model {outcome.model_path.stem} ({outcome.model_path})")
+        show_info(
+            f"napari-srgan: saved model {outcome.model_path.stem} ({shown(outcome.model_path)})"
+        )
         self.plot.redraw()
         model_list.changed.emit()
 

@@ -32,6 +32,7 @@ from napari_srgan.engine.upscale import (
 )
 from napari_srgan.io.images import PROVENANCE_KEY
 from napari_srgan.io.zarr_files import is_zarr, stores_read_by
+from napari_srgan.messages import shown
 from napari_srgan.models.interface import ModelCard, SRModel
 from napari_srgan.models.normalization import IntensityRange
 from napari_srgan.models.registry import (
@@ -468,7 +469,7 @@ class UpscaleWidget(Container):
             stores = stores_read_by(layer.data) | ({Path(source).resolve()} if source else set())
             if target in stores:
                 raise ValueError(
-                    f"{target} is read by the layer {layer.name!r}: choose another zarr file"
+                    f"{shown(target)} is read by the layer {layer.name!r}: choose another zarr file"
                 )
 
     def _settings(self) -> UpscaleSettings:
@@ -518,7 +519,9 @@ class UpscaleWidget(Container):
             return
         target = self._zarr_target() if mode == "zarr file" else None
         replace = target is not None and target.exists()
-        if replace and not ask(self.native, f"{target} exists. Replace it with the new result?"):
+        if replace and not ask(
+            self.native, f"{shown(target)} exists. Replace it with the new result?"
+        ):
             show_status(self.status, "not started: the zarr file exists (choose another name)")
             return
         if mode == LAZY:

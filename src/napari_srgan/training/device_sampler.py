@@ -21,6 +21,7 @@ import psutil
 import torch
 
 from napari_srgan.engine.upscale import InvalidImageError
+from napari_srgan.messages import shown
 from napari_srgan.models.normalization import NormalizationSpec
 from napari_srgan.models.srresnet import SCALE
 from napari_srgan.training.degradations import Bicubic, Degradation, bicubic_downscale
@@ -106,7 +107,7 @@ class DeviceSampler:
                 self.skipped.append(image.name)
             else:
                 raise InvalidImageError(
-                    f"{image.name}: {image.rows}x{image.layout.width} pixels available for "
+                    f"{shown(image.name)}: {image.rows}x{image.layout.width} pixels available for "
                     f"training, smaller than one {patch_size}x{patch_size} patch"
                 )
         if not self.images:

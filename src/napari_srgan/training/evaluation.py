@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from napari_srgan.engine.upscale import upscale
+from napari_srgan.messages import shown
 from napari_srgan.models.interface import SRModel
 from napari_srgan.training.degradations import Bicubic, Degradation, bicubic_upscale, modcrop
 from napari_srgan.training.metrics import Quality, sr_quality
@@ -31,7 +32,7 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
         elif path.is_file():
             found.append(path)
         else:
-            raise FileNotFoundError(f"no such file or folder: {path}")
+            raise FileNotFoundError(f"no such file or folder: {shown(path)}")
     if not found:
         raise FileNotFoundError(f"no images found in {', '.join(map(str, paths))}")
     return found

@@ -16,6 +16,7 @@ import torch
 from napari_srgan.engine.devices import choose_device
 from napari_srgan.engine.upscale import InvalidImageError
 from napari_srgan.io.atomic_files import refuse_existing
+from napari_srgan.messages import shown
 from napari_srgan.models.headers import ModelFileError
 from napari_srgan.models.interface import ModelCard, TrainableNetwork
 from napari_srgan.models.normalization import NormalizationSpec
@@ -108,7 +109,7 @@ def _starting_point(job: TrainingJob) -> tuple[TrainableNetwork, NormalizationSp
         path = resolve_model(job.base_model)
         if is_bioimageio(path):
             raise ModelFileError(
-                f"{path.name} is a bioimage.io package: its weights (TorchScript, or code from "
+                f"{shown(path.name)} is a bioimage.io package: its weights (TorchScript, or code from "
                 "the package) have no state dict napari-srgan can train; fine-tune a native "
                 "or spandrel model"
             )
@@ -143,7 +144,7 @@ def _validation_set(
         rows = held_out_rows(height, job.validation_fraction)
         if rows < MIN_VALIDATION_ROWS:
             raise InvalidImageError(
-                f"{first.name}: {height} rows leave only {rows} for validation "
+                f"{shown(first.name)}: {height} rows leave only {rows} for validation "
                 f"(at least {MIN_VALIDATION_ROWS} needed); choose a validation image instead"
             )
         first.rows = height - rows
@@ -158,7 +159,7 @@ def _validation_set(
         pairs.append(
             (
                 to_model_channels(unit, first.layout.rgb, channels),
-                f"{first.name} (held out)",
+                f"{shown(first.name)} (held out)",
                 paired,
             )
         )

@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from torchvision.models import VGG19_Weights, vgg19
 
 from napari_srgan.io.hashing import file_sha256
+from napari_srgan.messages import shown
 from napari_srgan.models.files import load_weights_only
 
 log = logging.getLogger(__name__)
@@ -58,17 +59,17 @@ def load_checked_state_dict(path: Path, sha256_prefix: str) -> dict[str, torch.T
     """
     if not file_sha256(path).startswith(sha256_prefix):
         raise WeightsFileError(
-            f"{path} is not the published VGG19 weights file (its SHA-256 does not start with "
+            f"{shown(path)} is not the published VGG19 weights file (its SHA-256 does not start with "
             f"{sha256_prefix}); not loading it: delete it to download the real one"
         )
     try:
         state = load_weights_only(path)
     except Exception as error:  # any unpickling refusal or damage: never fall back
         raise WeightsFileError(
-            f"{path} holds more than tensors; not loading it ({error})"
+            f"{shown(path)} holds more than tensors; not loading it ({error})"
         ) from None
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
-        raise WeightsFileError(f"{path} is not a state dict of tensors; not loading it")
+        raise WeightsFileError(f"{shown(path)} is not a state dict of tensors; not loading it")
     return state
 
 

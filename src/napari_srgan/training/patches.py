@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from napari_srgan.engine.upscale import ImageLayout, InvalidImageError, check_image
+from napari_srgan.messages import shown
 from napari_srgan.models.normalization import (
     IntensityRange,
     NormalizationSpec,
@@ -56,8 +57,8 @@ class TrainingImage:
         try:
             self.layout = check_image(self.hr, self.rgb)
         except InvalidImageError as error:
-            raise InvalidImageError(f"{self.name}: {error}") from None
-        _check_finite(self.hr, self.name)
+            raise InvalidImageError(f"{shown(self.name)}: {error}") from None
+        _check_finite(self.hr, shown(self.name))
         self.hr_range = _range(self.hr, self.layout, spec)
         if self.rows is None:
             self.rows = self.layout.height
@@ -67,11 +68,11 @@ class TrainingImage:
             if shape not in (expected, self.layout.shape):
                 smaller = f"exactly 1/{scale} its size {expected} or " if scale > 1 else ""
                 raise InvalidImageError(
-                    f"{self.name}: the LR image has shape {shape}, but for a {scale}x model an HR "
+                    f"{shown(self.name)}: the LR image has shape {shape}, but for a {scale}x model an HR "
                     f"image of shape {self.layout.shape} needs LR of {smaller}the same shape (on "
                     "the HR pixel grid)"
                 )
-            _check_finite(self.lr, f"{self.name} (LR)")
+            _check_finite(self.lr, f"{shown(self.name)} (LR)")
             self.lr_range = _range(self.lr, ImageLayout(shape, self.layout.rgb), spec)
         self._prepared = (spec, scale)
 
@@ -146,7 +147,7 @@ class PatchSampler:
             image.prepare(normalization)
             if image.lr_on_hr_grid:
                 raise InvalidImageError(
-                    f"{image.name}: paired LR on the HR grid needs the device sampler"
+                    f"{shown(image.name)}: paired LR on the HR grid needs the device sampler"
                 )
             if min(image.rows, image.layout.width) >= patch_size:
                 self.images.append(image)
@@ -154,7 +155,7 @@ class PatchSampler:
                 self.skipped.append(image.name)
             else:
                 raise InvalidImageError(
-                    f"{image.name}: {image.rows}x{image.layout.width} pixels available for "
+                    f"{shown(image.name)}: {image.rows}x{image.layout.width} pixels available for "
                     f"training, smaller than one {patch_size}x{patch_size} patch"
                 )
         if not self.images:

@@ -24,6 +24,7 @@ from napari_srgan.engine.devices import choose_device
 from napari_srgan.engine.torch_safety import guard_triton
 from napari_srgan.engine.upscale import CHANNELS_LAST_DEVICES
 from napari_srgan.io.atomic_files import atomic_write
+from napari_srgan.messages import shown, with_type
 from napari_srgan.models.files import load_weights_only
 from napari_srgan.models.interface import TrainableNetwork, network_label
 from napari_srgan.models.srresnet import Discriminator, DiscriminatorConfig
@@ -462,25 +463,23 @@ class Trainer:
         try:
             state = load_weights_only(Path(path), map_location=self.device)
         except Exception as error:  # torch raises many types for a damaged zip or record
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            reason = with_type(error)
             if isinstance(error, pickle.UnpicklingError):  # not torch's tip to unpickle it
-                reason = "it is not a tensors-only checkpoint"
+                reason = f"{type(error).__name__}: it is not a tensors-only checkpoint"
             raise ValueError(
-                f"{path} is not a readable training checkpoint ({type(error).__name__}"
-                f"{': ' + reason if reason else ''})"
+                f"{shown(path)} is not a readable training checkpoint ({reason})"
             ) from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{path} is not a napari-srgan training checkpoint")
+            raise ValueError(f"{shown(path)} is not a napari-srgan training checkpoint")
         if state.get("generator_config") != self.spec.identity:
             raise ValueError(
-                f"{path} {_mismatch(state.get('generator_config'), self.spec.identity)}"
+                f"{shown(path)} {_mismatch(state.get('generator_config'), self.spec.identity)}"
             )
         try:
             self._load_state(state)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else ""
             raise ValueError(
-                f"{path} is a damaged training checkpoint ({type(error).__name__}: {reason})"
+                f"{shown(path)} is a damaged training checkpoint ({with_type(error)})"
             ) from None
 
     def _load_state(self, state: dict) -> None:
