@@ -102,7 +102,7 @@ class CheckedReads:
         except OSError:
             inode = None
         if inode != self.inode:
-            raise ValueError(f"{self.path} was replaced by another writer while it was read")
+            raise ValueError(f"{shown(self.path)} was replaced by another writer while it was read")
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
         return np.asarray(self[...], dtype=dtype)
