@@ -167,10 +167,10 @@ def _check_fits(path: Path, generator: Generator, tensors: dict[str, torch.Tenso
         if expected[name] != found[name]
     ]
     if problems:
-        shown = "; ".join(problems[:5]) + (
+        listed = "; ".join(problems[:5]) + (
             f"; and {len(problems) - 5} more" if len(problems) > 5 else ""
         )
         raise ModelFileError(
             f"{shown(path)}: weights do not fit the architecture in its metadata "
-            f"({generator.config}): {shown}"
+            f"({generator.config}): {listed}"
         )
