@@ -827,6 +827,8 @@ def test_training_with_a_planted_vgg19_file_is_one_line(tmp_path, monkeypatch, c
             "0",
             "--adversarial-steps",
             "1",
+            "--batch",  # the discriminator's batch norm needs two 16-px patches
+            "2",
             "--no-download",
         ],
         capsys,

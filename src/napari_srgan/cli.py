@@ -452,8 +452,9 @@ def _run(args: argparse.Namespace) -> int:
     except (CommandError, ValueError, OSError) as error:  # ModelFileError is a ValueError
         print(f"napari-srgan: error: {first_line(error)}", file=sys.stderr)
         return 2
-    except MemoryError:
-        print("napari-srgan: error: not enough memory for this image", file=sys.stderr)
+    except MemoryError as error:  # training says which batch did not fit
+        reason = first_line(error) if str(error).strip() else "not enough memory for this image"
+        print(f"napari-srgan: error: {reason}", file=sys.stderr)
         return 2
     except Stopped:
         raise

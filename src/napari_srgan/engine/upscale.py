@@ -184,9 +184,12 @@ def channel_adapter(
 
 
 def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA raises torch.OutOfMemoryError; MPS and CPU allocators raise RuntimeErrors."""
+    """CUDA raises torch.OutOfMemoryError; MPS and CPU allocators raise RuntimeErrors (the
+    CPU's says "can't allocate memory")."""
+    text = str(error).lower()
     return isinstance(error, torch.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+        isinstance(error, RuntimeError)
+        and ("out of memory" in text or "can't allocate memory" in text)
     )
 
 

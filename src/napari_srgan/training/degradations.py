@@ -104,6 +104,33 @@ class Bicubic:
         return {"kind": "bicubic"}
 
 
+#: Largest blur sigma (HR pixels): its kernel (3 sigma each side) must fit in the smallest
+#: window the samplers and validation blur (a 16 px patch with its border context, a 32 px crop).
+MAX_BLUR_SIGMA = 10.0
+#: Photon counts at intensity 1 outside this range make the float32 noise arithmetic overflow
+#: or divide 0 by 0 (NaN training pairs).
+PHOTON_LIMITS = (0.01, 1e9)
+#: Read noise is a sigma on the [0, 1] scale: more than 1 drowns any signal.
+MAX_READ_NOISE = 1.0
+
+
+def _check_ranges(kind: str, degradation: Crappifier | Mixture) -> None:
+    """Each range 0 <= low <= high, within limits that keep every training pair finite."""
+    limits = {
+        "blur_sigma": (0.0, MAX_BLUR_SIGMA),
+        "photons": PHOTON_LIMITS,
+        "read_noise": (0.0, MAX_READ_NOISE),
+    }
+    for name, (smallest, largest) in limits.items():
+        low, high = getattr(degradation, name)
+        if not 0 <= low <= high:
+            raise ValueError(f"{kind}.{name} must be a range 0 <= low <= high, got {low, high}")
+        if not smallest <= low <= high <= largest:
+            raise ValueError(
+                f"{kind}.{name} must lie within {smallest:g}..{largest:g}, got {low, high}"
+            )
+
+
 @dataclass(frozen=True)
 class Crappifier:
     """Microscopy degradation (after PSSR, Fang et al. 2021): optical blur, x4 downsampling, shot
@@ -119,14 +146,7 @@ class Crappifier:
     read_noise: tuple[float, float] = CRAPPIFIER["read_noise"]
 
     def __post_init__(self) -> None:
-        for name in ("blur_sigma", "photons", "read_noise"):
-            low, high = getattr(self, name)
-            if not 0 <= low <= high:
-                raise ValueError(
-                    f"Crappifier.{name} must be a range 0 <= low <= high, got {low, high}"
-                )
-        if self.photons[0] <= 0:
-            raise ValueError("Crappifier.photons must be positive")
+        _check_ranges("Crappifier", self)
 
     def __call__(
         self, hr: torch.Tensor, generator: torch.Generator | None = None, factor: int = SCALE
@@ -209,14 +229,7 @@ class Mixture:
         for name in ("blur_probability", "noise_probability"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"Mixture.{name} must be in [0, 1]")
-        for name in ("blur_sigma", "photons", "read_noise"):
-            low, high = getattr(self, name)
-            if not 0 <= low <= high:
-                raise ValueError(
-                    f"Mixture.{name} must be a range 0 <= low <= high, got {low, high}"
-                )
-        if self.photons[0] <= 0:
-            raise ValueError("Mixture.photons must be positive")
+        _check_ranges("Mixture", self)
 
     def __call__(
         self, hr: torch.Tensor, generator: torch.Generator | None = None, factor: int = SCALE

@@ -15,7 +15,7 @@ import torch
 
 from napari_srgan.engine.devices import choose_device
 from napari_srgan.engine.upscale import InvalidImageError
-from napari_srgan.io.atomic_files import refuse_existing
+from napari_srgan.io.atomic_files import OutputExistsError, check_writable, refuse_existing
 from napari_srgan.messages import shown
 from napari_srgan.models.headers import ModelFileError
 from napari_srgan.models.interface import ModelCard, TrainableNetwork
@@ -47,6 +47,9 @@ from napari_srgan.training.validation import ValidationImage, make_validation_im
 
 #: Held-out validation needs at least this many HR rows.
 MIN_VALIDATION_ROWS = 32
+#: Smallest validation image side (HR pixels, after cropping): SSIM's 7-pixel window must fit
+#: inside the 4-pixel border that PSNR and SSIM leave out.
+MIN_VALIDATION_SIDE = 16
 
 
 @dataclass
@@ -129,6 +132,11 @@ def _starting_point(job: TrainingJob) -> tuple[TrainableNetwork, NormalizationSp
 def _validation_set(
     job: TrainingJob, spec: NormalizationSpec, channels: int, scale: int = SCALE
 ) -> list[ValidationImage]:
+    if job.validation_crop is not None and job.validation_crop < MIN_VALIDATION_SIDE:
+        raise ValueError(
+            f"a validation crop of {job.validation_crop} pixels is too small to measure: use "
+            f"at least {MIN_VALIDATION_SIDE} (or none for the whole image)"
+        )
     pairs: list[tuple[np.ndarray, str, np.ndarray | None]] = []
     if job.validation:
         for index, (data, rgb) in enumerate(job.validation):
@@ -136,6 +144,11 @@ def _validation_set(
             image.prepare(spec, scale)
             plane = (0,) * len(image.layout.leading_shape)
             unit = image.hr_range.to_unit(np.asarray(data[plane]))
+            if np.ptp(unit) == 0:
+                raise InvalidImageError(
+                    f"{shown(image.name)} is one constant value: PSNR and SSIM cannot be measured on "
+                    "it; choose an image with detail"
+                )
             pairs.append((to_model_channels(unit, image.layout.rgb, channels), image.name, None))
     else:
         first = job.images[0]
@@ -147,14 +160,17 @@ def _validation_set(
                 f"{shown(first.name)}: {height} rows leave only {rows} for validation "
                 f"(at least {MIN_VALIDATION_ROWS} needed); choose a validation image instead"
             )
-        first.rows = height - rows
+        start = height - rows
+        factor = 1 if first.lr is None or first.lr_on_hr_grid else scale
+        # Paired LR at 1/scale: the held-out HR starts on an LR row, or the pairs are shifted.
+        start = start // factor * factor
+        first.rows = start
         plane = (0,) * len(first.layout.leading_shape)
-        held_out = np.asarray(first.hr[(*plane, slice(height - rows, height))])
+        held_out = np.asarray(first.hr[(*plane, slice(start, height))])
         unit = first.hr_range.to_unit(held_out)
         paired = None
         if first.lr is not None:  # validate on the real pairs, not on a synthetic degradation
-            factor = 1 if first.lr_on_hr_grid else scale
-            lr = np.asarray(first.lr[(*plane, slice((height - rows) // factor, height // factor))])
+            lr = np.asarray(first.lr[(*plane, slice(start // factor, height // factor))])
             paired = to_model_channels(first.lr_range.to_unit(lr), first.layout.rgb, channels)
         pairs.append(
             (
@@ -163,7 +179,7 @@ def _validation_set(
                 paired,
             )
         )
-    return [
+    images = [
         make_validation_image(
             hr,
             job.degradation,
@@ -176,6 +192,31 @@ def _validation_set(
         )
         for index, (hr, name, paired) in enumerate(pairs)
     ]
+    for image in images:
+        height, width = image.hr.shape[-2:]
+        if min(height, width) < MIN_VALIDATION_SIDE:
+            raise InvalidImageError(
+                f"{shown(image.name)}: {height}x{width} pixels are too small to validate on (at least "
+                f"{MIN_VALIDATION_SIDE}x{MIN_VALIDATION_SIDE} at {scale}x)"
+            )
+    return images
+
+
+def _check_detail(images: Sequence[TrainingImage]) -> None:
+    """Refuse in-memory data without any detail: every patch would be background, and the
+    model would learn to paint one grey value. (Data read lazily is not scanned for this.)"""
+    for image in images:
+        if not isinstance(image.hr, np.ndarray) or isinstance(image.hr, np.memmap):
+            return
+        rows = (*(slice(None),) * len(image.layout.leading_shape), slice(0, image.rows))
+        if np.ptp(image.hr[rows]) > 0:
+            return
+    names = ", ".join(shown(image.name) for image in images[:3]) + (
+        ", ..." if len(images) > 3 else ""
+    )
+    raise InvalidImageError(
+        f"every training image is one constant value ({names}): there is no detail to learn from"
+    )
 
 
 def make_sampler(
@@ -236,9 +277,31 @@ def machine_description(device: torch.device) -> str:
     return f"{platform.machine()} CPU, {os.cpu_count()} cores, torch {torch.__version__}"
 
 
+def _check_folder(path: Path) -> None:
+    """The folder ``path`` will be written in is a folder (or can be made as one) and takes
+    files: found now, not after hours of training."""
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise NotADirectoryError(
+            f"cannot write {shown(path)}: {shown(folder)} is a file, not a folder"
+        )
+    check_writable(folder)
+
+
 def _check_outputs(job: TrainingJob) -> bool:
-    """Refuse, before any work, to replace a model or checkpoint without ``overwrite``; a
-    resumed run continues its own checkpoint and model. Returns whether the run resumes."""
+    """Refuse, before any work, to replace a model or checkpoint without ``overwrite`` (the
+    base model being fine-tuned: never); a resumed run continues its own checkpoint and model.
+    Returns whether the run resumes."""
+    if job.config.total_steps == 0:
+        raise ValueError("nothing to train: the content and adversarial steps are both 0")
+    if job.base_model is not None and (base := resolve_model(job.base_model)).is_file():
+        for written in filter(None, (job.output, job.checkpoint)):
+            if _same_file(base, Path(written)):
+                raise OutputExistsError(
+                    f"{shown(written)} is the base model being fine-tuned; choose another name"
+                )
     resuming = bool(job.resume and job.checkpoint and Path(job.checkpoint).is_file())
     if not resuming:
         refuse_existing(job.output, overwrite=job.overwrite)
@@ -246,7 +309,18 @@ def _check_outputs(job: TrainingJob) -> bool:
             refuse_existing(job.checkpoint, overwrite=job.overwrite)
     if job.checkpoint is not None and Path(job.checkpoint).resolve() == Path(job.output).resolve():
         raise ValueError(f"the checkpoint and the model are the same file: {job.output}")
+    for written in filter(None, (job.output, job.checkpoint)):
+        _check_folder(Path(written))
     return resuming
+
+
+def _same_file(first: Path, second: Path) -> bool:
+    if first.resolve() == second.resolve():
+        return True
+    try:
+        return os.path.samefile(first, second)
+    except OSError:  # the output does not exist yet
+        return False
 
 
 def run_training(
@@ -268,6 +342,7 @@ def run_training(
     channels, scale = geometry.in_channels, geometry.scale
     validation = _validation_set(job, spec, channels, scale)
     sampler = make_sampler(job, spec, channels, scale)
+    _check_detail(sampler.images)
     if sampler.skipped and on_event is not None:
         on_event(Notice(f"left out {len(sampler.skipped)} images smaller than one patch"))
     trainer = Trainer(
@@ -282,6 +357,9 @@ def run_training(
     if resuming:
         trainer.load_checkpoint(job.checkpoint)
     trainer.run()
+    if trainer.step == 0:
+        raise ValueError("stopped before the first training step: nothing was saved")
+    trainer.check_finite()
     last = trainer.validations[-1] if trainer.validations else None
     recent = trainer.history[-20:]
     final_losses = {

@@ -22,7 +22,7 @@ from torch.optim.swa_utils import AveragedModel
 
 from napari_srgan.engine.devices import choose_device
 from napari_srgan.engine.torch_safety import guard_triton
-from napari_srgan.engine.upscale import CHANNELS_LAST_DEVICES
+from napari_srgan.engine.upscale import CHANNELS_LAST_DEVICES, is_out_of_memory
 from napari_srgan.io.atomic_files import atomic_write
 from napari_srgan.messages import shown, with_type
 from napari_srgan.models.files import load_weights_only
@@ -38,6 +38,12 @@ from napari_srgan.training.losses import (
 from napari_srgan.training.validation import ValidationImage, evaluate
 
 CHECKPOINT_FORMAT = 1
+#: Largest seed: the samplers seed a second torch generator with ``seed + 1`` (64-bit).
+MAX_SEED = 2**63 - 1
+
+
+class TrainingDiverged(ValueError):
+    """The loss or the weights stopped being finite: nothing of that step is saved."""
 
 
 class Sampler(Protocol):
@@ -108,6 +114,21 @@ class TrainingConfig:
             raise ValueError("step counts must be >= 0")
         if self.batch_size < 1:
             raise ValueError("batch size must be >= 1")
+        for name in ("learning_rate", "adversarial_learning_rate"):
+            rate = getattr(self, name)
+            if not (rate > 0 and math.isfinite(rate)):
+                raise ValueError(f"{name.replace('_', ' ')} must be a positive number, not {rate}")
+        if self.validate_every < 1 or self.checkpoint_every < 1:
+            raise ValueError("validate_every and checkpoint_every must be >= 1")
+        if not 0 <= self.seed <= MAX_SEED:
+            raise ValueError(f"seed must be a whole number from 0 to {MAX_SEED}, not {self.seed}")
+        # The discriminator's batch norm needs two values per channel; its last feature map is
+        # 1/16 of the patch, so a 16-px patch in batches of 1 gives it one.
+        if self.adversarial_steps > 0 and self.batch_size * (self.patch_size // 16) ** 2 < 2:
+            raise ValueError(
+                "the adversarial stage needs a batch of at least 2 or patches of at least 32 "
+                f"pixels (got a batch of {self.batch_size} {self.patch_size}-pixel patches)"
+            )
         self.betas = tuple(self.betas)
 
 
@@ -156,6 +177,10 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _losses_text(losses: dict[str, float]) -> str:
+    return ", ".join(f"{name} {value}" for name, value in losses.items())
 
 
 def _mismatch(stored: object, identity: dict) -> str:
@@ -276,7 +301,22 @@ class Trainer:
                 started = time.perf_counter()
                 stage = self.stage
                 learning_rate = config.learning_rate_at(self.step)
-                losses = self._train_step(learning_rate)
+                try:
+                    losses = self._train_step(learning_rate)
+                except RuntimeError as error:
+                    if not is_out_of_memory(error):
+                        raise
+                    raise MemoryError(
+                        f"not enough memory for a batch of {config.batch_size} "
+                        f"{config.patch_size}x{config.patch_size} patches on {self.device}; use "
+                        "a smaller batch or patch size"
+                    ) from None
+                if not all(math.isfinite(value) for value in losses.values()):
+                    raise TrainingDiverged(
+                        f"training diverged at step {self.step + 1}: the loss is "
+                        f"{_losses_text(losses)} (try a lower learning rate); nothing of this "
+                        "step was saved"
+                    )
                 self.step += 1
                 self.elapsed += time.perf_counter() - started
                 self.history.append({"step": self.step, **losses})
@@ -451,11 +491,24 @@ class Trainer:
     def save_checkpoint(self, path: str | os.PathLike | None = None) -> Path:
         """Write the full training state atomically (temp file, fsync, rename)."""
         path = Path(path or self.checkpoint_path)
+        self.check_finite()
         path.parent.mkdir(parents=True, exist_ok=True)
         # The run's own checkpoint: replacing it is the point (run_training checked at start).
         atomic_write(path, lambda temp: torch.save(self.state_dict(), temp), overwrite=True)
         self.on_event(CheckpointSaved(self.step, path))
         return path
+
+    def check_finite(self) -> None:
+        """Raise :class:`TrainingDiverged` when a weight (or the EMA's) is NaN or infinite:
+        such a model would be refused on loading, and a checkpoint of it cannot recover."""
+        modules = [self.generator, self.ema.module]
+        tensors = [t for module in modules for t in module.state_dict().values()]
+        floating = [t for t in tensors if t.is_floating_point()]
+        if floating and not bool(torch.stack([torch.isfinite(t).all() for t in floating]).all()):
+            raise TrainingDiverged(
+                f"training diverged by step {self.step}: the weights are no longer finite (try "
+                "a lower learning rate); the last checkpoint and saved model are kept"
+            )
 
     def load_checkpoint(self, path: str | os.PathLike) -> None:
         """Continue from a checkpoint (loaded with ``weights_only``: no code can run). A

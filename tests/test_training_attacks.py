@@ -1,0 +1,297 @@
+"""A hostile-input round on training (the ``train`` CLI, ``run_training`` and the Train
+widget's core): each case ended in a traceback, a late error after the whole run, a NaN or
+untrained model saved as trained, a replaced base model, or validation on shifted pairs.
+Every one now ends in one line before anything is written (CLI: exit 2, nothing changed)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import tifffile
+import torch
+
+from napari_srgan.cli import main
+from napari_srgan.engine.upscale import is_out_of_memory
+from napari_srgan.models.normalization import NormalizationSpec
+from napari_srgan.models.srresnet import Generator, GeneratorConfig
+from napari_srgan.training.degradations import Bicubic, Crappifier, Mixture
+from napari_srgan.training.job import (
+    TrainingJob,
+    _validation_set,
+    run_training,
+)
+from napari_srgan.training.patches import TrainingImage
+from napari_srgan.training.trainer import Trainer, TrainingConfig, TrainingDiverged
+
+
+def tiny_run(folder: Path, *, base: Path | None = None) -> list[str]:
+    """A 2-step run on ``folder/hr.png`` (a second or so on a CPU): a tiny new generator, or
+    fine-tuning ``base``."""
+    start = (
+        ["--base", str(base)] if base else ["--from-scratch", "--channels", "4", "--blocks", "1"]
+    )
+    return [
+        "train",
+        "--hr",
+        str(folder / "hr.png"),
+        *start,
+        "--patch",
+        "16",
+        "--batch",
+        "1",
+        "--val-crop",
+        "32",
+        "--val-fraction",
+        "0.4",
+        "--steps",
+        "2",
+        "--device",
+        "cpu",
+        "--no-download",
+        "--out",
+        str(folder / "m.safetensors"),
+    ]
+
+
+def folder_state(folder: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        if p.is_file()
+        else "dir"
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+@pytest.fixture
+def folder(tmp_path) -> Path:
+    folder = tmp_path / "case"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    iio.imwrite(folder / "hr.png", rng.integers(0, 255, (96, 96, 3), np.uint8))
+    return folder
+
+
+def refused(folder: Path, argv: list[str], capsys) -> str:
+    """Run the CLI in-process; it must exit 2 with one error line and change nothing."""
+    before = folder_state(folder)
+    capsys.readouterr()
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    lines = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in lines if "error" in line]
+    assert code == 2, lines
+    # progress lines may come first when the run got under way; the error is one line
+    assert len(errors) == 1 and lines[-1] == errors[0], lines
+    assert re.match(r"napari-srgan( \w+)?: error: ", errors[0]), lines
+    assert "Traceback" not in "\n".join(lines)
+    assert folder_state(folder) == before
+    return errors[0]
+
+
+# --- degradation ranges: blur wider than the window, infinite or underflowing noise ----------
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--degradation", "crappifier", "--blur-sigma", "0", "inf"], "blur_sigma must lie"),
+        (["--degradation", "crappifier", "--blur-sigma", "1e6", "1e6"], "blur_sigma must lie"),
+        (["--degradation", "mixture", "--blur-sigma", "1e20", "1e20"], "blur_sigma must lie"),
+        (["--degradation", "crappifier", "--read-noise", "0", "inf"], "read_noise must lie"),
+        (["--degradation", "crappifier", "--photons", "1e-300", "1e-300"], "photons must lie"),
+        (["--degradation", "mixture", "--photons", "10", "inf"], "photons must lie"),
+    ],
+    ids=["blur inf", "blur 1e6", "mixture blur 1e20", "read noise inf", "photons 1e-300", "inf"],
+)
+def test_degradation_ranges_that_break_the_arithmetic_are_refused(folder, capsys, options, message):
+    # before: OverflowError / RuntimeError tracebacks, or a model trained on NaN pairs
+    assert message in refused(folder, [*tiny_run(folder), *options], capsys)
+
+
+def test_the_default_degradations_stay_within_the_limits():
+    Crappifier(), Mixture()
+    with pytest.raises(ValueError, match="read_noise must lie within"):
+        Mixture(read_noise=(0.0, 2.0))
+
+
+# --- numbers that passed the argument checks -------------------------------------------------
+
+
+def test_a_diverging_run_saves_neither_a_nan_model_nor_a_nan_checkpoint(folder, capsys):
+    # before: "PSNR nan dB", then a model of NaN weights (which loading refuses) was saved
+    argv = [*tiny_run(folder), "--learning-rate", "1e30", "--checkpoint-every", "1"]
+    capsys.readouterr()
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert "training diverged at step 2" in lines[-1], lines
+    assert sum("error" in line for line in lines) == 1
+    assert not (folder / "m.safetensors").exists()
+    # the checkpoint of the last step whose weights were finite is kept, to resume from
+    state = torch.load(folder / "m.ckpt", weights_only=True)
+    assert state["step"] == 1
+    assert all(
+        torch.isfinite(t).all() for t in state["generator"].values() if t.is_floating_point()
+    )
+
+
+def test_nan_weights_are_never_written_as_a_checkpoint(tmp_path):
+    trainer = Trainer(
+        Generator(GeneratorConfig(1, 1, channels=4, residual_blocks=1)),
+        sampler=None,
+        config=TrainingConfig(device="cpu"),
+        checkpoint_path=tmp_path / "run.ckpt",
+    )
+    with torch.no_grad():
+        next(trainer.generator.parameters())[0] = float("nan")
+    with pytest.raises(TrainingDiverged, match="weights are no longer finite"):
+        trainer.save_checkpoint()
+    assert not (tmp_path / "run.ckpt").exists()
+
+
+def test_a_batch_larger_than_memory_is_one_line(folder, capsys):
+    # before: a 24-line traceback from the CPU allocator (the engine's out-of-memory check
+    # knew only CUDA's wording)
+    message = refused(folder, [*tiny_run(folder), "--batch", "99999999999999"], capsys)
+    assert "not enough memory for a batch of 99999999999999" in message
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory: 8 bytes"))
+
+
+@pytest.mark.parametrize("crop", ["3", "5"])
+def test_a_validation_crop_too_small_to_measure_is_refused(folder, capsys, crop):
+    # before: ZeroDivisionError traceback (3), or skimage's multi-line message (5)
+    assert "too small to measure" in refused(
+        folder, [*tiny_run(folder), "--val-crop", crop], capsys
+    )
+
+
+def test_a_tiny_validation_image_is_refused(folder, capsys):
+    iio.imwrite(folder / "v.png", np.random.default_rng(2).integers(0, 255, (5, 5, 3), np.uint8))
+    argv = [*tiny_run(folder), "--val", str(folder / "v.png")]
+    assert "too small to validate on" in refused(folder, argv, capsys)
+
+
+def test_a_seed_beyond_64_bits_is_named(folder, capsys):
+    # before: "Overflow when unpacking long long"
+    message = refused(folder, [*tiny_run(folder), "--seed", str(2**64 - 1)], capsys)
+    assert "seed must be a whole number from 0 to" in message
+
+
+def test_adversarial_batches_the_discriminator_cannot_normalise_are_refused(folder, capsys):
+    # before: after the content stage, "Expected more than 1 value per channel when training"
+    argv = [*tiny_run(folder), "--adversarial-steps", "1"]
+    assert "adversarial stage needs a batch of at least 2" in refused(folder, argv, capsys)
+    TrainingConfig(patch_size=16, batch_size=2, adversarial_steps=1)  # these work
+    TrainingConfig(patch_size=32, batch_size=1, adversarial_steps=1)
+
+
+def test_core_config_refuses_what_the_cli_parser_would():
+    for options in (
+        {"learning_rate": float("nan")},
+        {"adversarial_learning_rate": -1.0},
+        {"validate_every": 0},
+        {"checkpoint_every": 0},
+        {"seed": -1},
+    ):
+        with pytest.raises(ValueError):
+            TrainingConfig(**options)
+
+
+# --- nothing to learn, or nothing learnt -----------------------------------------------------
+
+
+def test_zero_steps_are_refused_instead_of_saving_an_untrained_model(folder, capsys):
+    # before: "saved m.safetensors after 0 steps", a random network marked as trained
+    assert "nothing to train" in refused(folder, [*tiny_run(folder), "--steps", "0"], capsys)
+
+
+def test_stopping_before_the_first_step_saves_nothing(tmp_path):
+    # before: a time limit that ran out while the data loaded saved the base as "trained"
+    job = TrainingJob(
+        images=[TrainingImage(np.random.default_rng(0).random((96, 96), np.float32))],
+        output=tmp_path / "m.safetensors",
+        config=TrainingConfig(patch_size=16, batch_size=1, pretrain_steps=3, device="cpu"),
+        generator_config=GeneratorConfig(1, 1, channels=4, residual_blocks=1),
+        validation_fraction=0.4,
+        validation_crop=32,
+        checkpoint=tmp_path / "m.ckpt",
+    )
+    with pytest.raises(ValueError, match="stopped before the first training step"):
+        run_training(job, should_stop=lambda: True)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_constant_training_images_are_refused(folder, capsys, dtype):
+    # before: trained on background only ("bicubic inf dB") and saved the model
+    tifffile.imwrite(folder / "flat.tif", np.full((96, 96), 7, dtype))
+    argv = [*tiny_run(folder), "--grey-model", "--hr", str(folder / "flat.tif")]
+    assert "one constant value" in refused(folder, argv, capsys)
+
+
+def test_a_constant_validation_image_is_refused(folder, capsys):
+    tifffile.imwrite(folder / "v.tif", np.zeros((64, 64), np.uint8))
+    argv = [*tiny_run(folder), "--val", str(folder / "v.tif")]
+    assert "PSNR and SSIM cannot be measured" in refused(folder, argv, capsys)
+
+
+def test_one_constant_image_among_others_still_trains(tmp_path):
+    images = [
+        TrainingImage(np.zeros((64, 64), np.uint8), name="flat"),
+        TrainingImage(np.random.default_rng(0).integers(0, 255, (96, 96), np.uint8)),
+    ]
+    job = TrainingJob(
+        images=images,
+        output=tmp_path / "m.safetensors",
+        config=TrainingConfig(patch_size=16, batch_size=1, pretrain_steps=1, device="cpu"),
+        generator_config=GeneratorConfig(1, 1, channels=4, residual_blocks=1),
+        validation=[(images[1].hr, False)],
+        validation_crop=32,
+    )
+    assert run_training(job).steps == 1
+
+
+# --- where the results go --------------------------------------------------------------------
+
+
+def test_an_output_under_a_file_is_refused_before_training(folder, capsys):
+    # before: the whole run trained, then "[Errno 17] File exists"
+    (folder / "f").write_text("a file, not a folder")
+    argv = [*tiny_run(folder), "--out", str(folder / "f" / "m.safetensors")]
+    assert "is a file, not a folder" in refused(folder, argv, capsys)
+
+
+def test_fine_tuning_never_writes_over_its_base_model(folder, capsys):
+    # before: with --overwrite, the base model was replaced by its fine-tuned version
+    base = folder / "base.safetensors"
+    assert main([*tiny_run(folder), "--out", str(base)]) == 0
+    (folder / "base.ckpt").unlink()
+    for written in ("--out", "--checkpoint"):
+        argv = [*tiny_run(folder, base=base), written, str(base), "--overwrite"]
+        assert "is the base model being fine-tuned" in refused(folder, argv, capsys)
+
+
+# --- paired LR whose height is not a multiple of the scale -----------------------------------
+
+
+def test_held_out_paired_lr_starts_on_an_lr_row():
+    # before: a 98-row HR image held out rows 62.. against LR rows 15.. (HR row 60): every
+    # validation pair was shifted by two HR rows, so PSNR measured misaligned images
+    hr = np.random.default_rng(0).integers(0, 255, (98, 64), np.uint8)
+    lr = hr[::4, ::4][:24]  # LR pixel i is HR pixel 4i
+    job = TrainingJob(
+        images=[TrainingImage(hr, lr=lr)],
+        output=Path("unused.safetensors"),
+        degradation=Bicubic(),
+        validation_fraction=0.4,
+        validation_crop=None,
+    )
+    (image,) = _validation_set(job, NormalizationSpec(), 1)
+    assert job.images[0].rows % 4 == 0
+    np.testing.assert_array_equal(image.lr, image.hr[:, ::4, ::4])
