@@ -17,11 +17,13 @@ import torch
 
 from napari_srgan.cli import main
 from napari_srgan.engine.upscale import is_out_of_memory
+from napari_srgan.io.atomic_files import OutputExistsError
 from napari_srgan.models.normalization import NormalizationSpec
 from napari_srgan.models.srresnet import Generator, GeneratorConfig
 from napari_srgan.training.degradations import Bicubic, Crappifier, Mixture
 from napari_srgan.training.job import (
     TrainingJob,
+    _only_run_writing,
     _validation_set,
     run_training,
 )
@@ -295,3 +297,26 @@ def test_held_out_paired_lr_starts_on_an_lr_row():
     (image,) = _validation_set(job, NormalizationSpec(), 1)
     assert job.images[0].rows % 4 == 0
     np.testing.assert_array_equal(image.lr, image.hr[:, ::4, ::4])
+
+
+# --- two runs at once ------------------------------------------------------------------------
+
+
+def test_a_second_run_writing_the_same_files_is_refused(tmp_path):
+    # before: two runs (e.g. a resubmitted cluster job with --resume) both passed the start
+    # checks and wrote one checkpoint in turns, and the model of one with the state of the other
+    job = TrainingJob(
+        images=[TrainingImage(np.random.default_rng(0).random((96, 96), np.float32))],
+        output=tmp_path / "m.safetensors",
+        config=TrainingConfig(patch_size=16, batch_size=1, pretrain_steps=1, device="cpu"),
+        generator_config=GeneratorConfig(1, 1, channels=4, residual_blocks=1),
+        validation_fraction=0.4,
+        validation_crop=32,
+        checkpoint=tmp_path / "m.ckpt",
+        resume=True,
+    )
+    other_run = _only_run_writing(job)  # what the other run holds while it trains
+    with other_run, pytest.raises(OutputExistsError, match="another training run is writing"):
+        run_training(job)
+    assert list(tmp_path.iterdir()) == []
+    assert run_training(job).steps == 1  # once it is done, the files are free

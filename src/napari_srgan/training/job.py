@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import getpass
+import hashlib
 import os
 import platform
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 
 from napari_srgan.engine.devices import choose_device
 from napari_srgan.engine.upscale import InvalidImageError
@@ -332,8 +337,37 @@ def run_training(
     """Train, then save the (EMA) generator with its model card to ``job.output``.
 
     Bad inputs raise before anything is written. Stopping early still saves the model of the last
-    finished step (and a checkpoint to resume from).
+    finished step (and a checkpoint to resume from). One run at a time writes a model or
+    checkpoint: a second one refuses (their checkpoints would interleave).
     """
+    with _only_run_writing(job):
+        return _train(job, on_event, should_stop)
+
+
+@contextlib.contextmanager
+def _only_run_writing(job: TrainingJob) -> Iterator[None]:
+    """Hold an exclusive lock per output file (kept in a per-user temporary folder, not beside
+    the user's files) for the whole run; a lock held elsewhere refuses in one line."""
+    folder = Path(tempfile.gettempdir()) / f"napari-srgan-locks-{getpass.getuser()}"
+    folder.mkdir(exist_ok=True)
+    outputs = sorted({str(Path(p).resolve()) for p in (job.output, job.checkpoint) if p})
+    with contextlib.ExitStack() as locks:
+        for output in outputs:
+            name = hashlib.sha256(output.encode()).hexdigest()[:32]
+            try:
+                locks.enter_context(FileLock(folder / f"{name}.lock", timeout=0))
+            except Timeout:
+                raise OutputExistsError(
+                    f"another training run is writing {output}; wait for it or choose another name"
+                ) from None
+        yield
+
+
+def _train(
+    job: TrainingJob,
+    on_event: Callable[[TrainingEvent], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> TrainingOutcome:
     started = time.perf_counter()
     resuming = _check_outputs(job)
     torch.manual_seed(job.config.seed)  # a new generator's initial weights come from the seed
