@@ -358,7 +358,7 @@ def _only_run_writing(job: TrainingJob) -> Iterator[None]:
                 locks.enter_context(FileLock(folder / f"{name}.lock", timeout=0))
             except Timeout:
                 raise OutputExistsError(
-                    f"another training run is writing {output}; wait for it or choose another name"
+                    f"another training run is writing {shown(output)}; wait for it or choose another name"
                 ) from None
         yield
 
