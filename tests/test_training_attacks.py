@@ -320,3 +320,47 @@ def test_a_second_run_writing_the_same_files_is_refused(tmp_path):
         run_training(job)
     assert list(tmp_path.iterdir()) == []
     assert run_training(job).steps == 1  # once it is done, the files are free
+
+
+# --- a checkpoint whose progress was tampered with -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory) -> bytes:
+    """A real checkpoint of a 2-step run of :func:`tiny_run`."""
+    folder = tmp_path_factory.mktemp("run")
+    rng = np.random.default_rng(1)
+    iio.imwrite(folder / "hr.png", rng.integers(0, 255, (96, 96, 3), np.uint8))
+    assert main([*tiny_run(folder), "--checkpoint", str(folder / "run.ckpt")]) == 0
+    return (folder / "run.ckpt").read_bytes()
+
+
+def nan_ema(state: dict) -> dict:
+    return {k: v.fill_(float("nan")) if v.is_floating_point() else v for k, v in state.items()}
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("step", 10**18, "step 1000000000000000000 does not match its 2 loss records"),
+        ("step", -5, "step -5 does not match"),
+        ("history", [{"step": 1, "pixel": "abc"}] * 2, "history are not records of numbers"),
+        ("validations", ["junk"], "validations are not records of numbers"),
+        ("elapsed", float("nan"), "training time nan is not a number of seconds"),
+        ("ema", nan_ema, "weights are not all finite"),
+    ],
+    ids=["step 1e18", "step -5", "history of text", "validations junk", "time nan", "NaN EMA"],
+)
+def test_a_checkpoint_with_tampered_progress_is_refused(
+    folder, capsys, checkpoint_bytes, field, value, message
+):
+    # before: 10^18 steps "trained" and saved with no step run, a numpy traceback after the
+    # whole run (a loss record of text), a card with NaN time, or a NaN EMA trained on
+    path = folder / "run.ckpt"
+    path.write_bytes(checkpoint_bytes)
+    state = torch.load(path, weights_only=True)
+    state[field] = value(state[field]) if callable(value) else value
+    torch.save(state, path)
+    argv = [*tiny_run(folder), "--checkpoint", str(path), "--resume", "--steps", "3"]
+    text = refused(folder, argv, capsys)
+    assert "is a damaged training checkpoint" in text and message in text

@@ -179,6 +179,30 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def _check_progress(state: dict) -> None:
+    """The step count, time and records a model card is written from: a whole step count with
+    one loss record per step, a finite time, and records of names and numbers (a tampered
+    checkpoint claimed 10^18 steps, or failed with a numpy traceback after the whole run)."""
+    step, history = state["step"], state["history"]
+    records = len(history) if isinstance(history, list) else "no"
+    if type(step) is not int or records != step:
+        raise ValueError(f"step {step!r} does not match its {records} loss records")
+    elapsed = state["elapsed"]
+    if type(elapsed) not in (int, float) or not 0 <= elapsed < math.inf:
+        raise ValueError(f"training time {elapsed!r} is not a number of seconds")
+    for name in ("history", "validations"):
+        records = state[name]
+        if not isinstance(records, list) or not all(
+            isinstance(record, dict)
+            and all(
+                isinstance(key, str) and type(value) in (int, float)
+                for key, value in record.items()
+            )
+            for record in records
+        ):
+            raise ValueError(f"its {name} are not records of numbers")
+
+
 def _losses_text(losses: dict[str, float]) -> str:
     return ", ".join(f"{name} {value}" for name, value in losses.items())
 
@@ -536,6 +560,7 @@ class Trainer:
             ) from None
 
     def _load_state(self, state: dict) -> None:
+        _check_progress(state)
         self.generator.load_state_dict(state["generator"])
         self.ema.load_state_dict(state["ema"])
         self.ema_updates = int(self.ema.n_averaged)
@@ -550,3 +575,7 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         self.history = list(state["history"])
         self.validations = list(state["validations"])
+        try:
+            self.check_finite()
+        except TrainingDiverged:
+            raise ValueError("its weights are not all finite (a run that diverged)") from None
