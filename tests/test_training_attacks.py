@@ -173,6 +173,22 @@ def test_a_validation_crop_too_small_to_measure_is_refused(folder, capsys, crop)
     )
 
 
+@pytest.mark.parametrize("fraction", [float("nan"), 1.5, 0.0])
+def test_a_validation_fraction_outside_0_1_is_named(tmp_path, fraction):
+    # before (API; the CLI's parser checks it): "cannot convert float NaN to integer", or
+    # "-48x96 pixels available for training" (0 was already named, less directly)
+    job = TrainingJob(
+        images=[TrainingImage(np.random.default_rng(0).random((96, 96), np.float32))],
+        output=tmp_path / "m.safetensors",
+        config=TrainingConfig(patch_size=16, batch_size=1, pretrain_steps=1, device="cpu"),
+        generator_config=GeneratorConfig(1, 1, channels=4, residual_blocks=1),
+        validation_fraction=fraction,
+    )
+    with pytest.raises(ValueError, match="validation fraction must be between 0 and 1"):
+        run_training(job)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_tiny_validation_image_is_refused(folder, capsys):
     iio.imwrite(folder / "v.png", np.random.default_rng(2).integers(0, 255, (5, 5, 3), np.uint8))
     argv = [*tiny_run(folder), "--val", str(folder / "v.png")]

@@ -137,6 +137,10 @@ def _starting_point(job: TrainingJob) -> tuple[TrainableNetwork, NormalizationSp
 def _validation_set(
     job: TrainingJob, spec: NormalizationSpec, channels: int, scale: int = SCALE
 ) -> list[ValidationImage]:
+    if not job.validation and not 0 < job.validation_fraction < 1:
+        raise ValueError(
+            f"the validation fraction must be between 0 and 1, not {job.validation_fraction}"
+        )
     if job.validation_crop is not None and job.validation_crop < MIN_VALIDATION_SIDE:
         raise ValueError(
             f"a validation crop of {job.validation_crop} pixels is too small to measure: use "
