@@ -162,31 +162,28 @@ def run_tiles(
     with joined_pool(1) as reader, joined_pool(1) as writer:  # both ended when it stops
         upcoming: Future = reader.submit(load, groups[0])
         written: Future | None = None
-        try:
-            for index, group in enumerate(groups):
-                if should_stop is not None and should_stop():
-                    raise Cancelled("stopped by the user")
-                batch = upcoming.result()
-                if index + 1 < len(groups):
-                    upcoming = reader.submit(load, groups[index + 1])
-                inputs = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
-                with torch.inference_mode():
-                    outputs = forward(inputs).permute(0, 2, 3, 1)
-                    ready = None
-                    if pin:
-                        host = torch.empty(outputs.shape, dtype=outputs.dtype, pin_memory=True)
-                        host.copy_(outputs, non_blocking=True)
-                        ready = torch.cuda.Event()
-                        ready.record()
-                    else:
-                        host = outputs.contiguous()
-                if written is not None:
-                    written.result()
-                written = writer.submit(store, group, host, ready)
+        for index, group in enumerate(groups):
+            if should_stop is not None and should_stop():
+                raise Cancelled("stopped by the user")
+            batch = upcoming.result()
+            if index + 1 < len(groups):
+                upcoming = reader.submit(load, groups[index + 1])
+            inputs = batch.to(device, non_blocking=True).permute(0, 3, 1, 2)
+            with torch.inference_mode():
+                outputs = forward(inputs).permute(0, 2, 3, 1)
+                ready = None
+                if pin:
+                    host = torch.empty(outputs.shape, dtype=outputs.dtype, pin_memory=True)
+                    host.copy_(outputs, non_blocking=True)
+                    ready = torch.cuda.Event()
+                    ready.record()
+                else:
+                    host = outputs.contiguous()
             if written is not None:
                 written.result()
-        finally:
-            upcoming.cancel()
+            written = writer.submit(store, group, host, ready)
+        if written is not None:
+            written.result()
 
 
 def crop_kept(
