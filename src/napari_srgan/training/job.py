@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import getpass
 import hashlib
 import os
 import platform
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -22,6 +20,7 @@ from napari_srgan.engine.devices import choose_device
 from napari_srgan.engine.upscale import InvalidImageError
 from napari_srgan.io.atomic_files import OutputExistsError, check_writable, refuse_existing
 from napari_srgan.messages import shown
+from napari_srgan.models.halo import cache_path
 from napari_srgan.models.headers import ModelFileError
 from napari_srgan.models.interface import ModelCard, TrainableNetwork
 from napari_srgan.models.normalization import NormalizationSpec
@@ -350,10 +349,16 @@ def run_training(
 
 @contextlib.contextmanager
 def _only_run_writing(job: TrainingJob) -> Iterator[None]:
-    """Hold an exclusive lock per output file (kept in a per-user temporary folder, not beside
-    the user's files) for the whole run; a lock held elsewhere refuses in one line."""
-    folder = Path(tempfile.gettempdir()) / f"napari-srgan-locks-{getpass.getuser()}"
-    folder.mkdir(exist_ok=True)
+    """Hold an exclusive lock per output file for the whole run; a lock held elsewhere refuses
+    in one line. The locks live in the user's own cache folder: not beside the user's files,
+    and not in a shared temporary folder where another user could plant a lock file as a link
+    to one of them. Where that folder cannot be made, runs are not locked."""
+    folder = cache_path().parent / "training-locks"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        yield
+        return
     outputs = sorted({str(Path(p).resolve()) for p in (job.output, job.checkpoint) if p})
     with contextlib.ExitStack() as locks:
         for output in outputs:
@@ -362,7 +367,8 @@ def _only_run_writing(job: TrainingJob) -> Iterator[None]:
                 locks.enter_context(FileLock(folder / f"{name}.lock", timeout=0))
             except Timeout:
                 raise OutputExistsError(
-                    f"another training run is writing {shown(output)}; wait for it or choose another name"
+                    f"another training run is writing {shown(output)}; wait for it or choose "
+                    "another name"
                 ) from None
         yield
 
