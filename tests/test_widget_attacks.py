@@ -38,7 +38,9 @@ def train_widget_on_a_photo(make_napari_viewer, monkeypatch):
     shown = []
     monkeypatch.setattr(train_widget, "show_error", shown.append)
     viewer = make_napari_viewer()
-    photo = viewer.add_image(np.zeros((160, 160, 3), np.uint8), rgb=True, name="photo")
+    photo = viewer.add_image(
+        np.random.default_rng(0).integers(0, 256, (160, 160, 3), np.uint8), rgb=True, name="photo"
+    )
     _, widget = viewer.window.add_plugin_dock_widget("napari-srgan", "Train")
     widget.reset_choices()
     widget.hr_layers.value = [photo]
