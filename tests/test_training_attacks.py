@@ -380,3 +380,19 @@ def test_a_checkpoint_with_tampered_progress_is_refused(
     argv = [*tiny_run(folder), "--checkpoint", str(path), "--resume", "--steps", "3"]
     text = refused(folder, argv, capsys)
     assert "is a damaged training checkpoint" in text and message in text
+
+
+def test_resuming_another_runs_checkpoint_says_so(folder, capsys):
+    # before: a checkpoint of a run on other data, or with another patch size, was continued
+    # without a word (the loss curve and step count carried on as if it were the same run)
+    checkpoint = ["--checkpoint", str(folder / "run.ckpt"), "--resume", "--overwrite"]
+    assert main([*tiny_run(folder), *checkpoint]) == 0
+    capsys.readouterr()
+    assert main([*tiny_run(folder), *checkpoint, "--steps", "3"]) == 0  # the same run goes on
+    assert "note:" not in capsys.readouterr().err
+    iio.imwrite(folder / "hr.png", np.random.default_rng(5).integers(0, 255, (128, 96, 3), "u1"))
+    assert main([*tiny_run(folder), *checkpoint, "--steps", "4", "--patch", "32"]) == 0
+    notes = [line for line in capsys.readouterr().err.splitlines() if "note:" in line]
+    assert len(notes) == 1, notes
+    assert "was trained on other data and had other settings (patch_size)" in notes[0]
+    assert "resuming from its step 3" in notes[0]

@@ -279,6 +279,35 @@ def _describe_data(images: Sequence[TrainingImage]) -> dict | list:
     }
 
 
+#: Settings a resumed run may change without a word: the steps to go, and where it runs.
+_RESUMABLE_CHANGES = {"pretrain_steps", "adversarial_steps", "device", "allow_download"}
+
+
+def _resumed_change(trainer: Trainer, config: TrainingConfig) -> str:
+    """What differs between the checkpoint's run and this one (data, other settings), as words
+    for a notice; empty when it is the same run going on. Checkpoints written before the data
+    was recorded say nothing about it."""
+    stored = trainer.resumed_from
+    changes = []
+    if stored.get("data") is not None and stored["data"] != trainer.data:
+        changes.append("was trained on other data")
+    if isinstance(stored.get("config"), dict):
+        now = asdict(config)
+        differing = sorted(
+            key
+            for key in now.keys() - _RESUMABLE_CHANGES
+            if key in stored["config"] and _comparable(stored["config"][key]) != now[key]
+        )
+        if differing:
+            changes.append(f"had other settings ({', '.join(differing)})")
+    return " and ".join(changes)
+
+
+def _comparable(value: object) -> object:
+    """A stored setting as the config holds it (checkpoints keep tuples as lists)."""
+    return tuple(value) if isinstance(value, list) else value
+
+
 def machine_description(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{torch.cuda.get_device_name(device)} (CUDA)"
@@ -398,8 +427,13 @@ def _train(
         on_event=on_event,
         should_stop=should_stop,
     )
+    trainer.data = _describe_data(sampler.images)
     if resuming:
         trainer.load_checkpoint(job.checkpoint)
+        if on_event is not None and (change := _resumed_change(trainer, job.config)):
+            on_event(
+                Notice(f"{shown(job.checkpoint)} {change}; resuming from its step {trainer.step}")
+            )
     trainer.run()
     if trainer.step == 0:
         raise ValueError("stopped before the first training step: nothing was saved")

@@ -274,6 +274,10 @@ class Trainer:
         self.elapsed = 0.0
         self.history: list[dict[str, float]] = []
         self.validations: list[dict[str, float]] = []
+        #: What the run trains on (names and shapes), kept in checkpoints so a resumed run can
+        #: say when it continues on other data; ``resumed_from`` is that of the loaded checkpoint.
+        self.data: object = None
+        self.resumed_from: dict = {}
         self.discriminator: Discriminator | None = None
         self.perceptual: PerceptualLoss | None = None
         if config.adversarial_steps > 0:
@@ -507,6 +511,8 @@ class Trainer:
             "history": self.history,
             "validations": self.validations,
         }
+        if self.data is not None:
+            state["data"] = self.data
         if self.discriminator is not None:
             state["discriminator"] = self.discriminator.state_dict()
             state["optimizer_d"] = self.optimizer_d.state_dict()
@@ -575,6 +581,7 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         self.history = list(state["history"])
         self.validations = list(state["validations"])
+        self.resumed_from = {key: state.get(key) for key in ("data", "config")}
         try:
             self.check_finite()
         except TrainingDiverged:
