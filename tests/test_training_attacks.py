@@ -114,6 +114,26 @@ def test_degradation_ranges_that_break_the_arithmetic_are_refused(folder, capsys
     assert message in refused(folder, [*tiny_run(folder), *options], capsys)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--photons", "-1", "-5"], "--photons: not used by --degradation bicubic"),
+        (["--read-noise", "0", "0.5"], "--read-noise: not used by --degradation bicubic"),
+        (
+            ["--degradation", "crappifier", "--noise-probability", "1"],
+            "--noise-probability: not used by --degradation crappifier; choose --degradation "
+            "mixture",
+        ),
+    ],
+    ids=["photons with bicubic", "read noise with bicubic", "probability with crappifier"],
+)
+def test_degradation_options_the_chosen_degradation_ignores_are_refused(
+    folder, capsys, options, message
+):
+    # before: trained with plain bicubic LR, the noise the user asked for silently left out
+    assert message in refused(folder, [*tiny_run(folder), *options], capsys)
+
+
 def test_the_default_degradations_stay_within_the_limits():
     Crappifier(), Mixture()
     with pytest.raises(ValueError, match="read_noise must lie within"):

@@ -669,6 +669,21 @@ def _degradation(args: argparse.Namespace):
         for name in ("blur_sigma", "photons", "read_noise")
         if getattr(args, name) is not None
     }
+    # options the chosen degradation would ignore: the user meant another one
+    ignored = [f"--{name.replace('_', '-')}" for name in ranges if args.degradation == "bicubic"]
+    ignored += [
+        f"--{name}-probability"
+        for name in ("blur", "noise")
+        if args.degradation != "mixture"
+        and getattr(args, f"{name}_probability")
+        != degradation_defaults.MIXTURE[f"{name}_probability"]
+    ]
+    if ignored:
+        wanted = "mixture" if ignored[-1].endswith("probability") else "crappifier or mixture"
+        raise CommandError(
+            f"{', '.join(ignored)}: not used by --degradation {args.degradation}; choose "
+            f"--degradation {wanted}"
+        )
     try:
         if args.degradation == "crappifier":
             return Crappifier(**ranges)
