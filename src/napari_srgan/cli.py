@@ -317,7 +317,7 @@ def _add_train(commands) -> None:
         "--val-crop",
         type=non_negative_int,
         default=256,
-        help="centre crop of validation images (0: whole)",
+        help="crop of validation images, at least 16 pixels (0: whole images)",
     )
     parser.add_argument("--validate-every", type=positive_int, default=100)
     parser.add_argument(
