@@ -142,18 +142,25 @@ except FileExistsError as error:
 """.replace("SIDE", str(SIDE))
 
 
-def test_two_concurrent_writers_one_wins_and_nothing_is_incomplete(tmp_path):
-    target, sync = tmp_path / "out.zarr", tmp_path / "sync"
+def two_writers(script: str, target: Path, **pipes) -> list[subprocess.Popen]:
+    """Two processes running ``script`` with the arguments ``target``, their value (1 and 2)
+    and a folder they meet in."""
+    sync = target.parent / "sync"
     sync.mkdir()
-    processes = [
+    return [
         subprocess.Popen(
-            [sys.executable, "-c", CONCURRENT, str(target), str(value), str(sync)],
+            [sys.executable, "-c", script, str(target), str(value), str(sync)],
             env={**os.environ, "PYTHONPATH": SRC},
-            stdout=subprocess.PIPE,
             text=True,
+            **pipes,
         )
         for value in (1, 2)
     ]
+
+
+def test_two_concurrent_writers_one_wins_and_nothing_is_incomplete(tmp_path):
+    target = tmp_path / "out.zarr"
+    processes = two_writers(CONCURRENT, target, stdout=subprocess.PIPE)
     codes = [process.wait(timeout=120) for process in processes]
     outputs = [process.stdout.read() for process in processes]
     assert sorted(codes) == [0, 2], outputs
@@ -256,17 +263,8 @@ def test_two_writers_with_overwrite_at_once_both_succeed_and_the_last_store_stay
     """Both were told to replace the output: the second to finish replaces the first's store,
     as when they run one after the other. Before, the one whose rename came second failed with
     "exists; pass --overwrite to replace it", though --overwrite had been given."""
-    target, sync = tmp_path / "out.zarr", tmp_path / "sync"
-    sync.mkdir()
-    processes = [
-        subprocess.Popen(
-            [sys.executable, "-c", RENAME_AT_ONCE, str(target), str(value), str(sync)],
-            env={**os.environ, "PYTHONPATH": SRC},
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for value in (1, 2)
-    ]
+    target = tmp_path / "out.zarr"
+    processes = two_writers(RENAME_AT_ONCE, target, stderr=subprocess.PIPE)
     codes = [process.wait(timeout=120) for process in processes]
     assert codes == [0, 0], [process.stderr.read() for process in processes]
     assert store_value(target) in (1, 2)

@@ -31,6 +31,21 @@ from napari_srgan.training.patches import TrainingImage
 from napari_srgan.training.trainer import Trainer, TrainingConfig, TrainingDiverged
 
 
+def tiny_job(folder: Path, *, steps: int = 1, **options) -> TrainingJob:
+    """A job of ``steps`` steps of a tiny new grey generator on one 96x96 random image, its
+    files in ``folder``; ``options`` override the job's fields."""
+    fields = {
+        "images": [TrainingImage(np.random.default_rng(0).random((96, 96), np.float32))],
+        "output": folder / "m.safetensors",
+        "config": TrainingConfig(patch_size=16, batch_size=1, pretrain_steps=steps, device="cpu"),
+        "generator_config": GeneratorConfig(1, 1, channels=4, residual_blocks=1),
+        "validation_fraction": 0.4,
+        "validation_crop": 32,
+        **options,
+    }
+    return TrainingJob(**fields)
+
+
 def tiny_run(folder: Path, *, base: Path | None = None) -> list[str]:
     """A 2-step run on ``folder/hr.png`` (a second or so on a CPU): a tiny new generator, or
     fine-tuning ``base``."""
@@ -194,13 +209,7 @@ def test_a_validation_crop_too_small_to_measure_is_refused(folder, capsys, crop)
 def test_a_validation_fraction_outside_0_1_is_named(tmp_path, fraction):
     # before (API; the CLI's parser checks it): "cannot convert float NaN to integer", or
     # "-48x96 pixels available for training" (0 was already named, less directly)
-    job = TrainingJob(
-        images=[TrainingImage(np.random.default_rng(0).random((96, 96), np.float32))],
-        output=tmp_path / "m.safetensors",
-        config=TrainingConfig(patch_size=16, batch_size=1, pretrain_steps=1, device="cpu"),
-        generator_config=GeneratorConfig(1, 1, channels=4, residual_blocks=1),
-        validation_fraction=fraction,
-    )
+    job = tiny_job(tmp_path, validation_fraction=fraction)
     with pytest.raises(ValueError, match="validation fraction must be between 0 and 1"):
         run_training(job)
     assert list(tmp_path.iterdir()) == []
@@ -248,15 +257,7 @@ def test_zero_steps_are_refused_instead_of_saving_an_untrained_model(folder, cap
 
 def test_stopping_before_the_first_step_saves_nothing(tmp_path):
     # before: a time limit that ran out while the data loaded saved the base as "trained"
-    job = TrainingJob(
-        images=[TrainingImage(np.random.default_rng(0).random((96, 96), np.float32))],
-        output=tmp_path / "m.safetensors",
-        config=TrainingConfig(patch_size=16, batch_size=1, pretrain_steps=3, device="cpu"),
-        generator_config=GeneratorConfig(1, 1, channels=4, residual_blocks=1),
-        validation_fraction=0.4,
-        validation_crop=32,
-        checkpoint=tmp_path / "m.ckpt",
-    )
+    job = tiny_job(tmp_path, steps=3, checkpoint=tmp_path / "m.ckpt")
     with pytest.raises(ValueError, match="stopped before the first training step"):
         run_training(job, should_stop=lambda: True)
     assert list(tmp_path.iterdir()) == []
@@ -281,14 +282,7 @@ def test_one_constant_image_among_others_still_trains(tmp_path):
         TrainingImage(np.zeros((64, 64), np.uint8), name="flat"),
         TrainingImage(np.random.default_rng(0).integers(0, 255, (96, 96), np.uint8)),
     ]
-    job = TrainingJob(
-        images=images,
-        output=tmp_path / "m.safetensors",
-        config=TrainingConfig(patch_size=16, batch_size=1, pretrain_steps=1, device="cpu"),
-        generator_config=GeneratorConfig(1, 1, channels=4, residual_blocks=1),
-        validation=[(images[1].hr, False)],
-        validation_crop=32,
-    )
+    job = tiny_job(tmp_path, images=images, validation=[(images[1].hr, False)])
     assert run_training(job).steps == 1
 
 
@@ -346,16 +340,7 @@ def test_held_out_paired_lr_starts_on_an_lr_row():
 def test_a_second_run_writing_the_same_files_is_refused(tmp_path):
     # before: two runs (e.g. a resubmitted cluster job with --resume) both passed the start
     # checks and wrote one checkpoint in turns, and the model of one with the state of the other
-    job = TrainingJob(
-        images=[TrainingImage(np.random.default_rng(0).random((96, 96), np.float32))],
-        output=tmp_path / "m.safetensors",
-        config=TrainingConfig(patch_size=16, batch_size=1, pretrain_steps=1, device="cpu"),
-        generator_config=GeneratorConfig(1, 1, channels=4, residual_blocks=1),
-        validation_fraction=0.4,
-        validation_crop=32,
-        checkpoint=tmp_path / "m.ckpt",
-        resume=True,
-    )
+    job = tiny_job(tmp_path, checkpoint=tmp_path / "m.ckpt", resume=True)
     other_run = _only_run_writing(job)  # what the other run holds while it trains
     with other_run, pytest.raises(OutputExistsError, match="another training run is writing"):
         run_training(job)

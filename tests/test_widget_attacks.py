@@ -224,32 +224,39 @@ def test_a_deleted_lazy_result_releases_its_model_and_input(
     assert [lazy.layer.name for lazy in widget.lazy_results] == ["stack x4 tiny-rgb [1]"]
 
 
-def test_deleting_a_lazy_result_while_it_computes_stops_it(
-    make_napari_viewer, tiny_model_file, qtbot, monkeypatch
-):
-    """Its planes went on being computed for nobody, and the widget then said "done" for a
-    layer that no longer existed."""
+def lazy_result_held_back(make_napari_viewer, monkeypatch):
+    """A viewer whose Upscale widget started a lazy result of a 3-plane stack; the engine
+    waits (up to 30 s) until the returned event is set, so a test can act while it computes."""
     import threading
 
-    shown = []
-    monkeypatch.setattr(module, "show_error", shown.append)
-    monkeypatch.setattr(module, "show_info", shown.append)
-    deleted = threading.Event()
+    release = threading.Event()
     engine = module.upscale
 
-    def after_the_deletion(*args, **options):
-        deleted.wait(30)
+    def held_back(*args, **options):
+        release.wait(30)
         return engine(*args, **options)
 
-    monkeypatch.setattr(module, "upscale", after_the_deletion)
+    monkeypatch.setattr(module, "upscale", held_back)
     viewer = make_napari_viewer()
     stack = viewer.add_image(da.zeros((3, 12, 12, 3), np.uint8), rgb=True, name="stack")
     widget = upscale_widget(viewer, stack)
     widget.result_mode.value = "lazy (as you browse)"
     widget.start()
+    return viewer, widget, release
+
+
+def test_deleting_a_lazy_result_while_it_computes_stops_it(
+    make_napari_viewer, tiny_model_file, qtbot, monkeypatch
+):
+    """Its planes went on being computed for nobody, and the widget then said "done" for a
+    layer that no longer existed."""
+    shown = []
+    monkeypatch.setattr(module, "show_error", shown.append)
+    monkeypatch.setattr(module, "show_info", shown.append)
+    viewer, widget, release = lazy_result_held_back(make_napari_viewer, monkeypatch)
     [lazy] = widget.lazy_results
     viewer.layers.remove("stack x4 tiny-rgb")
-    deleted.set()
+    release.set()
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30000)
     assert lazy.array.planes == {} and widget.lazy_results == [] and shown == []
     assert widget.status.value == "stopped: stack x4 tiny-rgb was deleted"
@@ -275,25 +282,11 @@ def test_cancelling_a_lazy_result_does_not_say_no_layer_was_added(
 ):
     """Cancel while planes of a lazy result were computed said "no layer added" beside the
     layer it had added."""
-    import threading
-
     shown = []
     monkeypatch.setattr(module, "show_info", shown.append)
-    cancelled = threading.Event()
-    engine = module.upscale
-
-    def after_cancel(*args, **options):
-        cancelled.wait(30)
-        return engine(*args, **options)
-
-    monkeypatch.setattr(module, "upscale", after_cancel)
-    viewer = make_napari_viewer()
-    stack = viewer.add_image(da.zeros((3, 12, 12, 3), np.uint8), rgb=True, name="stack")
-    widget = upscale_widget(viewer, stack)
-    widget.result_mode.value = "lazy (as you browse)"
-    widget.start()
+    viewer, widget, release = lazy_result_held_back(make_napari_viewer, monkeypatch)
     widget.cancel()
-    cancelled.set()
+    release.set()
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30000)
     assert "stack x4 tiny-rgb" in viewer.layers and widget.status.value.startswith("cancelled")
     assert len(shown) == 1 and "no layer" not in shown[0] and "stack x4 tiny-rgb" in shown[0]
