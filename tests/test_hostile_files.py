@@ -222,6 +222,27 @@ def test_a_card_field_of_the_wrong_type_or_size_is_one_line(tmp_path, capsys, fi
     assert not (tmp_path / "o.tif").exists()
 
 
+def test_card_text_with_line_breaks_or_escapes_is_shown_escaped(tmp_path, capsys, monkeypatch):
+    """A model's card is text from whoever made the file: a newline in its name split the
+    CLI's lines, an escape sequence drove the terminal (and went into layer names)."""
+    monkeypatch.setenv("NAPARI_SRGAN_MODEL_DIR", str(tmp_path / "models"))
+    (tmp_path / "models").mkdir()
+    evil = "evil\nname\x1b[31m"
+    model_with_card(tmp_path / "models" / "m.safetensors", name=evil, intended_use="a\rb")
+    source = tmp_path / "in.png"
+    iio.imwrite(source, np.zeros((16, 16, 3), np.uint8))
+    capsys.readouterr()
+    argv = ["upscale", source, tmp_path / "o.tif", "--model", tmp_path / "models/m.safetensors"]
+    assert main([str(a) for a in argv]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "->" in line]
+    assert line.endswith("with evil\\nname\\x1b[31m")
+    assert main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "\x1b" not in listing and "\r" not in listing
+    [row] = [line for line in listing.splitlines() if line.split()[0] == "m"]
+    assert " a\\rb (untrained)" in row
+
+
 TRAIN = ["train", "--from-scratch", "--channels", "4", "--blocks", "1", "--patch", "16"]
 TRAIN += ["--batch", "1", "--val-crop", "32", "--val-fraction", "0.4", "--device", "cpu"]
 TRAIN += ["--steps", "1", "--overwrite"]

@@ -928,13 +928,13 @@ def models_command(args: argparse.Namespace) -> None:
         fallback = BUNDLED_USES.get(name, "") if location == "bundled" else ""
         model = summarize(name, path, location=location, use_fallback=fallback)
         if model.problem:
-            problems.append(f"  {name}: unreadable: {model.problem}")
+            problems.append(f"  {shown(name)}: unreadable: {model.problem}")
             continue
         use = model.intended_use + ("" if model.trained else " (untrained)")
         scale = f"x{model.scale}" if model.scale else "?"
         channels = str(model.channels) if model.channels else "?"
         cells = (model.architecture, scale, channels, model.degradation, model.source)
-        rows.append((marks.get(name, ""), name, *cells, model.license, use))
+        rows.append((marks.get(name, ""), shown(name), *cells, model.license, use))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     for row in [(*header, "for"), *rows]:
         cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]

@@ -16,6 +16,7 @@ from typing import Protocol
 
 from torch import nn
 
+from napari_srgan.messages import printable
 from napari_srgan.models.normalization import NormalizationSpec
 
 
@@ -54,6 +55,14 @@ class ModelCard:
     #: Validation metrics, e.g. {"Set5": {"psnr_y": 30.1, "ssim_y": 0.86}}.
     metrics: dict = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        """Text from a model file (native card, bioimage.io package, file name) must not break
+        the one-line messages and lists it is shown in, nor drive a terminal."""
+        for name in SHOWN_IN_A_LINE:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                setattr(self, name, printable(value))
+
     def to_json(self) -> str:
         values = asdict(self)
         values["normalization"] = self.normalization.to_dict()
@@ -89,6 +98,9 @@ class ModelCard:
         return self.theoretical_halo if self.theoretical_halo is not None else 32
 
 
+#: Card fields shown in one line (model lists, messages, layer names): unprintable characters
+#: in them are escaped when a card is made.
+SHOWN_IN_A_LINE = ("name", "degradation", "intended_use", "architecture", "source", "license")
 #: The Python types a stored card's field may hold, by its annotation.
 _CARD_TYPES = {"str": str, "bool": bool, "int": int, "int | None": (int, type(None)), "dict": dict}
 #: Whole-number fields' bounds: the engine tiles, pads and allocates by them.
