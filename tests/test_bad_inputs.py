@@ -1031,6 +1031,10 @@ def test_disk_full_inside_a_writer_is_one_line(tmp_path):
 
 
 def test_a_card_contradicting_the_network_is_refused(tmp_path):
-    model_with(tmp_path / "m.safetensors", card=card_with(scale=8))
-    with pytest.raises(ModelFileError, match="the model card says scale 8, but the network has 4"):
-        load_model(tmp_path / "m.safetensors")
+    path = tmp_path / "m\n.safetensors"  # the name is shown escaped: the message stays one line
+    model_with(path, card=card_with(scale=8))
+    with pytest.raises(ModelFileError) as refused:
+        load_model(path)
+    assert str(refused.value) == (
+        f"{tmp_path}/m\\n.safetensors: the model card says scale 8, but the network has 4"
+    )

@@ -114,7 +114,7 @@ def describe_network(
         stated = getattr(card, name)
         if stated != value and stated != getattr(defaults, name):
             raise ModelFileError(
-                f"{path or card.name}: the model card says {name} {stated}, "
+                f"{shown(path) if path else card.name}: the model card says {name} {stated}, "
                 f"but the network has {value}"
             )
         setattr(card, name, value)
