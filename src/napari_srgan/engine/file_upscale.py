@@ -171,8 +171,10 @@ def result_sample(data, layout: ImageLayout, factor: int) -> list[np.ndarray]:
 
 
 def check_space(output: Path, data, layout: ImageLayout, factor: int) -> None:
-    """Refuse, before any work, a result that will not fit on the output's disk."""
-    sample = result_sample(data, layout, factor)
+    """Refuse, before any work, a result that will not fit on the output's disk (a TIFF's size
+    is exact: only compressed outputs read a sample of the input)."""
+    tiff = output.suffix.lower() in TIFF_SUFFIXES
+    sample = [] if tiff else result_sample(data, layout, factor)
     check_output_space(
         output, layout.output_shape(factor), data.dtype, rgb=layout.rgb, sample=sample
     )
