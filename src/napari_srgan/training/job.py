@@ -344,8 +344,8 @@ def _check_outputs(job: TrainingJob) -> bool:
         refuse_existing(job.output, overwrite=job.overwrite)
         if job.checkpoint is not None:
             refuse_existing(job.checkpoint, overwrite=job.overwrite)
-    if job.checkpoint is not None and Path(job.checkpoint).resolve() == Path(job.output).resolve():
-        raise ValueError(f"the checkpoint and the model are the same file: {job.output}")
+    if job.checkpoint is not None and _same_file(Path(job.checkpoint), Path(job.output)):
+        raise ValueError(f"the checkpoint and the model are the same file: {shown(job.output)}")
     for written in filter(None, (job.output, job.checkpoint)):
         _check_folder(Path(written))
     return resuming
