@@ -483,9 +483,8 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
     if weights.torchscript is not None:
         try:
             data = io.BytesIO(download(weights.torchscript.source).read())
-            with (
-                warnings.catch_warnings()
-            ):  # torch marks TorchScript deprecated; zoo packages use it
+            # torch marks TorchScript deprecated; zoo packages use it
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 return torch.jit.load(data, map_location=device), "torchscript"
         except FileNotFoundError as error:
