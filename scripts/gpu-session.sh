@@ -12,7 +12,7 @@
 # remote machine with an upload limit and a bare Python (torch, Pillow, scikit-image, ...):
 #   python scripts/pack-data.py pack ../shared/data gpudata            # here; 51 MB, lossless
 #   python3 scripts/pack-data.py unpack gpudata ../shared/data &&
-#     PYTHON=python3 scripts/gpu-session.sh "$OUT" 520                 # there (needs platformdirs)
+#     PYTHON=python3 scripts/gpu-session.sh "$OUT" 520                 # there (needs platformdirs, filelock)
 set -uo pipefail
 results=$(realpath -m "$1") budget=${2:-520}
 if [[ ${DRY_RUN:-} ]]; then
