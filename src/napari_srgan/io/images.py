@@ -24,7 +24,7 @@ import tifffile
 from PIL import Image
 
 from napari_srgan.io.atomic_files import atomic_write, refuse_existing
-from napari_srgan.messages import first_line, shown
+from napari_srgan.messages import first_line, shown, with_type
 
 log = logging.getLogger(__name__)
 
@@ -141,10 +141,26 @@ def open_tiff(path: str | os.PathLike) -> tifffile.TiffFile:
     tif = tifffile.TiffFile(path)
     try:
         _check_ome_pages(tif, Path(path))
+        _check_series(tif)
     except BaseException:
         tif.close()
         raise
     return tif
+
+
+def _check_series(tif: tifffile.TiffFile) -> None:
+    """Parse the series now: tifffile reads them from ImageJ or OME metadata on first use, and a
+    malformed value there raises whatever Python raises (a KeyError for an OME Pixels element
+    without SizeZ, a TypeError for ImageJ's ``images=abc``), which no caller expects."""
+    try:
+        tif.series  # noqa: B018 (a cached property: parsed once, here)
+    except (tifffile.TiffFileError, MemoryError):
+        raise
+    except Exception as error:
+        kind = "OME-XML" if tif.is_ome else "ImageJ" if tif.is_imagej else "TIFF"
+        raise tifffile.TiffFileError(
+            f"its {kind} metadata is malformed ({with_type(error)})"
+        ) from None
 
 
 def _check_ome_pages(tif: tifffile.TiffFile, path: Path) -> None:
