@@ -493,3 +493,19 @@ def test_a_control_character_in_a_file_name_is_shown_escaped_in_one_line(
     escaped = repr(character)[1:-1]
     assert f"cells{escaped}[31m.png" in err, err
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
+@pytest.mark.parametrize("character", ["\n", "\x1b"], ids=["newline", "escape"])
+def test_a_control_character_in_a_file_name_never_reaches_progress_or_evaluate_lines(
+    tmp_path, capsys, character
+):
+    """The progress line of one upscaled file and ``evaluate``'s refusal named the file as it
+    was: a newline split the line, an escape sequence drove the terminal."""
+    source = tmp_path / f"cells{character}[31m.png"
+    iio.imwrite(source, np.zeros((8, 8), np.uint8))
+    escaped = f"cells{repr(character)[1:-1]}[31m.png"
+    code, lines = run(["upscale", source, tmp_path / "out.tif", "--device", "cpu"], capsys)
+    assert code == 0 and lines and all(escaped in line for line in lines), lines
+    code, lines = run(["evaluate", "--hr", source], capsys)
+    assert code == 2 and len(lines) == 1 and escaped in lines[0], lines
+    assert "too small to score" in lines[0]

@@ -144,6 +144,7 @@ def test_stop_keeps_a_checkpoint_and_resume_continues(viewer_with_photo, tiny_mo
         ("not 1:4", "exactly 1/4"),
         ("NaN", "NaN"),
         ("full disk", "No space left on device"),
+        ("multiscale, named with a newline", "pyramid\\n\\x1b[31m: multiscale layers"),
     ],
 )
 def test_bad_input_gets_a_clear_message(
@@ -165,6 +166,10 @@ def test_bad_input_gets_a_clear_message(
     elif case == "NaN":
         nan = np.full((64, 64), np.nan, np.float32)
         widget.hr_layers.value = [viewer.add_image(nan, name="nan")]
+    elif case.startswith("multiscale"):  # the name was shown raw: the line split at "\n"
+        pyramid = [np.zeros((64, 64), np.uint8), np.zeros((32, 32), np.uint8)]
+        layer = viewer.add_image(pyramid, multiscale=True, name="pyramid\n\x1b[31m")
+        widget.hr_layers.value = [layer]
     elif case == "full disk":
 
         def full_disk(*args, **kwargs):

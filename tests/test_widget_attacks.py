@@ -374,3 +374,14 @@ def test_a_zarr_store_another_process_writes_meanwhile_is_kept(
     assert written and {p: p.read_bytes() for p in target.rglob("*") if p.is_file()} == written
     assert [p.name for p in tmp_path.iterdir()] == ["result.zarr"]
     assert [layer.name for layer in viewer.layers] == ["photo"]
+
+
+def test_a_layer_that_cannot_be_saved_is_named_escaped(tmp_path, monkeypatch):
+    """The writer's notification named the layer as it was: a newline cut the line."""
+    from napari_srgan.plugin import writer
+
+    shown = []
+    monkeypatch.setattr(writer, "show_error", shown.append)
+    data = np.zeros((8, 8), np.int64)
+    assert writer.write_image_layer(str(tmp_path / "o.tif"), data, {"name": "a\nb\x1b"}) == []
+    assert len(shown) == 1 and "cannot save a\\nb\\x1b: " in shown[0], shown

@@ -625,7 +625,7 @@ def _upscale_one(
     from napari_srgan.engine.upscale import blending_notice
     from napari_srgan.terminal import Progress
 
-    with Progress(label or source.name, "tile") as progress:
+    with Progress(label or shown(source.name), "tile") as progress:
 
         def start() -> None:  # input and settings are valid: warn once, show the progress
             if model not in warned:

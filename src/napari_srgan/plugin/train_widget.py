@@ -351,7 +351,7 @@ class TrainWidget(Container):
             raise ValueError("a paired LR layer needs exactly one HR layer")
         for layer in layers:
             if layer.multiscale:
-                raise ValueError(f"{layer.name}: multiscale layers are not supported")
+                raise ValueError(f"{shown(layer.name)}: multiscale layers are not supported")
         images = [
             TrainingImage(
                 layer.data,
@@ -405,7 +405,7 @@ class TrainWidget(Container):
             return False
         chosen = ask_replace(self.native, name, free_name(name))
         if chosen is None:
-            show_status(self.status, f"not started: a model named {name} exists")
+            show_status(self.status, f"not started: a model named {shown(name)} exists")
             return None
         self.model_name.value = chosen
         return chosen == name
@@ -424,7 +424,7 @@ class TrainWidget(Container):
             self._fail(str(error))
             return
         if resume and not job.checkpoint.is_file():
-            self._fail(f"nothing to resume: no checkpoint {job.checkpoint}")
+            self._fail(f"nothing to resume: no checkpoint {shown(job.checkpoint)}")
             return
         if not resume:
             self.plot.clear()
@@ -532,10 +532,10 @@ class TrainWidget(Container):
         self.outcome = outcome
         state = "finished" if outcome.finished else "stopped"
         show_status(
-            self.status, f"{state} at step {outcome.steps}; saved {outcome.model_path.stem}"
+            self.status, f"{state} at step {outcome.steps}; saved {shown(outcome.model_path.stem)}"
         )
         show_info(
-            f"napari-srgan: saved model {outcome.model_path.stem} ({shown(outcome.model_path)})"
+            f"napari-srgan: saved model {shown(outcome.model_path.stem)} ({shown(outcome.model_path)})"
         )
         self.plot.redraw()
         model_list.changed.emit()

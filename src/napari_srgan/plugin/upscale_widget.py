@@ -635,20 +635,20 @@ class UpscaleWidget(Container):
         self._set_running(True)
         self.progress.busy(f"upscaling {len(planes)} plane(s)…")
 
-        def shown() -> bool:
+        def on_view() -> bool:
             return lazy in self.lazy_results
 
         def returned(_) -> None:
-            if shown():
-                show_status(self.status, f"done: {lazy.layer.name} (as viewed)")
+            if on_view():
+                show_status(self.status, f"done: {shown(lazy.layer.name)} (as viewed)")
 
         def errored(error: Exception) -> None:
             lazy.cancelled.update(lazy.queue)
             lazy.queue = []
-            if not shown():
-                show_status(self.status, f"stopped: {lazy.layer.name} was deleted")
+            if not on_view():
+                show_status(self.status, f"stopped: {shown(lazy.layer.name)} was deleted")
             elif isinstance(error, Cancelled):  # the layer stays: "no layer added" is wrong here
-                message = f"cancelled: planes of {lazy.layer.name} not computed stay blank"
+                message = f"cancelled: planes of {shown(lazy.layer.name)} not computed stay blank"
                 show_status(self.status, f"{message} until viewed again")
                 show_info(f"napari-srgan: {message} until viewed again")
             else:
@@ -656,7 +656,7 @@ class UpscaleWidget(Container):
 
         def finished() -> None:
             self._set_running(False)
-            if shown():
+            if on_view():
                 lazy.queue = [plane for plane in lazy.queue if plane not in lazy.array.planes]
                 lazy.refresh()
             self._compute_planes()
@@ -685,13 +685,13 @@ class UpscaleWidget(Container):
         def added(saved: Path) -> None:
             model_list.changed.emit()
             self.model.value = saved.stem
-            show_status(self.status, f"added model {saved.stem}")
+            show_status(self.status, f"added model {shown(saved.stem)}")
 
         self.job = run_job(
             lambda _job: add_model(path),
             on_report=self._on_report,
             on_returned=added,
-            on_errored=lambda error: self._fail(f"cannot add {Path(path).name}: {error}"),
+            on_errored=lambda error: self._fail(f"cannot add {shown(Path(path).name)}: {error}"),
             on_finished=lambda: self._set_running(False),
             owner=self.native,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from napari.utils.notifications import show_error
 
 from napari_srgan.io.images import PROVENANCE_KEY, write_tiff
+from napari_srgan.messages import shown
 
 
 def length_unit(units) -> str | None:
@@ -34,6 +35,7 @@ def write_image_layer(path: str, data, meta: dict) -> list[str]:
         )
     except (ValueError, OSError) as error:
         # napari reports a writer's ValueError only as "not a valid writer": say why here
-        show_error(f"napari-srgan: cannot save {meta.get('name', 'the layer')}: {error}")
+        name = shown(meta["name"]) if meta.get("name") else "the layer"
+        show_error(f"napari-srgan: cannot save {name}: {error}")
         return []
     return [str(written)]

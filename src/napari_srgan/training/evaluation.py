@@ -34,7 +34,7 @@ def image_files(paths: Sequence[str | Path]) -> list[Path]:
         else:
             raise FileNotFoundError(f"no such file or folder: {shown(path)}")
     if not found:
-        raise FileNotFoundError(f"no images found in {', '.join(map(str, paths))}")
+        raise FileNotFoundError(f"no images found in {', '.join(map(shown, paths))}")
     return found
 
 
@@ -101,7 +101,7 @@ def check_benchmark_images(images: Sequence[tuple[str, np.ndarray]]) -> None:
     for name, hr in images:
         if hr.dtype not in (np.uint8, np.uint16):
             raise ValueError(
-                f"{name}: the benchmark protocol needs 8- or 16-bit images, not {hr.dtype}"
+                f"{shown(name)}: the benchmark protocol needs 8- or 16-bit images, not {hr.dtype}"
             )
         _check_shape(name, hr)
 
@@ -109,11 +109,11 @@ def check_benchmark_images(images: Sequence[tuple[str, np.ndarray]]) -> None:
 def _check_shape(name: str, hr: np.ndarray) -> None:
     if not (hr.ndim == 2 or (hr.ndim == 3 and hr.shape[-1] in (3, 4))):
         raise ValueError(
-            f"{name}: the benchmark protocol scores one grey or RGB image, not shape {hr.shape}"
+            f"{shown(name)}: the benchmark protocol scores one grey or RGB image, not shape {hr.shape}"
         )
     if min(hr.shape[:2]) < MIN_SIDE:
         raise ValueError(
-            f"{name}: {hr.shape[0]}x{hr.shape[1]} pixels is too small to score "
+            f"{shown(name)}: {hr.shape[0]}x{hr.shape[1]} pixels is too small to score "
             f"(at least {MIN_SIDE}x{MIN_SIDE})"
         )
 
