@@ -13,6 +13,7 @@ import numpy as np
 import psutil
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, PushButton, create_widget
 from napari.utils.notifications import show_error, show_info, show_warning
+from napari.utils.transforms import CompositeAffine
 from qtpy.QtWidgets import QFileDialog, QMessageBox
 from superqt import QCollapsible
 
@@ -87,11 +88,21 @@ def output_layer_options(layer: Image, metadata: dict, card: ModelCard, model_na
     """Name, placement and display settings for the copy of ``layer`` upscaled by the model
     listed as ``model_name``."""
     spatial = [layer.ndim - 2, layer.ndim - 1]
-    scale, translate = upscaled_placement(layer.scale, layer.translate, spatial, factor=card.scale)
+    rotation_and_shear = CompositeAffine(rotate=layer.rotate, shear=layer.shear, ndim=layer.ndim)
+    scale, translate = upscaled_placement(
+        layer.scale,
+        layer.translate,
+        spatial,
+        factor=card.scale,
+        linear=rotation_and_shear.linear_matrix,
+    )
     options = {
         "name": f"{layer.name} x{card.scale} {model_name}",
         "scale": scale,
         "translate": translate,
+        "rotate": layer.rotate,
+        "shear": layer.shear,
+        "affine": layer.affine.affine_matrix,
         "rgb": layer.rgb,
         "metadata": {**layer.metadata, PROVENANCE_KEY: metadata},
         "blending": layer.blending,
