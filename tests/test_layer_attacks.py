@@ -5,6 +5,9 @@ gets one clear message and nothing changes."""
 import numpy as np
 import pytest
 
+from napari_srgan.engine.upscale import upscale
+from napari_srgan.models.normalization import IntensityRange
+
 napari = pytest.importorskip("napari")
 
 from napari_srgan.plugin import upscale_widget as module  # noqa: E402
@@ -69,3 +72,22 @@ def test_a_rotated_sheared_affine_layer_is_overlaid_exactly(
     assert not errors
     assert result.data.shape == (2, 48, 40)
     assert world_offsets(source, result) < 1e-9
+
+
+@pytest.mark.parametrize("dtype", ["uint32", "int32", "int64", "uint64"])
+def test_values_beyond_a_wide_integer_dtype_are_clipped_not_wrapped(dtype):
+    """32/64-bit limits are no float32: clipping rounded them up and the cast wrapped a bright
+    pixel around to the dtype's minimum (or to 0)."""
+    info = np.iinfo(dtype)
+    intensity = IntensityRange(float(info.min) / 2, float(info.max) / 2 + 1, np.dtype(dtype))
+    values = intensity.from_unit(np.array([-1.0, 0.0, 1.0, 1.99, 2.5, 3.0], np.float32))
+    assert values[0] == info.min and values[-1] == info.max
+    assert (np.diff(values.astype(object)) >= 0).all(), values
+
+
+def test_a_uint32_rgba_layer_keeps_its_opaque_alpha(rgb_model):
+    """Alpha at uint32's maximum came back 0: fully transparent."""
+    image = np.full((8, 8, 4), 2**32 - 1, np.uint32)
+    image[..., :3] = np.random.default_rng(0).integers(0, 1000, (8, 8, 3))
+    result = upscale(image, rgb_model, rgb=True)
+    assert (result[..., 3] == 2**32 - 1).all()

@@ -34,7 +34,12 @@ from napari_srgan.engine.tiling import (
 from napari_srgan.engine.torch_safety import guard_triton
 from napari_srgan.io.images import guess_rgb
 from napari_srgan.models.interface import ModelCard, SRModel
-from napari_srgan.models.normalization import IntensityRange, NormalizationSpec, intensity_range
+from napari_srgan.models.normalization import (
+    IntensityRange,
+    NormalizationSpec,
+    intensity_range,
+    round_into,
+)
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +146,7 @@ def _alpha_to_unit(alpha: np.ndarray) -> np.ndarray:
 def _alpha_from_unit(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
     alpha = np.clip(alpha, 0.0, 1.0)
     if np.issubdtype(dtype, np.integer):
-        return np.rint(alpha * np.iinfo(dtype).max).astype(dtype)
+        return round_into(alpha.astype(np.float64) * np.iinfo(dtype).max, dtype)
     return alpha.astype(dtype)
 
 

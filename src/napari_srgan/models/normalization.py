@@ -78,8 +78,7 @@ class IntensityRange:
         else:
             raw = np.asarray(values, dtype=np.float32) * self.span + self.low
         if np.issubdtype(self.dtype, np.integer):
-            info = np.iinfo(self.dtype)
-            return np.clip(np.rint(raw), info.min, info.max).astype(self.dtype)
+            return round_into(raw, self.dtype)
         limit = np.finfo(self.dtype).max
         if self.wide or limit < np.finfo(np.float32).max:
             raw = np.clip(raw, -limit, limit)
@@ -95,6 +94,20 @@ class IntensityRange:
     def half_span(self) -> float:
         """``(high - low) / 2``, finite for any finite range."""
         return self.high / 2 - self.low / 2
+
+
+def round_into(raw: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """``raw`` rounded and clipped to the integer ``dtype``. The clipping runs in float64 against
+    bounds that float64 holds exactly: 32/64-bit limits are no float32 (and int64's maximum is
+    no float64), which rounded the bound up, so values at or above it wrapped around to the
+    dtype's minimum or to 0 (a bright pixel came back black)."""
+    info = np.iinfo(dtype)
+    rounded = np.rint(np.asarray(raw, dtype=np.float64))
+    top = float(info.max)  # int64/uint64: 2**63 / 2**64, one above the maximum
+    exact_top = top if int(top) <= info.max else np.nextafter(top, 0.0)
+    result = np.clip(rounded, float(info.min), exact_top).astype(dtype)
+    result[rounded >= top] = info.max
+    return result
 
 
 def regular_subsample(data, max_elements: int = PERCENTILE_SAMPLE_SIZE) -> np.ndarray:
