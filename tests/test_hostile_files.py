@@ -336,8 +336,9 @@ def test_a_rerun_into_the_input_folder_does_not_upscale_its_results(
         ((3, 3, 3), "3x3 pixels is too small to score"),
         ((3, 32, 32), "scores one grey or RGB image, not shape (3, 32, 32)"),
         ((32, 32, 2), "scores one grey or RGB image, not shape (32, 32, 2)"),
+        ((32, 32), "one constant value where it is scored"),  # was "inf dB", an inf mean
     ],
-    ids=["thumbnail", "grey stack", "grey plus alpha"],
+    ids=["thumbnail", "grey stack", "grey plus alpha", "flat"],
 )
 def test_evaluate_refuses_what_it_cannot_score_before_any_work(
     tmp_path, tiny_model_file, capsys, shape, message

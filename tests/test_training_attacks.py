@@ -16,7 +16,7 @@ import tifffile
 import torch
 
 from napari_srgan.cli import main
-from napari_srgan.engine.upscale import is_out_of_memory
+from napari_srgan.engine.upscale import InvalidImageError, is_out_of_memory
 from napari_srgan.io.atomic_files import OutputExistsError
 from napari_srgan.models.normalization import NormalizationSpec
 from napari_srgan.models.srresnet import Generator, GeneratorConfig
@@ -275,6 +275,25 @@ def test_a_constant_validation_image_is_refused(folder, capsys):
     tifffile.imwrite(folder / "v.tif", np.zeros((64, 64), np.uint8))
     argv = [*tiny_run(folder), "--val", str(folder / "v.tif")]
     assert "PSNR and SSIM cannot be measured" in refused(folder, argv, capsys)
+
+
+def test_flat_held_out_rows_are_refused_before_training(tmp_path, capsys):
+    # before: "step 2: PSNR 35.71 dB (bicubic inf dB)", a model "measured" on background
+    image = np.random.default_rng(0).integers(0, 255, (96, 96), np.uint8)
+    image[56:] = 9
+    job = tiny_job(tmp_path, images=[TrainingImage(image, name="cells")])
+    with pytest.raises(InvalidImageError, match=r"cells \(held out\): the held-out rows are one"):
+        run_training(job)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_flat_validation_centre_is_measured_where_the_image_has_detail():
+    # before: the centre crop of a validation image with detail only at its side was flat
+    validation = np.zeros((64, 200), np.uint8)
+    validation[8:56, 150:190] = np.random.default_rng(0).integers(0, 255, (48, 40))
+    job = tiny_job(Path("unused"), validation=[(validation, False)])
+    (image,) = _validation_set(job, NormalizationSpec(), 1)
+    assert image.hr.std() > 0.1 and image.hr.shape[-1] == 32
 
 
 def test_one_constant_image_among_others_still_trains(tmp_path):

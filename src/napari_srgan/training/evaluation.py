@@ -18,7 +18,7 @@ from napari_srgan.engine.upscale import upscale
 from napari_srgan.messages import shown
 from napari_srgan.models.interface import SRModel
 from napari_srgan.training.degradations import Bicubic, Degradation, bicubic_upscale, modcrop
-from napari_srgan.training.metrics import Quality, sr_quality
+from napari_srgan.training.metrics import Quality, measurable, sr_quality
 
 IMAGE_SUFFIXES = (".png", ".bmp", ".jpg", ".jpeg", ".webp", ".tif", ".tiff")
 
@@ -97,7 +97,7 @@ MIN_SIDE = 20
 def check_benchmark_images(images: Sequence[tuple[str, np.ndarray]]) -> None:
     """Raise ValueError naming the first image the protocol cannot score, before any work:
     8/16-bit, one grey ``(h, w)`` or colour ``(h, w, 3|4)`` image, large enough (a stack or a
-    thumbnail failed deep in the resampling with a traceback)."""
+    thumbnail failed deep in the resampling with a traceback), not flat."""
     for name, hr in images:
         if hr.dtype not in (np.uint8, np.uint16):
             raise ValueError(
@@ -115,6 +115,12 @@ def _check_shape(name: str, hr: np.ndarray) -> None:
         raise ValueError(
             f"{shown(name)}: {hr.shape[0]}x{hr.shape[1]} pixels is too small to score "
             f"(at least {MIN_SIDE}x{MIN_SIDE})"
+        )
+    if not measurable(modcrop(hr[..., :3] if hr.ndim == 3 else hr)):
+        # bicubic reproduces a flat image exactly: "inf dB", and an average of inf
+        raise ValueError(
+            f"{shown(name)} is one constant value where it is scored: PSNR and SSIM cannot be "
+            "measured on it"
         )
 
 

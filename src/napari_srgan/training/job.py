@@ -40,6 +40,7 @@ from napari_srgan.training.device_sampler import (
     data_bytes,
     memory_budget,
 )
+from napari_srgan.training.metrics import measurable
 from napari_srgan.training.patches import (
     PatchSampler,
     TrainingImage,
@@ -47,7 +48,11 @@ from napari_srgan.training.patches import (
     to_model_channels,
 )
 from napari_srgan.training.trainer import Notice, Trainer, TrainingConfig, TrainingEvent
-from napari_srgan.training.validation import ValidationImage, make_validation_image
+from napari_srgan.training.validation import (
+    ValidationImage,
+    make_validation_image,
+    to_8bit_layout,
+)
 
 #: Held-out validation needs at least this many HR rows.
 MIN_VALIDATION_ROWS = 32
@@ -152,11 +157,6 @@ def _validation_set(
             image.prepare(spec, scale)
             plane = (0,) * len(image.layout.leading_shape)
             unit = image.hr_range.to_unit(np.asarray(data[plane]))
-            if np.ptp(unit) == 0:
-                raise InvalidImageError(
-                    f"{shown(image.name)} is one constant value: PSNR and SSIM cannot be measured on "
-                    "it; choose an image with detail"
-                )
             pairs.append((to_model_channels(unit, image.layout.rgb, channels), image.name, None))
     else:
         first = job.images[0]
@@ -188,16 +188,7 @@ def _validation_set(
             )
         )
     images = [
-        make_validation_image(
-            hr,
-            job.degradation,
-            name=name,
-            crop=job.validation_crop,
-            seed=index,
-            scale=scale,
-            paired_lr=paired,
-            crop_at=job.validation_crop_at,
-        )
+        _measurable(job, hr, name, paired, index, scale)
         for index, (hr, name, paired) in enumerate(pairs)
     ]
     for image in images:
@@ -208,6 +199,37 @@ def _validation_set(
                 f"{MIN_VALIDATION_SIDE}x{MIN_VALIDATION_SIDE} at {scale}x)"
             )
     return images
+
+
+def _measurable(
+    job: TrainingJob, hr: np.ndarray, name: str, paired: np.ndarray | None, index: int, scale: int
+) -> ValidationImage:
+    """The validation crop of ``hr``; where the centre is flat, the crop with the most detail.
+    A crop that is one value where PSNR is measured is refused: bicubic (and any flat output)
+    would score "inf dB" there, and the model's PSNR says nothing about detail."""
+    for crop_at in dict.fromkeys((job.validation_crop_at, "texture")):
+        image = make_validation_image(
+            hr,
+            job.degradation,
+            name=name,
+            crop=job.validation_crop,
+            seed=index,
+            scale=scale,
+            paired_lr=paired,
+            crop_at=crop_at,
+        )
+        too_small = min(image.hr.shape[-2:]) < MIN_VALIDATION_SIDE  # said by the caller
+        if too_small or measurable(to_8bit_layout(image.hr)):
+            return image
+    if job.validation:
+        raise InvalidImageError(
+            f"{shown(name)} is one constant value where it is measured: PSNR and SSIM cannot be "
+            "measured on it; choose an image with detail"
+        )
+    raise InvalidImageError(
+        f"{shown(name)}: the held-out rows are one constant value: PSNR and SSIM cannot be "
+        "measured on them; choose a validation image with detail"
+    )
 
 
 def _check_detail(images: Sequence[TrainingImage]) -> None:

@@ -28,6 +28,17 @@ class Quality:
     ssim: float
 
 
+def measurable(reference: np.ndarray, *, border: int = SCALE) -> bool:
+    """Whether PSNR and SSIM against ``reference`` (``(h, w[, c])``) mean anything: not one value
+    where they are measured (Y for RGB, inside the border). Against a flat reference any flat
+    result scores an infinite PSNR (bicubic always does), which breaks averages and plots."""
+    if reference.ndim == 3 and reference.shape[-1] in (3, 4):
+        reference = rgb_to_y(reference)
+    if border:
+        reference = reference[border:-border, border:-border]
+    return reference.size > 0 and bool(np.ptp(reference) > 0)
+
+
 def sr_quality(
     result: np.ndarray, reference: np.ndarray, *, data_range: float = 255.0, border: int = SCALE
 ) -> Quality:
