@@ -129,13 +129,18 @@ def load_model(
     unless ``measure`` is False."""
     path = Path(path)
     config, card = read_metadata(path)
-    generator = Generator(config)
     try:
         with safe_open(str(path), framework="pt") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+            names = list(handle.keys())
+            # Shapes first, from the header: a config claiming a huge network (or a file with
+            # a huge stray tensor) is refused before anything that size is allocated.
+            _check_fits(path, config, {name: handle.get_slice(name).get_shape() for name in names})
+            tensors = {name: handle.get_tensor(name) for name in names}
+    except ModelFileError:
+        raise
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFileError(f"{shown(path)}: cannot read weights ({error})") from None
-    _check_fits(path, generator, tensors)
+    generator = Generator(config)
     broken = [n for n, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
     if broken:
         raise ModelFileError(
@@ -156,9 +161,12 @@ def native_model(generator: Generator, card: ModelCard, path: Path | None = None
     return SRModel(generator, describe_network(card, generator.config, path), path)
 
 
-def _check_fits(path: Path, generator: Generator, tensors: dict[str, torch.Tensor]) -> None:
-    expected = {name: tuple(t.shape) for name, t in generator.state_dict().items()}
-    found = {name: tuple(t.shape) for name, t in tensors.items()}
+def _check_fits(path: Path, config: GeneratorConfig, shapes: dict[str, list[int]]) -> None:
+    """Refuse weights whose names or shapes are not those of ``config``'s network, comparing
+    with a network built on the meta device (shapes only, no memory)."""
+    with torch.device("meta"):
+        expected = {name: tuple(t.shape) for name, t in Generator(config).state_dict().items()}
+    found = {name: tuple(shape) for name, shape in shapes.items()}
     problems = [f"missing {name}" for name in sorted(expected.keys() - found.keys())]
     problems += [f"unexpected {name}" for name in sorted(found.keys() - expected.keys())]
     problems += [
@@ -172,5 +180,5 @@ def _check_fits(path: Path, generator: Generator, tensors: dict[str, torch.Tenso
         )
         raise ModelFileError(
             f"{shown(path)}: weights do not fit the architecture in its metadata "
-            f"({generator.config}): {listed}"
+            f"({config}): {listed}"
         )

@@ -47,10 +47,18 @@ class GeneratorConfig:
     scale: int = SCALE
 
     def __post_init__(self) -> None:
-        if self.scale not in UPSAMPLE_STAGES:
+        # A stored config is read from a file anyone may write: 4.0 and True compare equal to
+        # 4 and 1 (and would pass the lookup below), but break slicing and shapes later on.
+        if type(self.scale) is not int or self.scale not in UPSAMPLE_STAGES:
             raise ValueError(
-                f"GeneratorConfig.scale must be one of {sorted(UPSAMPLE_STAGES)}, got {self.scale}"
+                f"GeneratorConfig.scale must be one of {sorted(UPSAMPLE_STAGES)}, "
+                f"got {self.scale!r}"
             )
+        for name in ("batch_norm", "input_skip"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(
+                    f"GeneratorConfig.{name} must be true or false, got {getattr(self, name)!r}"
+                )
         # Checked before any layer is built: a file claiming 20000 features must not allocate.
         for name, top in GENERATOR_LIMITS.items():
             value = getattr(self, name)

@@ -1,0 +1,128 @@
+"""Hostile model files: what users and attackers hand to ``--model``, ``models add``, the
+bioimage.io import and the Upscale widget's model list.
+
+Each attack ends in one line (CLI: exit 2, no traceback) before any large allocation, and
+nothing of the user's changes. Files are crafted from tiny random-weight models.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from torch.overrides import TorchFunctionMode
+
+from napari_srgan.cli import main
+
+
+@pytest.fixture
+def image(tmp_path) -> Path:
+    """A small RGB input."""
+    path = tmp_path / "in.tif"
+    tifffile.imwrite(path, np.random.default_rng(0).integers(0, 256, (20, 20, 3), np.uint8))
+    return path
+
+
+def upscale_with(capsys, image: Path, model: Path) -> str:
+    """The one error line of upscaling ``image`` with ``model``; no output may appear."""
+    output = image.with_name("out.tif")
+    line = run_cli(capsys, "upscale", image, output, "--model", model)
+    assert not output.exists()
+    return line
+
+
+def run_cli(capsys, *argv: str) -> str:
+    """Run the CLI, require exit 2 with one stderr line, and return that line."""
+    assert main([str(a) for a in argv]) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    return lines[0]
+
+
+@contextmanager
+def allocations() -> Iterator[list[int]]:
+    """Bytes of the tensor storages torch creates inside the block (meta tensors hold none)."""
+
+    class Count(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor) and out.device.type != "meta":
+                storage = out.untyped_storage()
+                if storage.data_ptr() not in seen:
+                    seen.add(storage.data_ptr())
+                    total[0] += storage.nbytes()
+            return out
+
+    seen: set[int] = set()
+    total = [0]
+    with Count():
+        yield total
+
+
+def rewrite_header(source: Path, target: Path, change) -> Path:
+    """``source`` with its safetensors header (JSON) changed by ``change(header)``."""
+    data = source.read_bytes()
+    (length,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8 : 8 + length])
+    change(header)
+    text = json.dumps(header).encode()
+    target.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length :])
+    return target
+
+
+def with_metadata(source: Path, target: Path, **entries: str) -> Path:
+    return rewrite_header(source, target, lambda h: h["__metadata__"].update(entries))
+
+
+def with_config(source: Path, target: Path, **changes) -> Path:
+    """``source`` with its generator config changed (and the card's network facts dropped,
+    so only the weights can contradict the config)."""
+
+    def change(header: dict) -> None:
+        metadata = header["__metadata__"]
+        config = json.loads(metadata["generator_config"]) | changes
+        card = json.loads(metadata["model_card"])
+        for fact in ("scale", "in_channels", "out_channels", "theoretical_halo"):
+            card.pop(fact, None)
+        metadata["generator_config"] = json.dumps(config)
+        metadata["model_card"] = json.dumps(card)
+
+    return rewrite_header(source, target, change)
+
+
+# ------------------------------------------------------------------------ native .safetensors
+
+
+def test_a_config_claiming_a_huge_network_is_refused_before_it_is_built(
+    tiny_model_file, tmp_path, capsys, image
+):
+    """1024 features x 4 blocks is 300 MB of weights (x 256 blocks: 19 GB) the 40 kB file
+    does not have: the shapes are compared before any layer is allocated."""
+    model = with_config(
+        tiny_model_file, tmp_path / "huge.safetensors", channels=1024, residual_blocks=4
+    )
+    with allocations() as allocated:
+        line = upscale_with(capsys, image, model)
+    assert "weights do not fit the architecture" in line and "huge.safetensors" in line
+    assert allocated[0] < 10e6
+
+
+@pytest.mark.parametrize(
+    ("setting", "value"),
+    [("scale", 4.0), ("scale", True), ("batch_norm", "false")],
+)
+def test_a_config_value_of_the_wrong_type_is_one_line(
+    tiny_model_file, tmp_path, capsys, image, setting, value
+):
+    """4.0 and True compare equal to 4 and 1: they passed the scale check, then a float scale
+    broke slicing in the halo measurement with a traceback."""
+    model = with_config(tiny_model_file, tmp_path / "typed.safetensors", **{setting: value})
+    line = upscale_with(capsys, image, model)
+    assert "broken model metadata" in line and f"GeneratorConfig.{setting}" in line
