@@ -11,8 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import zarr
 
 from napari_srgan.cli import main
+from napari_srgan.io.images import read_image
+from napari_srgan.io.zarr_files import open_lazy
 
 OME_WITHOUT_SIZE_Z = (
     '<?xml version="1.0" encoding="UTF-8"?>'
@@ -63,3 +66,76 @@ def test_tiff_metadata_tifffile_cannot_parse_is_one_line(
     from napari_srgan.plugin.reader import get_reader
 
     assert get_reader(str(source)) is None  # napari's own reader says what is wrong
+
+
+def ome_zarr(path: Path, multiscale: dict) -> Path:
+    """A 16x16 OME-Zarr store (format 2) with one level "0" and ``multiscale``'s fields."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    group.create_array("0", shape=(16, 16), dtype="uint8")[...] = 7
+    group.attrs["multiscales"] = [{"datasets": [{"path": "0"}], **multiscale}]
+    return path
+
+
+@pytest.mark.parametrize("dataset", ["../x", "."])
+def test_a_dataset_path_leaving_the_store_names_the_store(
+    tmp_path, tiny_model_file, capsys, dataset
+):
+    """zarr refuses the path in its own words ("The path '../x' is invalid because...") and the
+    message did not say which file."""
+    source = ome_zarr(tmp_path / "cells.zarr", {"datasets": [{"path": dataset}]})
+    before = hashes(tmp_path)
+    code, lines = run(["upscale", source, tmp_path / "o.tif", "--model", "tiny-rgb"], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"cells.zarr: OME-Zarr dataset {dataset!r} (datasets[0]) is not an array" in lines[0]
+    assert hashes(tmp_path) == before
+
+
+def translation(values: list) -> dict:
+    transforms = [
+        {"type": "scale", "scale": [0.5, 0.5]},
+        {"type": "translation", "translation": values},
+    ]
+    return {"datasets": [{"path": "0", "coordinateTransformations": transforms}]}
+
+
+def space_axes(unit) -> dict:
+    return {
+        "axes": [
+            {"name": "y", "type": "space", "unit": unit},
+            {"name": "x", "type": "space", "unit": unit},
+        ]
+    }
+
+
+@pytest.mark.parametrize(
+    ("multiscale", "warning"),
+    [
+        (translation(["NaN", 0]), "ignoring OME-Zarr translation ['NaN', 0] (not finite)"),
+        (
+            translation([0, "-Infinity"]),
+            "ignoring OME-Zarr translation [0, '-Infinity'] (not finite)",
+        ),
+        (
+            space_axes(["micrometer"]),
+            "ignoring OME-Zarr axis unit ['micrometer'] (not a length unit)",
+        ),
+        (space_axes(5), "ignoring OME-Zarr axis unit 5 (not a length unit)"),
+        (space_axes("\x1b[2J"), "ignoring OME-Zarr axis unit '\\x1b[2J' (not a length unit)"),
+    ],
+    ids=["translation-nan", "translation-infinity", "unit-list", "unit-number", "unit-escape"],
+)
+@pytest.mark.parametrize("output", ["o.ome.tif", "o.zarr"])
+def test_ome_zarr_placement_that_is_not_a_place_is_ignored_with_a_warning(
+    tmp_path, tiny_model_file, capsys, caplog, multiscale, warning, output
+):
+    """A translation of NaN went on into the result (whose provenance this package's reader
+    then refused), a unit that is a list or number failed in a traceback (``unit.strip``), an
+    escape sequence went on into the result's axes. Such a field is ignored, as a pixel size
+    <= 0 is, and the result opens with the rest of the metadata."""
+    source = ome_zarr(tmp_path / "cells.zarr", multiscale)
+    code, lines = run(["upscale", source, tmp_path / output, "--model", "tiny-rgb"], capsys)
+    assert code == 0, lines
+    assert [m for m in caplog.messages if "ignoring" in m] == [f"{source}: {warning}"]
+    written = tmp_path / output
+    result = open_lazy(written) if output.endswith(".zarr") else read_image(written)
+    assert np.isfinite(result.translate).all() and result.unit is None

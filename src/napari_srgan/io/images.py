@@ -78,12 +78,19 @@ OME_LENGTH_UNITS = (
     "nm", "pm", "fm", "am", "zm", "ym", "Å", "thou", "li", "in", "ft", "yd", "mi", "ua", "ly",
     "pc", "pt",
 )  # fmt: skip
-#: Other spellings of length units (ImageJ's "um" and "micron", pint's full names).
+#: Other spellings of length units (ImageJ's "um" and "micron", pint's and OME-Zarr's full
+#: names).
 _UNIT_ALIASES = {
     "um": "µm", "\u03bcm": "µm", "micron": "µm", "microns": "µm", "micrometer": "µm",
     "micrometre": "µm", "nanometer": "nm", "nanometre": "nm", "millimeter": "mm",
     "millimetre": "mm", "centimeter": "cm", "centimetre": "cm", "meter": "m", "metre": "m",
     "picometer": "pm", "angstrom": "Å", "inch": "in",
+    # the rest of OME-Zarr's (UDUNITS-2) length names
+    "yoctometer": "ym", "zeptometer": "zm", "attometer": "am", "femtometer": "fm",
+    "decimeter": "dm", "hectometer": "hm", "kilometer": "km", "megameter": "Mm",
+    "gigameter": "Gm", "terameter": "Tm", "petameter": "Pm", "exameter": "Em",
+    "zettameter": "Zm", "yottameter": "Ym", "foot": "ft", "yard": "yd", "mile": "mi",
+    "parsec": "pc",
 }  # fmt: skip
 
 

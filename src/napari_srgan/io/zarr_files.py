@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import os
 import shutil
 from collections.abc import Iterator, Sequence
@@ -27,6 +29,7 @@ from napari_srgan.io.atomic_files import disk_full_is_one_line, new_store, repla
 from napari_srgan.io.images import (
     PROVENANCE_KEY,
     ImageFile,
+    ome_unit,
     open_tiff,
     pixels_unreadable,
     positive_pixel_size,
@@ -36,6 +39,8 @@ from napari_srgan.io.images import (
 )
 from napari_srgan.messages import shown
 from napari_srgan.threads import joined_pool
+
+log = logging.getLogger(__name__)
 
 #: Output chunks on the two image axes: a good size for napari tiles and for compression.
 CHUNK = 512
@@ -145,7 +150,11 @@ def _multiscales(group: zarr.Group, path: Path) -> dict:
     for index, dataset in enumerate(datasets):
         if not isinstance(dataset, dict) or not isinstance(dataset.get("path"), str):
             raise ValueError(f"{shown(path)}: OME-Zarr field 'datasets[{index}].path' is missing")
-        if not isinstance(group.get(dataset["path"]), zarr.Array):
+        try:
+            array = group.get(dataset["path"])
+        except ValueError:  # zarr refuses "..", "." and other paths that would leave the store
+            array = None
+        if not isinstance(array, zarr.Array):
             raise ValueError(
                 f"{shown(path)}: OME-Zarr dataset {dataset['path']!r} (datasets[{index}]) is not an array"
             )
@@ -153,7 +162,8 @@ def _multiscales(group: zarr.Group, path: Path) -> dict:
 
 
 def _transforms(dataset: dict, ndim: int, path: Path) -> tuple[list[float], list[float]]:
-    """The scale and translation of a dataset; a pixel size <= 0 is ignored with a warning."""
+    """The scale and translation of a dataset; a pixel size <= 0 or a translation that is not
+    finite is ignored with a warning."""
     scale, translate = [1.0] * ndim, [0.0] * ndim
     transforms = dataset.get("coordinateTransformations", [])
     if not isinstance(transforms, list):
@@ -169,9 +179,15 @@ def _transforms(dataset: dict, ndim: int, path: Path) -> tuple[list[float], list
             scale = list(positive_pixel_size(values, path, "OME-Zarr scale") or scale)
         else:
             try:
-                translate = [float(v) for v in values]
+                offsets = [float(v) for v in values]
             except (TypeError, ValueError):
                 raise ValueError(f"{shown(path)}: OME-Zarr translation is not numbers") from None
+            if all(math.isfinite(v) for v in offsets):
+                translate = offsets
+            else:  # NaN or infinity would pass on to the result, which no reader then opens
+                log.warning(
+                    "%s: ignoring OME-Zarr translation %s (not finite)", shown(path), values
+                )
     return scale, translate
 
 
@@ -197,6 +213,12 @@ def _zarr_image(node, path: Path, inode: int | None = None) -> ImageFile:
     unit = next(
         (a.get("unit") for a in axes if isinstance(a, dict) and a.get("type") == "space"), None
     )
+    if unit is not None and not (isinstance(unit, str) and ome_unit(unit)):
+        # not a length: a number or list failed later in a traceback, text went on to the result
+        log.warning(
+            "%s: ignoring OME-Zarr axis unit %s (not a length unit)", shown(path), shown(repr(unit))
+        )
+        unit = None
     return ImageFile(
         CheckedReads(data, path, inode), False, tuple(scale), tuple(translate), unit, provenance
     )
