@@ -66,13 +66,14 @@ def allocations() -> Iterator[list[int]]:
         yield total
 
 
-def rewrite_header(source: Path, target: Path, change) -> Path:
-    """``source`` with its safetensors header (JSON) changed by ``change(header)``."""
+def rewrite_header(source: Path, target: Path, change, *, replace=(b"", b"")) -> Path:
+    """``source`` with its safetensors header (JSON) changed by ``change(header)``, then
+    ``replace``'s first bytes by its second in the header's text."""
     data = source.read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8 : 8 + length])
     change(header)
-    text = json.dumps(header).encode()
+    text = json.dumps(header).encode().replace(*replace)
     target.write_bytes(struct.pack("<Q", len(text)) + text + data[8 + length :])
     return target
 
@@ -126,3 +127,28 @@ def test_a_config_value_of_the_wrong_type_is_one_line(
     model = with_config(tiny_model_file, tmp_path / "typed.safetensors", **{setting: value})
     line = upscale_with(capsys, image, model)
     assert "broken model metadata" in line and f"GeneratorConfig.{setting}" in line
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+@pytest.mark.parametrize("entry", ["model_card", "generator_config", "header"])
+def test_json_nested_too_deeply_is_one_line_in_upscale_and_models(
+    tiny_model_file, user_models, capsys, image, entry
+):
+    """200 kB of brackets made Python's JSON parser raise RecursionError: a traceback from
+    ``upscale``, ``models`` and the Upscale widget's card lookup."""
+    from napari_srgan.models.registry import ModelFileError, read_card
+
+    model = user_models / "deep.safetensors"
+    if entry == "header":
+        deep = (b'"DEEP"', DEEP.encode())
+        rewrite_header(tiny_model_file, model, lambda h: h.update(deep="DEEP"), replace=deep)
+    else:
+        with_metadata(tiny_model_file, model, **{entry: DEEP})
+    assert "JSON nested too deeply" in upscale_with(capsys, image, model)
+    with pytest.raises(ModelFileError, match="nested too deeply"):
+        read_card("deep")
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    assert "deep: unreadable:" in listed and "nested too deeply" in listed

@@ -19,7 +19,7 @@ from safetensors.torch import save_file
 from napari_srgan.io.atomic_files import atomic_write
 from napari_srgan.messages import shown
 from napari_srgan.models.halo import cached_halo, measure_halo
-from napari_srgan.models.headers import ModelFileError
+from napari_srgan.models.headers import ModelFileError, parse_json
 from napari_srgan.models.interface import ModelCard, SRModel
 from napari_srgan.models.srresnet import Generator, GeneratorConfig
 
@@ -90,7 +90,7 @@ def read_metadata(path: str | os.PathLike) -> tuple[GeneratorConfig, ModelCard]:
             f"(metadata {FORMAT_KEY!r} is {metadata.get(FORMAT_KEY)!r}, expected {FORMAT_VERSION!r})"
         )
     try:
-        config = GeneratorConfig.from_dict(json.loads(metadata["generator_config"]))
+        config = GeneratorConfig.from_dict(parse_json(metadata["generator_config"]))
         card = ModelCard.from_json(metadata["model_card"])
     except (KeyError, TypeError, ValueError) as error:
         raise ModelFileError(f"{shown(path)} has broken model metadata: {error}") from None

@@ -23,6 +23,16 @@ class ModelFileError(ValueError):
     """A weight file is missing, unreadable, or does not fit the architecture it claims."""
 
 
+def parse_json(text: str | bytes):
+    """``json.loads`` for text from a model file: JSON nested too deeply for Python's parser
+    (a few kB of ``[``) is the ValueError any malformed JSON gives, not a RecursionError that
+    no caller expects."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The ``__metadata__`` of a ``.safetensors`` file (empty if it has none)."""
     path = Path(path)
@@ -34,7 +44,7 @@ def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
             (length,) = struct.unpack("<Q", prefix)
             if length > MAX_HEADER_BYTES or length > path.stat().st_size - 8:
                 raise ValueError(f"header length {length} does not fit the file")
-            header = json.loads(handle.read(length))
+            header = parse_json(handle.read(length))
     except FileNotFoundError:
         raise ModelFileError(f"model file not found: {shown(path)}") from None
     except (OSError, ValueError, UnicodeDecodeError) as error:
@@ -74,8 +84,8 @@ def summarize(name: str, path: Path, *, location: str, use_fallback: str = "") -
     ("bundled", "user"); ``use_fallback`` describes models whose card has no ``intended_use``."""
     try:
         metadata = safetensors_metadata(path)
-        card = json.loads(metadata.get("model_card", "{}"))
-        network = json.loads(metadata.get("generator_config", "{}"))
+        card = parse_json(metadata.get("model_card", "{}"))
+        network = parse_json(metadata.get("generator_config", "{}"))
         if not isinstance(card, dict) or not isinstance(network, dict):
             raise ValueError("the model card is not a JSON object")
     except ModelFileError as error:

@@ -17,6 +17,7 @@ from typing import Protocol
 from torch import nn
 
 from napari_srgan.messages import printable
+from napari_srgan.models.headers import parse_json
 from napari_srgan.models.normalization import NormalizationSpec
 
 
@@ -72,7 +73,7 @@ class ModelCard:
     def from_json(cls, text: str) -> ModelCard:
         """Parse a stored card; raises ValueError naming the problem (not a JSON object,
         unknown or missing fields)."""
-        values = json.loads(text)
+        values = parse_json(text)
         if not isinstance(values, dict):
             raise ValueError(f"the model card is a JSON {type(values).__name__}, not an object")
         known = {f.name for f in fields(cls)}
