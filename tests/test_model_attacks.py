@@ -17,9 +17,12 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
 from torch.overrides import TorchFunctionMode
 
 from napari_srgan.cli import main
+from test_community_models import community_file
 
 
 @pytest.fixture
@@ -152,3 +155,44 @@ def test_json_nested_too_deeply_is_one_line_in_upscale_and_models(
     assert main(["models"]) == 0
     listed = capsys.readouterr().out
     assert "deep: unreadable:" in listed and "nested too deeply" in listed
+
+
+def with_tensors(source: Path, target: Path, change) -> Path:
+    """``source`` (a .safetensors file) with its tensors changed by ``change(name, tensor)``."""
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: change(name, handle.get_tensor(name)) for name in handle.keys()}  # noqa: SIM118
+    save_file(tensors, str(target), metadata=metadata)
+    return target
+
+
+@pytest.mark.parametrize(
+    "weights",
+    ["fp8", "fp8 nan", "float64 beyond float32", "community nan"],
+)
+def test_weights_of_unusual_types_or_values_load_or_are_refused_in_one_line(
+    tiny_model_file, tmp_path, capsys, image, weights
+):
+    """fp8 weights broke the NaN check (no isfinite for fp8: a traceback); a float64 weight
+    beyond float32's range passed it and became infinite on load; a community model with NaN
+    weights ran and wrote an image of garbage."""
+    fp8 = torch.float8_e4m3fn
+    changes = {
+        "fp8": lambda name, t: t.to(fp8),
+        "fp8 nan": lambda name, t: t.fill_(float("nan")).to(fp8) if name == "tail.bias" else t,
+        "float64 beyond float32": lambda name, t: (
+            t.double().fill_(1e300) if name == "tail.bias" else t
+        ),
+    }
+    if weights == "community nan":
+        state = torch.load(community_file(tmp_path, "esrgan-x4"), weights_only=True)
+        state["model.0.weight"][0, 0, 0, 0] = float("nan")
+        model = tmp_path / "nan.pth"
+        torch.save(state, model)
+    else:
+        model = with_tensors(tiny_model_file, tmp_path / "w.safetensors", changes[weights])
+    if weights == "fp8":
+        assert main(["upscale", str(image), str(tmp_path / "o.tif"), "--model", str(model)]) == 0
+        return
+    line = upscale_with(capsys, image, model)
+    assert "weights contain NaN or infinite values" in line and model.name in line

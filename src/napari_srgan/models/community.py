@@ -29,7 +29,12 @@ from torch import nn
 
 from napari_srgan.io.atomic_files import atomic_write
 from napari_srgan.messages import shown
-from napari_srgan.models.files import FORMAT_KEY, ModelFileError, load_weights_only
+from napari_srgan.models.files import (
+    FORMAT_KEY,
+    ModelFileError,
+    load_weights_only,
+    refuse_nonfinite,
+)
 from napari_srgan.models.halo import measure_tiling
 from napari_srgan.models.interface import ModelCard, NetworkSpec, SRModel
 
@@ -296,6 +301,7 @@ def community_model(
             "output channels; napari-srgan needs the same number in and out"
         )
     network = SpandrelNetwork(descriptor).eval()
+    refuse_nonfinite(label, network.model.state_dict())
     multiple = size_multiple(descriptor)
     facts = {
         "scale": descriptor.scale,

@@ -141,19 +141,29 @@ def load_model(
     except (SafetensorError, OSError, ValueError) as error:
         raise ModelFileError(f"{shown(path)}: cannot read weights ({error})") from None
     generator = Generator(config)
-    broken = [n for n, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()]
-    if broken:
-        raise ModelFileError(
-            f"{shown(path)}: weights contain NaN or infinite values ({', '.join(sorted(broken)[:3])}"
-            f"{', ...' if len(broken) > 3 else ''}); the file is damaged or the training diverged"
-        )
-    generator.load_state_dict({name: t.float() for name, t in tensors.items()})
+    tensors = {name: t.float() for name, t in tensors.items()}
+    refuse_nonfinite(shown(path), tensors)
+    generator.load_state_dict(tensors)
     generator.eval()
     model = native_model(generator, card, path)
     if measure and card.measured_halo is None:  # measured once per file, then cached by its hash
         card.measured_halo = cached_halo(path, lambda: measure_halo(model))
     generator.to(device)
     return model
+
+
+def refuse_nonfinite(label: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Refuse weights with NaN or infinite values: every output would be NaN. Checked on the
+    32-bit floats the network computes with (fp8 has no finiteness test; a float64 beyond
+    the float32 range becomes infinite)."""
+    broken = sorted(
+        n for n, t in tensors.items() if t.is_floating_point() and not t.isfinite().all()
+    )
+    if broken:
+        raise ModelFileError(
+            f"{label}: weights contain NaN or infinite values ({', '.join(broken[:3])}"
+            f"{', ...' if len(broken) > 3 else ''}); the file is damaged or the training diverged"
+        )
 
 
 def native_model(generator: Generator, card: ModelCard, path: Path | None = None) -> SRModel:
