@@ -91,3 +91,32 @@ def test_a_uint32_rgba_layer_keeps_its_opaque_alpha(rgb_model):
     image[..., :3] = np.random.default_rng(0).integers(0, 1000, (8, 8, 3))
     result = upscale(image, rgb_model, rgb=True)
     assert (result[..., 3] == 2**32 - 1).all()
+
+
+@pytest.mark.parametrize("role", ["lr_layer", "validation_layer"])
+def test_a_multiscale_paired_or_validation_layer_is_named(
+    make_napari_viewer, tiny_model_file, monkeypatch, user_models, role
+):
+    """Only HR layers were checked for pyramids: a multiscale validation layer failed with
+    "list indices must be integers or slices, not tuple"."""
+    from napari_srgan.plugin import train_widget
+
+    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
+    shown = []
+    monkeypatch.setattr(train_widget, "show_error", shown.append)
+    viewer = make_napari_viewer()
+    rng = np.random.default_rng(0)
+    photo = viewer.add_image(rng.integers(0, 256, (160, 160, 3), np.uint8), rgb=True, name="hr")
+    size = 40 if role == "lr_layer" else 160
+    levels = [rng.integers(0, 256, (size >> k, size >> k, 3), np.uint8) for k in range(2)]
+    pyramid = viewer.add_image(levels, rgb=True, multiscale=True, name="pyramid")
+    _, widget = viewer.window.add_plugin_dock_widget("napari-srgan", "Train")
+    widget.reset_choices()
+    widget.hr_layers.value = [photo]
+    getattr(widget, role).value = pyramid
+    widget.base_model.value = "tiny-rgb"
+    widget.model_name.value = "from-a-pyramid"
+    files_before = sorted(user_models.iterdir())
+    widget.start()
+    assert shown == ["napari-srgan: pyramid: multiscale layers are not supported"]
+    assert sorted(user_models.iterdir()) == files_before

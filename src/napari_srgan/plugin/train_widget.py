@@ -349,8 +349,9 @@ class TrainWidget(Container):
         paired = self.lr_layer.value
         if paired is not None and len(layers) != 1:
             raise ValueError("a paired LR layer needs exactly one HR layer")
-        for layer in layers:
-            if layer.multiscale:
+        validation = self.validation_layer.value
+        for layer in [*layers, paired, validation]:  # a pyramid's data is a list of arrays
+            if layer is not None and layer.multiscale:
                 raise ValueError(f"{shown(layer.name)}: multiscale layers are not supported")
         images = [
             TrainingImage(
@@ -361,7 +362,6 @@ class TrainWidget(Container):
             )
             for layer in layers
         ]
-        validation = self.validation_layer.value
         output = user_model_path(self.model_name.value.strip())
         config = TrainingConfig(
             patch_size=self.patch_size.value,
