@@ -6,6 +6,8 @@ not repeated here."""
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ import zarr
 from napari_srgan.cli import main
 from napari_srgan.io.images import read_image
 from napari_srgan.io.zarr_files import open_lazy
+from napari_srgan.plugin.reader import get_reader, read_zarr_layer
 
 OME_WITHOUT_SIZE_Z = (
     '<?xml version="1.0" encoding="UTF-8"?>'
@@ -62,8 +65,6 @@ def test_tiff_metadata_tifffile_cannot_parse_is_one_line(
     assert "cells.ome.tif" in lines[0] and f"its {kind} metadata is malformed" in lines[0]
     assert reason in lines[0]
     assert hashes(tmp_path) == before
-
-    from napari_srgan.plugin.reader import get_reader
 
     assert get_reader(str(source)) is None  # napari's own reader says what is wrong
 
@@ -139,3 +140,73 @@ def test_ome_zarr_placement_that_is_not_a_place_is_ignored_with_a_warning(
     written = tmp_path / output
     result = open_lazy(written) if output.endswith(".zarr") else read_image(written)
     assert np.isfinite(result.translate).all() and result.unit is None
+
+
+def plain_zarr(path: Path, zarr_format: int = 2) -> zarr.Array:
+    """A 16x16 zarr array of fives, in one chunk."""
+    array = zarr.open_array(
+        str(path), mode="w", shape=(16, 16), dtype="uint8", zarr_format=zarr_format
+    )
+    array[...] = 5
+    return array
+
+
+def test_zarr_attributes_that_are_not_an_object_are_one_line(tmp_path, tiny_model_file, capsys):
+    """zarr reads any JSON as the attributes; a list made ``attrs.get`` raise a TypeError."""
+    plain_zarr(tmp_path / "cells.zarr")
+    (tmp_path / "cells.zarr" / ".zattrs").write_text("[1, 2]")
+    before = hashes(tmp_path)
+    argv = ["upscale", tmp_path / "cells.zarr", tmp_path / "o.tif", "--model", "tiny-rgb"]
+    code, lines = run(argv, capsys)
+    assert code == 2 and lines == [
+        f"napari-srgan: error: {tmp_path / 'cells.zarr'}: its zarr attributes are not a JSON object"
+    ]
+    assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("zarr_format", [2, 3])
+@pytest.mark.parametrize("output", ["o.tif", "o.zarr"])
+def test_a_zarr_chunk_shape_of_0_is_refused_before_any_work(
+    tmp_path, tiny_model_file, capsys, zarr_format, output
+):
+    """zarr opens a chunk side of 0 and divides by zero at the first read: that was reported
+    as corrupt pixel data, after the work had begun."""
+    source = tmp_path / "cells.zarr"
+    plain_zarr(source, zarr_format)
+    name = ".zarray" if zarr_format == 2 else "zarr.json"
+    metadata = json.loads((source / name).read_text())
+    if zarr_format == 2:
+        metadata["chunks"] = [0, 16]
+    else:
+        metadata["chunk_grid"]["configuration"]["chunk_shape"] = [0, 16]
+    (source / name).write_text(json.dumps(metadata))
+    before = hashes(tmp_path)
+    code, lines = run(["upscale", source, tmp_path / output, "--model", "tiny-rgb"], capsys)
+    assert code == 2 and lines == [
+        f"napari-srgan: error: cannot read {source}: its chunk shape (0, 16) has a 0"
+    ]
+    assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ("a name", "provenance field 'layer' is not an object"),
+        ({"rgb": True}, "its provenance says RGB, but it has no colour axis of 3 or 4"),
+        ({"rgb": "yes"}, "provenance field 'layer.rgb' is not true or false"),
+        ({"name": ["a"]}, "provenance field 'layer.name' is not text"),
+        (
+            {"translate": [float("nan"), 0]},
+            "provenance field 'layer.translate' is not a list of numbers",
+        ),
+    ],
+    ids=["layer-text", "rgb-without-colour", "rgb-text", "name-list", "translate-nan"],
+)
+def test_zarr_provenance_the_reader_uses_is_checked_as_a_tiffs_is(tmp_path, layer, message):
+    """A TIFF's provenance was checked field by field, a store's only for being an object:
+    napari's reader failed with an AttributeError ('str' has no 'get'), a numpy AxisError or
+    a layer named by a list."""
+    array = plain_zarr(tmp_path / "cells.zarr")
+    array.attrs["napari_srgan"] = {"layer": layer}
+    with pytest.raises(ValueError, match="^" + re.escape(f"{tmp_path / 'cells.zarr'}: {message}")):
+        read_zarr_layer(str(tmp_path / "cells.zarr"))

@@ -329,8 +329,15 @@ def _provenance(path: Path, text) -> dict:
         raise ValueError(
             f"{shown(path)}: provenance tag {PROVENANCE_TAG} is not JSON ({error})"
         ) from None
+    return checked_provenance(record, path, f"provenance tag {PROVENANCE_TAG}")
+
+
+def checked_provenance(record, path: str | os.PathLike, where: str) -> dict:
+    """A file's provenance (``where``: the tag or attribute holding it) checked field by field,
+    so that a bad one is named in one line: readers use the layer's scale, translate, name and
+    colour flag as they are."""
     if not isinstance(record, dict):
-        raise ValueError(f"{shown(path)}: provenance tag {PROVENANCE_TAG} is not a JSON object")
+        raise ValueError(f"{shown(path)}: {where} is not a JSON object")
     layer = record.get("layer", {})
     if not isinstance(layer, dict):
         raise ValueError(f"{shown(path)}: provenance field 'layer' is not an object")
@@ -345,6 +352,10 @@ def _provenance(path: Path, text) -> dict:
             )
         if name == "scale" and any(v <= 0 for v in values):
             raise ValueError(f"{shown(path)}: provenance field 'layer.scale' has a value <= 0")
+    if not isinstance(layer.get("name", ""), str):
+        raise ValueError(f"{shown(path)}: provenance field 'layer.name' is not text")
+    if not isinstance(layer.get("rgb", False), bool):
+        raise ValueError(f"{shown(path)}: provenance field 'layer.rgb' is not true or false")
     return record
 
 

@@ -29,6 +29,7 @@ from napari_srgan.io.atomic_files import disk_full_is_one_line, new_store, repla
 from napari_srgan.io.images import (
     PROVENANCE_KEY,
     ImageFile,
+    checked_provenance,
     ome_unit,
     open_tiff,
     pixels_unreadable,
@@ -84,6 +85,8 @@ class CheckedReads:
     come from another image."""
 
     def __init__(self, array, path: Path, inode: int | None = None) -> None:
+        if any(side < 1 for side in array.chunks):  # zarr opens it, then divides by zero
+            raise ValueError(f"cannot read {shown(path)}: its chunk shape {array.chunks} has a 0")
         self.array, self.path, self.inode = array, path, inode
         self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
         self.chunks = array.chunks
@@ -126,9 +129,12 @@ def _open_zarr(path: Path) -> ImageFile:
 
 def _open_node(path: Path):
     try:
-        return zarr.open(str(path), mode="r")
+        node = zarr.open(str(path), mode="r")
     except Exception as error:
         raise ValueError(f"cannot open {shown(path)} as zarr: {error}") from None
+    if not isinstance(node.metadata.attributes, dict):  # zarr reads any JSON: attrs.get fails
+        raise ValueError(f"{shown(path)}: its zarr attributes are not a JSON object")
+    return node
 
 
 def _multiscales(group: zarr.Group, path: Path) -> dict:
@@ -194,10 +200,8 @@ def _transforms(dataset: dict, ndim: int, path: Path) -> tuple[list[float], list
 def _zarr_image(node, path: Path, inode: int | None = None) -> ImageFile:
     """A plain zarr array, or the full-resolution level of an OME-Zarr group, with metadata
     (``inode``: see :class:`CheckedReads`)."""
-    provenance = node.attrs.get(PROVENANCE_KEY, {})
-    if not isinstance(provenance, dict):
-        raise ValueError(f"{shown(path)}: the {PROVENANCE_KEY!r} attribute is not an object")
-    provenance = dict(provenance)
+    where = f"the {PROVENANCE_KEY!r} attribute"
+    provenance = dict(checked_provenance(node.attrs.get(PROVENANCE_KEY, {}), path, where))
     if isinstance(node, zarr.Array):
         rgb = node.ndim >= 3 and node.shape[-1] in (3, 4)
         count = node.ndim - rgb
@@ -238,6 +242,11 @@ def open_pyramid(path: str | os.PathLike) -> tuple[list[da.Array], ImageFile]:
     # a corrupt chunk fails in one line naming the store, when napari shows it too
     levels = [da.from_array(CheckedReads(array, path), chunks=array.chunks) for array in arrays]
     if image.provenance.get("layer", {}).get("rgb"):
+        if arrays[0].ndim < 3 or arrays[0].shape[-3] not in (3, 4):
+            raise ValueError(
+                f"{shown(path)}: its provenance says RGB, but it has no colour axis of 3 or 4 "
+                f"before y, x (shape {arrays[0].shape})"
+            )
         levels = [da.moveaxis(level, -3, -1) for level in levels]
         scale, translate = list(image.scale), list(image.translate)
         del scale[-3], translate[-3]
