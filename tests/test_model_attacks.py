@@ -196,3 +196,25 @@ def test_weights_of_unusual_types_or_values_load_or_are_refused_in_one_line(
         return
     line = upscale_with(capsys, image, model)
     assert "weights contain NaN or infinite values" in line and model.name in line
+
+
+# ------------------------------------------------------------------ community (spandrel) files
+
+
+def test_a_community_file_naming_a_huge_block_index_is_refused_before_it_is_built(
+    tmp_path, user_models, capsys
+):
+    """spandrel counts ESRGAN's blocks by the highest index among the tensor names: one extra
+    tensor named block 400 made it build 400 blocks (360 MB; block 100000: 90 GB) before
+    finding the weights missing. The build now stops once it outgrows the file's weights."""
+    from safetensors.torch import load_file
+
+    state = load_file(str(community_file(tmp_path, "esrgan-x4", ".safetensors")))
+    state["model.1.sub.400.RDB1.conv1.0.weight"] = state["model.1.sub.0.RDB1.conv1.0.weight"] + 0
+    model = tmp_path / "deep.safetensors"
+    save_file(state, str(model))
+    with allocations() as allocated:
+        line = run_cli(capsys, "models", "add", model)
+    assert "deep.safetensors: its tensor names and shapes describe a network larger" in line
+    assert allocated[0] < 100e6
+    assert list(user_models.iterdir()) == []

@@ -20,12 +20,14 @@ import os
 import pickle
 import re
 import zipfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from napari_srgan.io.atomic_files import atomic_write
 from napari_srgan.messages import shown
@@ -252,6 +254,53 @@ def _receptive_field(network: SpandrelNetwork, descriptor, multiple: int) -> int
     return _RECEPTIVE_FIELDS[key]
 
 
+class NetworkTooLarge(Exception):
+    """Building stopped: the network outgrew what the file's weights can fill."""
+
+
+class BuildBudget(TorchFunctionMode):
+    """Stops spandrel building a network larger than the file's weights.
+
+    spandrel reads hyper-parameters from tensor names and shapes (the highest block index, the
+    width of the first layer) and builds the network before loading the weights into it, so
+    a few kB naming block 100000, or a first layer 20000 wide, would allocate gigabytes (and
+    let the system kill the process) before the weights are found not to fit. The loading is
+    strict (every parameter must be in the file), so a network that loads holds no more
+    numbers than the file: the tensors created while building are counted, and past a few
+    times the file's weights (or their number), the build stops.
+    """
+
+    def __init__(self, state_dict: dict) -> None:
+        super().__init__()
+        tensors = list(_tensors(state_dict))
+        #: Bytes of the file's weights as the network holds them (at least float32).
+        self.weights = sum(t.numel() * max(t.element_size(), 4) for t in tensors)
+        self.max_bytes = 4 * self.weights + 64 * 2**20
+        self.max_count = 2 * len(tensors) + 1000
+        self.storages: set[int] = set()
+        self.allocated = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        result = func(*args, **(kwargs or {}))
+        if isinstance(result, torch.Tensor) and result.layout is torch.strided:
+            storage = result.untyped_storage()
+            if storage.data_ptr() not in self.storages:
+                self.storages.add(storage.data_ptr())
+                self.allocated += storage.nbytes()
+                if self.allocated > self.max_bytes or len(self.storages) > self.max_count:
+                    raise NetworkTooLarge
+        return result
+
+
+def _tensors(values) -> Iterator[torch.Tensor]:
+    """The tensors in a state dict, including those of nested dicts (``params_ema``)."""
+    for value in values.values():
+        if isinstance(value, torch.Tensor):
+            yield value
+        elif isinstance(value, dict):
+            yield from _tensors(value)
+
+
 def community_model(
     state_dict: dict[str, torch.Tensor],
     *,
@@ -268,22 +317,30 @@ def community_model(
     """
     spandrel = _spandrel()
     label = path.name if path is not None else name
+    support = None if architecture is None else spandrel.MAIN_REGISTRY.get(architecture)
+    if architecture is not None and support is None:
+        raise ModelFileError(
+            f"{label}: architecture {architecture!r} is not available; it may need "
+            "the optional spandrel-extra-arches package (pip install "
+            "'napari-srgan[extra-arches]', non-commercial licences)"
+        )
+    budget = BuildBudget(state_dict)
     try:
-        if architecture is None:
-            descriptor = spandrel.ModelLoader().load_from_state_dict(state_dict)
-        else:
-            support = spandrel.MAIN_REGISTRY.get(architecture)
+        with budget:
             if support is None:
-                raise ModelFileError(
-                    f"{label}: architecture {architecture!r} is not available; it may need "
-                    "the optional spandrel-extra-arches package (pip install "
-                    "'napari-srgan[extra-arches]', non-commercial licences)"
-                )
-            descriptor = support.architecture.load(spandrel.canonicalize_state_dict(state_dict))
+                descriptor = spandrel.ModelLoader().load_from_state_dict(state_dict)
+            else:
+                canonical = spandrel.canonicalize_state_dict(state_dict)
+                descriptor = support.architecture.load(canonical)
     except spandrel.UnsupportedModelError:
         raise ModelFileError(
             f"{label}: unknown architecture: spandrel {spandrel.__version__} recognises none of "
             f"its {len(state_dict)} tensors (first: {next(iter(state_dict), 'none')!r})"
+        ) from None
+    except NetworkTooLarge:
+        raise ModelFileError(
+            f"{label}: its tensor names and shapes describe a network larger than its "
+            f"{budget.weights / 1e6:.1f} MB of weights; refused before building it"
         ) from None
     except (RuntimeError, KeyError, ValueError, AssertionError, TypeError) as error:
         raise ModelFileError(
