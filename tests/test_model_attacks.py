@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import json
 import struct
+import warnings
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import psutil
 import pytest
 import tifffile
 import torch
@@ -218,3 +222,46 @@ def test_a_community_file_naming_a_huge_block_index_is_refused_before_it_is_buil
     assert "deep.safetensors: its tensor names and shapes describe a network larger" in line
     assert allocated[0] < 100e6
     assert list(user_models.iterdir()) == []
+
+
+def deflated(source: Path, target: Path) -> Path:
+    """``source`` (a torch.save zip) with its entries deflated, as torch reads them too."""
+    with zipfile.ZipFile(source) as plain, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as z:
+        for entry in plain.infolist():
+            z.writestr(entry.filename, plain.read(entry.filename))
+    return target
+
+
+def test_a_pickle_zip_unpacking_to_more_than_the_free_memory_is_refused_before_reading(
+    tmp_path, image, capsys, monkeypatch
+):
+    """torch inflates deflated entries whole: 16 kB of zip unpacked to 16 MB (20 MB of zip:
+    20 GB). Here the machine has 10 MB free."""
+    plain = tmp_path / "plain.pth"
+    torch.save({"model.0.weight": torch.zeros(4_000_000)}, plain)
+    bomb = deflated(plain, tmp_path / "bomb.pth")
+    assert bomb.stat().st_size < 100_000
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=10_000_000))
+    line = upscale_with(capsys, image, bomb)
+    assert "bomb.pth is not a readable PyTorch weights file" in line
+    assert "unpacks to 0.0 GB, more than the 0.0 GB of free memory" in line
+
+
+@pytest.mark.parametrize("damage", ["broken central directory", "sparse tensor"])
+def test_a_damaged_pickle_zip_is_one_line(tmp_path, image, capsys, damage):
+    """A zip whose central directory is broken made the TorchScript check raise BadZipFile (a
+    traceback); a sparse tensor printed torch's validation warning before the error."""
+    state = torch.load(community_file(tmp_path, "esrgan-x4"), weights_only=True)
+    model = tmp_path / "damaged.pth"
+    if damage == "sparse tensor":
+        state["model.0.weight"] = state["model.0.weight"].to_sparse()
+        torch.save(state, model)
+    else:
+        torch.save(state, model)
+        data = model.read_bytes()
+        at = data.rfind(b"PK\x01\x02")
+        model.write_bytes(data[:at] + b"XX" + data[at + 2 :])
+    with warnings.catch_warnings(record=True) as warned:  # each would print lines to stderr
+        warnings.simplefilter("always")
+        assert "damaged.pth" in upscale_with(capsys, image, model)
+    assert [str(w.message) for w in warned] == []

@@ -111,11 +111,13 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives are zips with a ``code/`` folder (plain torch.save zips have none)."""
-    if not zipfile.is_zipfile(path):
+    """TorchScript archives are zips with a ``code/`` folder (plain torch.save zips have none);
+    a broken zip is not, and is refused when it is read."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any("/code/" in name for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
         return False
-    with zipfile.ZipFile(path) as archive:
-        return any("/code/" in name for name in archive.namelist())
 
 
 def _spandrel():

@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import warnings
+import zipfile
 from pathlib import Path
 
+import psutil
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
@@ -29,10 +31,31 @@ FORMAT_VERSION = "1"
 
 def load_weights_only(path: str | os.PathLike, map_location="cpu"):
     """``torch.load`` with torch's tensors-only unpickler (no code in the file can run), minus
-    its "Detected pickle protocol" warning: the refusal or result says all, in one line."""
+    its warnings ("Detected pickle protocol", sparse tensor checks): the refusal or result
+    says all, in one line. A zip that unpacks to more than the free memory is refused first."""
+    _check_unpacked_size(Path(path))
     with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        warnings.simplefilter("ignore")
         return torch.load(path, map_location=map_location, weights_only=True, mmap=False)
+
+
+def _check_unpacked_size(path: Path) -> None:
+    """torch reads a zip's (deflated) entries whole, and a 200 kB file of zeros unpacks to 200 MB
+    (20 MB to 20 GB): refuse, before reading, an archive whose declared sizes (which bound what
+    it unpacks to) exceed the free memory. Files torch does not read as a zip are left alone."""
+    with path.open("rb") as handle:
+        if handle.read(4) != b"PK\x03\x04":
+            return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            size = sum(entry.file_size for entry in archive.infolist())
+    except (zipfile.BadZipFile, OSError) as error:
+        raise ValueError(f"a broken zip archive ({error})") from None
+    free = psutil.virtual_memory().available
+    if size > free:
+        raise ValueError(
+            f"it unpacks to {size / 1e9:.1f} GB, more than the {free / 1e9:.1f} GB of free memory"
+        )
 
 
 def save_model(
