@@ -265,3 +265,22 @@ def test_a_damaged_pickle_zip_is_one_line(tmp_path, image, capsys, damage):
         warnings.simplefilter("always")
         assert "damaged.pth" in upscale_with(capsys, image, model)
     assert [str(w.message) for w in warned] == []
+
+
+@pytest.mark.parametrize("change", ["integer key", "zero-sized layer", "scalar weight"])
+def test_a_state_dict_spandrel_chokes_on_is_one_line(tmp_path, image, capsys, change):
+    """An integer key made spandrel's detection raise AttributeError and a 0-d last weight an
+    IndexError (tracebacks); a layer of width 0 printed torch's init warning first."""
+    state = torch.load(community_file(tmp_path, "esrgan-x4"), weights_only=True)
+    if change == "integer key":
+        state = {1: state.pop("model.0.bias"), **state}
+    elif change == "zero-sized layer":
+        state["model.0.weight"] = torch.zeros(0, 3, 3, 3)
+    else:
+        state["model.10.weight"] = torch.tensor(1.0)
+    model = tmp_path / "odd.pth"
+    torch.save(state, model)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        assert "odd.pth" in upscale_with(capsys, image, model)
+    assert [str(w.message) for w in warned] == []

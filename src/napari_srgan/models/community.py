@@ -19,6 +19,7 @@ import math
 import os
 import pickle
 import re
+import warnings
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +31,7 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 
 from napari_srgan.io.atomic_files import atomic_write
-from napari_srgan.messages import shown
+from napari_srgan.messages import first_line, printable, shown, with_type
 from napari_srgan.models.files import (
     FORMAT_KEY,
     ModelFileError,
@@ -107,7 +108,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ModelFileError(
             f"{shown(path.name)} holds a {type(loaded).__name__}, not a state dict of named tensors"
         )
+    unnamed = next((key for key in _keys(loaded) if not isinstance(key, str)), None)
+    if unnamed is not None:
+        raise ModelFileError(
+            f"{shown(path.name)} holds an entry keyed {unnamed!r:.40}, not a state dict of named "
+            "tensors"
+        )
     return loaded
+
+
+def _keys(values: dict) -> Iterator[object]:
+    """The keys of a state dict, including those of nested dicts (``params_ema``)."""
+    for key, value in values.items():
+        yield key
+        if isinstance(value, dict):
+            yield from _keys(value)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -303,6 +318,15 @@ def _tensors(values) -> Iterator[torch.Tensor]:
             yield from _tensors(value)
 
 
+def _reason(error: Exception) -> str:
+    """An error in one line; torch's "Error(s) in loading state_dict for X:" with the first
+    problem it lists (a name and two shapes), rather than the heading alone."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):
+        return printable(f"{lines[0]} {lines[1]}")
+    return with_type(error) if isinstance(error, (KeyError, IndexError)) else first_line(error)
+
+
 def community_model(
     state_dict: dict[str, torch.Tensor],
     *,
@@ -328,7 +352,9 @@ def community_model(
         )
     budget = BuildBudget(state_dict)
     try:
-        with budget:
+        # spandrel's warnings (zero-sized layers...) would print lines before the one result.
+        with budget, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             if support is None:
                 descriptor = spandrel.ModelLoader().load_from_state_dict(state_dict)
             else:
@@ -344,9 +370,9 @@ def community_model(
             f"{label}: its tensor names and shapes describe a network larger than its "
             f"{budget.weights / 1e6:.1f} MB of weights; refused before building it"
         ) from None
-    except (RuntimeError, KeyError, ValueError, AssertionError, TypeError) as error:
+    except Exception as error:  # spandrel reads hostile tensors: any failure is a misfit
         raise ModelFileError(
-            f"{label}: the weights do not fit their architecture ({error})"
+            f"{label}: the weights do not fit their architecture ({_reason(error)})"
         ) from None
     purpose = getattr(descriptor, "purpose", "Inpainting")
     if purpose not in SERVED_PURPOSES:
