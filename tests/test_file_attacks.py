@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from pathlib import Path
 
+import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
 import zarr
 
 from napari_srgan.cli import main
+from napari_srgan.io.atomic_files import remove_store
 from napari_srgan.io.images import read_image
-from napari_srgan.io.zarr_files import open_lazy
+from napari_srgan.io.zarr_files import OmeZarrWriter, open_lazy
 from napari_srgan.plugin.reader import get_reader, read_zarr_layer
 
 OME_WITHOUT_SIZE_Z = (
@@ -210,3 +213,95 @@ def test_zarr_provenance_the_reader_uses_is_checked_as_a_tiffs_is(tmp_path, laye
     array.attrs["napari_srgan"] = {"layer": layer}
     with pytest.raises(ValueError, match="^" + re.escape(f"{tmp_path / 'cells.zarr'}: {message}")):
         read_zarr_layer(str(tmp_path / "cells.zarr"))
+
+
+def own_store(path: Path) -> Path:
+    """A store this package wrote (an earlier result)."""
+    OmeZarrWriter(path, (8, 8), "uint8", rgb=False, scale=(1, 1), translate=(0, 0)).finish()
+    return path
+
+
+def test_overwriting_a_link_to_a_store_never_empties_the_store_it_links_to(
+    tmp_path, tiny_model_file, capsys
+):
+    """``o.zarr -> results/real.zarr``: the atomic swap exchanged the link with the new store,
+    then deleted "the old store" through the link, emptying real.zarr, and failed with
+    "[Errno 20] Not a directory" leaving a temporary link behind."""
+    iio.imwrite(tmp_path / "in.png", np.zeros((16, 16, 3), np.uint8))
+    real = own_store(tmp_path / "real.zarr")
+    (tmp_path / "o.zarr").symlink_to(real)
+    before = hashes(tmp_path)
+    argv = ["upscale", tmp_path / "in.png", tmp_path / "o.zarr", "--model", "tiny-rgb"]
+    code, lines = run([*argv, "--overwrite"], capsys)
+    assert code == 2 and lines == [
+        f"napari-srgan: error: {tmp_path / 'o.zarr'} is a link to a folder; not replacing it"
+    ]
+    assert hashes(tmp_path) == before and sorted(os.listdir(tmp_path)) == [
+        "in.png",
+        "o.zarr",
+        "real.zarr",
+    ]
+    assert (tmp_path / "o.zarr").is_symlink()
+
+
+def test_a_store_swapped_for_a_link_meanwhile_loses_only_the_link(tmp_path):
+    """The last line of defence: removing "the old store" that is a link removes the link."""
+    real = own_store(tmp_path / "real.zarr")
+    before = hashes(real)
+    (tmp_path / "link.zarr").symlink_to(real)
+    remove_store(tmp_path / "link.zarr")
+    assert not os.path.lexists(tmp_path / "link.zarr") and hashes(real) == before
+
+
+@pytest.mark.parametrize("output", ["cells.zarr/0/x.tif", "cells.zarr/sub.zarr", "cells.zarr/0"])
+def test_an_output_inside_the_input_store_is_refused(tmp_path, tiny_model_file, capsys, output):
+    """A result written into the store being read (a file in a level's folder, a store nested
+    in it) changed the user's input."""
+    source = own_store(tmp_path / "cells.zarr")
+    before = hashes(tmp_path)
+    code, lines = run(["upscale", source, tmp_path / output, "--model", "tiny-rgb"], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"the output {tmp_path / output} is inside the input {source}" in lines[0]
+    assert hashes(tmp_path) == before
+
+
+def test_a_batch_folder_inside_an_input_store_is_refused_before_it_is_made(
+    tmp_path, tiny_model_file, capsys
+):
+    """Several inputs into ``cells.zarr`` (or a folder inside it) wrote the other results into
+    the input store."""
+    source = own_store(tmp_path / "cells.zarr")
+    iio.imwrite(tmp_path / "b.png", np.zeros((16, 16, 3), np.uint8))
+    before = hashes(tmp_path)
+    for folder in (source, source / "results"):
+        argv = ["upscale", source, tmp_path / "b.png", folder, "--model", "tiny-rgb"]
+        code, lines = run(argv, capsys)
+        assert code == 2 and len(lines) == 1, lines
+        assert f"the output {folder} is inside the input {source}" in lines[0]
+        assert hashes(tmp_path) == before and not (source / "results").exists()
+
+
+def test_an_input_inside_the_output_store_is_refused(tmp_path, tiny_model_file, capsys):
+    """Replacing ``out.zarr`` deleted ``out.zarr/in.zarr`` while it was being read."""
+    output = own_store(tmp_path / "out.zarr")
+    source = own_store(output / "in.zarr")
+    before = hashes(tmp_path)
+    code, lines = run(["upscale", source, output, "--model", "tiny-rgb", "--overwrite"], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"the input {source} is inside the output {output}" in lines[0]
+    assert hashes(tmp_path) == before
+
+
+def test_a_zarr_output_that_is_a_file_is_refused_before_any_work(tmp_path, tiny_model_file, capsys):
+    """``--overwrite`` to an ``o.zarr`` that is a file was refused only when the store was
+    created, after the progress had started."""
+    iio.imwrite(tmp_path / "in.png", np.zeros((16, 16, 3), np.uint8))
+    (tmp_path / "o.zarr").write_text("not a store")
+    before = hashes(tmp_path)
+    argv = ["upscale", tmp_path / "in.png", tmp_path / "o.zarr", "--model", "tiny-rgb"]
+    code, lines = run([*argv, "--overwrite"], capsys)
+    assert code == 2 and lines == [
+        f"napari-srgan: error: {tmp_path / 'o.zarr'} is not a store napari-srgan wrote; "
+        "not replacing it"
+    ]
+    assert hashes(tmp_path) == before

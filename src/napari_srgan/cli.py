@@ -507,7 +507,11 @@ def upscale_command(args: argparse.Namespace) -> int:
         check_output,
         input_is_rgb,
     )
-    from napari_srgan.io.atomic_files import check_writable, refuse_same_file
+    from napari_srgan.io.atomic_files import (
+        check_writable,
+        refuse_output_inside,
+        refuse_same_file,
+    )
     from napari_srgan.models.registry import default_model
 
     sources, folder = _upscale_plan(args.inputs, args.output)
@@ -519,6 +523,8 @@ def upscale_command(args: argparse.Namespace) -> int:
             raise CommandError(f"{shown(folder)} is a file; several inputs need an output folder")
         if args.scheduler is not None and args.format != "zarr":
             raise CommandError("computing with a dask scheduler needs --format zarr")
+        for source in sources:  # before the folder is made
+            refuse_output_inside(source, folder)
         check_writable(folder if folder.is_dir() else folder.parent)
     choose_device(args.device)
     settings = UpscaleSettings(

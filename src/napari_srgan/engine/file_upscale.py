@@ -27,8 +27,10 @@ from napari_srgan.engine.schedulers import (
 from napari_srgan.engine.tiling import check_tile_size
 from napari_srgan.engine.upscale import ImageLayout, check_image, upscale
 from napari_srgan.io.atomic_files import (
+    OutputExistsError,
     check_writable,
     disk_full_is_one_line,
+    is_own_store,
     refuse_existing,
     refuse_same_file,
 )
@@ -140,6 +142,11 @@ def check_output(path: Path, *, overwrite: bool = False) -> None:
     if not (is_zarr(path) or path.suffix.lower() in TIFF_SUFFIXES + PLAIN_SUFFIXES):
         raise ValueError(f"unknown output format {path.suffix!r}; use .tif, .png, .jpg or .zarr")
     refuse_existing(path, overwrite=overwrite)
+    if is_zarr(path) and os.path.lexists(path) and not is_own_store(path):  # a file: found now,
+        # not when the store is created, after the work began
+        raise OutputExistsError(
+            f"{shown(path)} is not a store napari-srgan wrote; not replacing it"
+        )
     check_writable(path.parent)
 
 

@@ -52,6 +52,8 @@ def refuse_existing(path: str | os.PathLike, *, overwrite: bool) -> None:
     path = Path(path)
     if not overwrite and os.path.lexists(path):
         raise OutputExistsError(f"{shown(path)} exists; pass --overwrite to replace it")
+    if path.is_dir() and path.is_symlink():  # replacing it would empty the folder it links to
+        raise OutputExistsError(f"{shown(path)} is a link to a folder; not replacing it")
     if path.is_dir() and not is_own_store(path):
         raise OutputExistsError(
             f"{shown(path)} is a folder napari-srgan did not write; not replacing it"
@@ -74,6 +76,21 @@ def refuse_same_file(source: str | os.PathLike, output: str | os.PathLike) -> No
     if same:
         raise OutputExistsError(
             f"the output {shown(output)} is the input file; choose another name"
+        )
+    refuse_output_inside(source, output)
+    if source.resolve().is_relative_to(output.resolve()):  # replacing the output deletes it
+        raise OutputExistsError(
+            f"the input {shown(source)} is inside the output {shown(output)}; choose another name"
+        )
+
+
+def refuse_output_inside(source: str | os.PathLike, output: str | os.PathLike) -> None:
+    """An output inside an input folder (a zarr store) would add to or replace part of the
+    input while it is read: always refused."""
+    source, output = Path(source), Path(output)
+    if source.is_dir() and output.resolve().is_relative_to(source.resolve()):
+        raise OutputExistsError(
+            f"the output {shown(output)} is inside the input {shown(source)}; choose another place"
         )
 
 
@@ -189,6 +206,9 @@ def remove_store(path: str | os.PathLike) -> None:
     """Delete a store this package wrote, its marker last: a kill halfway leaves a folder that
     is still recognised as this package's and removed by the next run."""
     path = Path(path)
+    if path.is_symlink():  # a link swapped in meanwhile: never delete what it points to
+        path.unlink()
+        return
     for entry in path.iterdir():
         if entry.name == STORE_MARKER:
             continue
@@ -201,8 +221,10 @@ def remove_store(path: str | os.PathLike) -> None:
 
 
 def is_own_store(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder this package wrote (it holds :data:`STORE_MARKER`)."""
-    return (Path(path) / STORE_MARKER).is_file()
+    """Whether ``path`` is a folder this package wrote (it holds :data:`STORE_MARKER`); a link
+    to one is not: replacing it would delete the store it links to."""
+    path = Path(path)
+    return not path.is_symlink() and (path / STORE_MARKER).is_file()
 
 
 def new_store(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
