@@ -9,11 +9,13 @@ import hashlib
 import re
 from pathlib import Path
 
+import dask.array as da
 import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
 import torch
+import zarr
 
 from napari_srgan.cli import main
 from napari_srgan.engine.upscale import InvalidImageError, is_out_of_memory
@@ -23,6 +25,7 @@ from napari_srgan.models.srresnet import Generator, GeneratorConfig
 from napari_srgan.training.degradations import Bicubic, Crappifier, Mixture
 from napari_srgan.training.job import (
     TrainingJob,
+    _has_detail,
     _only_run_writing,
     _validation_set,
     run_training,
@@ -269,6 +272,40 @@ def test_constant_training_images_are_refused(folder, capsys, dtype):
     tifffile.imwrite(folder / "flat.tif", np.full((96, 96), 7, dtype))
     argv = [*tiny_run(folder), "--grey-model", "--hr", str(folder / "flat.tif")]
     assert "one constant value" in refused(folder, argv, capsys)
+
+
+def lazy(array: np.ndarray, kind: str, folder: Path):
+    """``array`` as data read on demand: a dask array, a zarr array or a memmap."""
+    if kind == "dask":
+        return da.from_array(array, chunks=32)
+    if kind == "zarr":
+        stored = zarr.open(str(folder / "data.zarr"), mode="w", shape=array.shape, chunks=(32, 32))
+        stored[:] = array
+        return stored
+    np.save(folder / "data.npy", array)
+    return np.load(folder / "data.npy", mmap_mode="r")
+
+
+@pytest.mark.parametrize("kind", ["dask", "zarr", "memmap"])
+def test_constant_training_images_read_lazily_are_refused(tmp_path, kind):
+    # before: only in-memory data was scanned; a flat zarr, dask or memmap image trained
+    flat = lazy(np.full((96, 96), 7, np.uint8), kind, tmp_path)
+    detail = np.random.default_rng(0).integers(0, 255, (64, 64), np.uint8)
+    out = tmp_path / "out"
+    job = tiny_job(out, images=[TrainingImage(flat)], validation=[(detail, False)])
+    with pytest.raises(InvalidImageError, match="every training image is one constant value"):
+        run_training(job)
+    assert not out.exists()
+
+
+def test_lazy_detail_that_a_subsample_misses_is_found_block_by_block():
+    sparse = np.zeros((2, 1500, 1500), np.uint8)  # above the subsample size: every 2nd pixel
+    sparse[1, 1001, 1001] = 1
+    image = TrainingImage(da.from_array(sparse, chunks=(1, 500, 500)))
+    image.prepare(NormalizationSpec())
+    assert _has_detail(image)
+    image.rows = 1000  # the pixel is in the rows held out for validation
+    assert not _has_detail(image)
 
 
 def test_a_constant_validation_image_is_refused(folder, capsys):

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import dask.array as da
 import numpy as np
 import torch
 from filelock import FileLock, Timeout
@@ -23,7 +24,7 @@ from napari_srgan.messages import shown
 from napari_srgan.models.halo import cache_path
 from napari_srgan.models.headers import ModelFileError
 from napari_srgan.models.interface import ModelCard, TrainableNetwork
-from napari_srgan.models.normalization import NormalizationSpec
+from napari_srgan.models.normalization import NormalizationSpec, regular_subsample
 from napari_srgan.models.registry import (
     bundled_model_dir,
     is_bioimageio,
@@ -233,20 +234,39 @@ def _measurable(
 
 
 def _check_detail(images: Sequence[TrainingImage]) -> None:
-    """Refuse in-memory data without any detail: every patch would be background, and the
-    model would learn to paint one grey value. (Data read lazily is not scanned for this.)"""
-    for image in images:
-        if not isinstance(image.hr, np.ndarray) or isinstance(image.hr, np.memmap):
-            return
-        rows = (*(slice(None),) * len(image.layout.leading_shape), slice(0, image.rows))
-        if np.ptp(image.hr[rows]) > 0:
-            return
+    """Refuse data without any detail, in memory or read lazily alike: every patch would be
+    background, and the model would learn to paint one grey value."""
+    if any(_has_detail(image) for image in images):
+        return
     names = ", ".join(shown(image.name) for image in images[:3]) + (
         ", ..." if len(images) > 3 else ""
     )
     raise InvalidImageError(
         f"every training image is one constant value ({names}): there is no detail to learn from"
     )
+
+
+def _has_detail(image: TrainingImage) -> bool:
+    """Whether the training rows of ``image`` hold more than one value. Lazy data (zarr, dask,
+    memmap) is never loaded whole: a regular subsample decides for almost any real image, and
+    only where it is flat are the blocks read one at a time, until a second value turns up."""
+    rows = (*(slice(None),) * len(image.layout.leading_shape), slice(0, image.rows))
+    data = image.hr
+    if isinstance(data, np.ndarray) and not isinstance(data, np.memmap):
+        return bool(np.ptp(data[rows]) > 0)
+    if not isinstance(data, da.Array):
+        chunks = getattr(data, "chunks", None)
+        data = da.from_array(data, chunks=chunks if isinstance(chunks, tuple) else "auto")
+    region = data[rows]
+    sample = regular_subsample(region)
+    if np.ptp(sample) > 0:
+        return True
+    value = sample.flat[0] if sample.size else None
+    for index in np.ndindex(*region.numblocks):
+        block = np.asarray(region.blocks[index].compute())
+        if block.size and (np.ptp(block) > 0 or block.flat[0] != value):
+            return True
+    return False
 
 
 def make_sampler(
