@@ -47,6 +47,10 @@ TEST_SIDE = 96
 #: 100 kB/s, so a 300 MB one (300 kB zipped) would hang the program for an hour.
 MAX_DESCRIPTION_BYTES = 2**20
 DESCRIPTION_NAMES = ("rdf.yaml", "bioimageio.yaml", "model.yaml")
+#: The most YAML values a description may expand to through its aliases (``*name``, which
+#: repeat what ``&name`` marked): no more than its size limit allows without aliases. Ten
+#: nested aliases of nine make a 1 kB "billion laughs" of 4 billion values.
+MAX_DESCRIPTION_VALUES = MAX_DESCRIPTION_BYTES
 
 
 class BioimageioError(ModelFileError):
@@ -323,6 +327,42 @@ def _check_package_sizes(path: Path) -> None:
             )
 
 
+def _check_aliases(path: Path) -> None:
+    """Refuse a description whose YAML aliases expand it past :data:`MAX_DESCRIPTION_VALUES`
+    (bioimageio.spec expands them while validating: 5 GB and minutes for a 1 kB file), counted
+    on the parsed node graph, where an alias is one shared node."""
+    from ruyaml import YAML  # bioimageio.spec's own parser
+
+    if path.is_dir():
+        texts = {p.name: p.read_bytes() for p in path.iterdir() if _is_description(p.name)}
+    else:
+        with zipfile.ZipFile(path) as archive:
+            texts = {n: archive.read(n) for n in archive.namelist() if _is_description(n)}
+    for name, text in texts.items():
+        try:
+            values = _expanded_size(YAML(typ="safe").compose(text), {})
+        except Exception:  # malformed YAML: bioimageio.spec reports it in its own words
+            continue
+        if values > MAX_DESCRIPTION_VALUES:
+            raise BioimageioError(
+                f"{shown(path.name)}: its {shown(name)} expands through YAML aliases to "
+                f"{values:.3g} values; a description over {MAX_DESCRIPTION_VALUES:,} is refused"
+            )
+
+
+def _expanded_size(node, sizes: dict[int, int]) -> int:
+    """The number of YAML values ``node`` stands for with every alias written out (``sizes``
+    memoises shared nodes; a node that contains itself counts once)."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    sizes[id(node)] = 1
+    value = node.value
+    if isinstance(value, list):
+        items = [part for item in value for part in (item if isinstance(item, tuple) else [item])]
+        sizes[id(node)] = 1 + sum(_expanded_size(item, sizes) for item in items)
+    return sizes[id(node)]
+
+
 def _is_description(name: str) -> bool:
     name = name.rsplit("/", 1)[-1].lower()
     return name in DESCRIPTION_NAMES or name.endswith((".rdf.yaml", ".bioimageio.yaml"))
@@ -553,6 +593,7 @@ def load_bioimageio(
     if path.is_dir() and not any((path / n).is_file() for n in ("rdf.yaml", "bioimageio.yaml")):
         raise BioimageioError(f"{shown(path)}: a folder without rdf.yaml or bioimageio.yaml")
     _check_package_sizes(path)
+    _check_aliases(path)
     description = _describe(path)
     scale, channels, halo, multiple = _spatial_scale(description, path)
     normalization = _normalization(description, path)
