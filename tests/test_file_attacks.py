@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import re
+import struct
 from pathlib import Path
 
 import imageio.v3 as iio
@@ -304,4 +305,37 @@ def test_a_zarr_output_that_is_a_file_is_refused_before_any_work(tmp_path, tiny_
         f"napari-srgan: error: {tmp_path / 'o.zarr'} is not a store napari-srgan wrote; "
         "not replacing it"
     ]
+    assert hashes(tmp_path) == before
+
+
+def tiff_with_tiles_of(path: Path, side: int) -> None:
+    """A 16x16 tiled TIFF whose header says its one tile is ``side`` x ``side`` pixels."""
+    tifffile.imwrite(path, np.zeros((16, 16), np.uint8), tile=(16, 16), metadata=None)
+    content = bytearray(path.read_bytes())
+    ifd = struct.unpack("<I", content[4:8])[0]
+    for index in range(struct.unpack("<H", content[ifd : ifd + 2])[0]):
+        entry = ifd + 2 + 12 * index
+        if struct.unpack("<H", content[entry : entry + 2])[0] in (322, 323):  # TileWidth, -Length
+            content[entry + 2 : entry + 12] = struct.pack("<HII", 4, 1, side)
+    path.write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize("kind", ["zarr", "tiff"])
+@pytest.mark.parametrize("output", ["o.tif", "o.zarr"])
+def test_a_chunk_claim_larger_than_memory_is_refused_before_reading(
+    tmp_path, tiny_model_file, capsys, kind, output
+):
+    """A chunk (zarr chunk, TIFF tile) is decoded whole to read any pixel of it, and only the
+    image's size was checked: a few MB of zeros claiming one 46000x46000 chunk of a 16x16
+    image took 4.7 GB to read; here the claim is 1 TB."""
+    if kind == "zarr":
+        source = tmp_path / "cells.zarr"
+        zarr.open_array(str(source), mode="w", shape=(16, 16), chunks=(10**6, 10**6), dtype="u1")
+    else:
+        source = tmp_path / "cells.tif"
+        tiff_with_tiles_of(source, 10**6)
+    before = hashes(tmp_path)
+    code, lines = run(["upscale", source, tmp_path / output, "--model", "tiny-rgb"], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"{source}: its chunks of 1000000x1000000 values take 1000.0 GB each" in lines[0]
     assert hashes(tmp_path) == before

@@ -200,6 +200,26 @@ def _check_ome_pages(tif: tifffile.TiffFile, path: Path) -> None:
         )
 
 
+#: A chunk (a zarr chunk, a TIFF tile) is decoded whole to read any pixel of it, and a few at a
+#: time (tiles read in parallel, each decoded, then copied): chunks this many times their
+#: decoded size must fit in free memory.
+CHUNKS_IN_MEMORY = 4
+
+
+def check_chunk_size(path: str | os.PathLike, chunk_shape: tuple[int, ...], dtype) -> None:
+    """Refuse a file whose chunks would not fit in memory when decoded: the image's size says
+    nothing about them (a 2 MB zarr claiming one 46000x46000 chunk for a 16x16 image takes
+    4.7 GB to read, and a 20 MB one would take all of it)."""
+    size = math.prod(chunk_shape) * np.dtype(dtype).itemsize
+    free = psutil.virtual_memory().available
+    if size * CHUNKS_IN_MEMORY > free:
+        raise ImageTooLargeError(
+            f"{shown(path)}: its chunks of {'x'.join(map(str, chunk_shape))} values take "
+            f"{size / 1e9:.1f} GB each when read, {free / 1e9:.1f} GB of memory is free; "
+            "rewrite it in smaller chunks (tiles)"
+        )
+
+
 def pixels_unreadable(path: str | os.PathLike, error: Exception) -> ValueError:
     """The one-line error for pixels that do not decode (a corrupt or truncated chunk or strip:
     codecs raise their own types, imagecodecs' RuntimeErrors, zlib.error...)."""
@@ -221,6 +241,7 @@ def declared_bytes(path: str | os.PathLike) -> tuple[tuple[int, ...], int]:
         if path.suffix.lower() in TIFF_SUFFIXES:
             with tifffile_warnings(path), open_tiff(path) as tif:
                 series = tif.series[0]
+                check_chunk_size(path, series.keyframe.chunks, series.dtype)
                 return tuple(series.shape), math.prod(series.shape) * series.dtype.itemsize
         with Image.open(path) as image:
             values, size = _PIL_MODES.get(image.mode, (4, 4))

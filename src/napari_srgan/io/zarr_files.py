@@ -29,6 +29,7 @@ from napari_srgan.io.atomic_files import disk_full_is_one_line, new_store, repla
 from napari_srgan.io.images import (
     PROVENANCE_KEY,
     ImageFile,
+    check_chunk_size,
     checked_provenance,
     ome_unit,
     open_tiff,
@@ -87,6 +88,7 @@ class CheckedReads:
     def __init__(self, array, path: Path, inode: int | None = None) -> None:
         if any(side < 1 for side in array.chunks):  # zarr opens it, then divides by zero
             raise ValueError(f"cannot read {shown(path)}: its chunk shape {array.chunks} has a 0")
+        check_chunk_size(path, array.chunks, array.dtype)
         self.array, self.path, self.inode = array, path, inode
         self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
         self.chunks = array.chunks
