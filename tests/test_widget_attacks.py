@@ -262,6 +262,24 @@ def test_deleting_a_lazy_result_while_it_computes_stops_it(
     assert widget.status.value == "stopped: stack x4 tiny-rgb was deleted"
 
 
+def test_a_plane_viewed_before_a_started_job_runs_starts_no_second_job(
+    make_napari_viewer, tiny_model_file, qtbot, monkeypatch
+):
+    """The lazy result asked "is a job running?" of the worker, which says no until a queued
+    worker begins and again once it has returned but before its callbacks run: a plane viewed
+    then started a second job beside the first (the same planes computed twice)."""
+    from napari_srgan.plugin.background import BackgroundJob
+
+    _viewer, widget, release = lazy_result_held_back(make_napari_viewer, monkeypatch)
+    computing = widget.job
+    widget.job = queued = BackgroundJob()  # run_job's job before its worker begins to run
+    widget._compute_planes()  # what viewing a plane calls
+    assert widget.job is queued
+    widget.job = computing
+    release.set()
+    qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30000)
+
+
 def test_a_lazy_result_outlives_its_input_layer(make_napari_viewer, tiny_model_file, errors):
     """Planes first viewed after the input layer was deleted are still computed from it."""
     viewer = make_napari_viewer()

@@ -93,9 +93,12 @@ class BackgroundJob:
                 with contextlib.suppress(RuntimeError, TypeError):
                     getattr(self.worker, name).disconnect()
 
-    @property
-    def running(self) -> bool:
-        return self.worker is not None and self.worker.is_running
+
+def busy(job: BackgroundJob | None) -> bool:
+    """Whether a widget's last ``job`` has not ended: its callbacks have not all run. (Its
+    worker's ``is_running`` is False both before a queued worker begins and after it has
+    returned but before its callbacks run: a second job started then ran beside it.)"""
+    return job is not None and not job.done
 
 
 def run_job(

@@ -31,7 +31,7 @@ from napari_srgan.engine.torch_safety import guard_triton
 from napari_srgan.io.images import PROVENANCE_KEY
 from napari_srgan.messages import shown
 from napari_srgan.models.registry import DEFAULT_MODEL, ModelFileError, available_models, read_card
-from napari_srgan.plugin.background import BackgroundJob, run_job
+from napari_srgan.plugin.background import BackgroundJob, busy, run_job
 from napari_srgan.plugin.controls import (
     DockProgress,
     compact_combo,
@@ -411,7 +411,7 @@ class TrainWidget(Container):
         return chosen == name
 
     def start(self, resume: bool = False) -> None:
-        if self.job is not None and not self.job.done:  # a script can call in while it runs
+        if busy(self.job):  # the buttons are disabled then, but a script can still call in
             self._fail("training is running: wait for it or press Stop")
             return
         show_status(self.status, "")

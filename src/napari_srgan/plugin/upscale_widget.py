@@ -45,7 +45,7 @@ from napari_srgan.models.registry import (
     read_card,
     resolve_model,
 )
-from napari_srgan.plugin.background import BackgroundJob, run_job
+from napari_srgan.plugin.background import BackgroundJob, busy, run_job
 from napari_srgan.plugin.controls import (
     AutoSpinBox,
     DockProgress,
@@ -505,7 +505,7 @@ class UpscaleWidget(Container):
 
     def _busy(self) -> bool:
         """A job runs (the buttons are disabled then, but a script can still call in)."""
-        if self.job is not None and not self.job.done:  # (a new worker is not yet is_running)
+        if busy(self.job):
             self._fail("a computation is running: wait for it or press Cancel")
             return True
         return False
@@ -637,7 +637,7 @@ class UpscaleWidget(Container):
 
     def _compute_planes(self) -> None:
         """Start computing the planes napari asked for, one lazy result at a time."""
-        if self.job is not None and self.job.running:
+        if busy(self.job):
             return  # the end of the running job calls this again
         lazy = next((lazy for lazy in self.lazy_results if lazy.queue), None)
         if lazy is None:
