@@ -456,19 +456,6 @@ def _run(args: argparse.Namespace) -> int:
         reason = first_line(error) if str(error).strip() else "not enough memory for this image"
         print(f"napari-srgan: error: {reason}", file=sys.stderr)
         return 2
-    except Stopped:
-        raise
-    except _interruptions():
-        print("napari-srgan: interrupted", file=sys.stderr)
-        return 130
-
-
-def _interruptions() -> tuple[type[BaseException], ...]:
-    """Ctrl-C, and the engine's cancellation (imported only once something has failed, so a
-    command that never touched the engine does not import torch for its error handling)."""
-    from napari_srgan.engine.tiling import Cancelled
-
-    return (KeyboardInterrupt, Cancelled)
 
 
 def _load(name, trust_code: bool = False):
