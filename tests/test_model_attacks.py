@@ -8,6 +8,7 @@ nothing of the user's changes. Files are crafted from tiny random-weight models.
 from __future__ import annotations
 
 import json
+import os
 import struct
 import warnings
 import zipfile
@@ -332,3 +333,41 @@ def test_a_yaml_alias_bomb_is_refused_before_bioimageio_expands_it(
     )
     line = upscale_with(capsys, image, bomb)
     assert "bomb.zip: its rdf.yaml expands through YAML aliases to 6.05e+06 values" in line
+
+
+@pytest.mark.parametrize(
+    ("file", "kind", "message"),
+    [
+        ("weights_torchscript.pt", "link to /dev/zero", "links outside the package"),
+        ("weights_torchscript.pt", "link outside", "links outside the package"),
+        ("weights_torchscript.pt", "pipe", "is not a regular file"),
+        ("bioimageio.yaml", "pipe", "is not a regular file"),
+    ],
+)
+def test_a_folder_package_uses_only_its_own_regular_files(
+    exported, tmp_path, image, capsys, file, kind, message
+):
+    """Weights linked to /dev/zero were read until memory ran out; a pipe blocked the import
+    for ever; a link out of the folder loaded another file of the user's as the weights."""
+    package = package_like(exported, tmp_path / "pkg", folder=True)
+    target = package / file
+    target.unlink(missing_ok=True)
+    if kind == "pipe":
+        os.mkfifo(target)
+    elif kind == "link outside":
+        (tmp_path / "elsewhere.pt").write_bytes((package / "weights.pt").read_bytes())
+        target.symlink_to(tmp_path / "elsewhere.pt")
+    else:
+        target.symlink_to("/dev/zero")
+    line = upscale_with(capsys, image, package)
+    assert f"pkg: its {file} {message}" in line
+
+
+def test_a_weights_file_url_is_refused_like_a_download(exported, tmp_path, image, capsys):
+    """``file:///...`` became a relative path nobody could read: a NoneType message."""
+    url = package_like(
+        exported,
+        tmp_path / "url.zip",
+        rdf=lambda t: t.replace("source: weights_torchscript.pt", "source: file:///etc/passwd"),
+    )
+    assert "its weights or code are at file:/etc/passwd" in upscale_with(capsys, image, url)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import math
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -302,7 +303,8 @@ def _check_package_sizes(path: Path) -> None:
     the free memory (its weights are read whole: a zip bomb). A zip's declared sizes bound
     what it decompresses."""
     if path.is_dir():
-        sizes = {p.name: p.stat().st_size for p in path.iterdir() if _is_description(p.name)}
+        names = [p.name for p in path.iterdir() if _is_description(p.name)]
+        sizes = {name: _own_file(path, name).stat().st_size for name in names}
     else:
         try:
             with zipfile.ZipFile(path) as archive:
@@ -361,6 +363,31 @@ def _expanded_size(node, sizes: dict[int, int]) -> int:
         items = [part for item in value for part in (item if isinstance(item, tuple) else [item])]
         sizes[id(node)] = 1 + sum(_expanded_size(item, sizes) for item in items)
     return sizes[id(node)]
+
+
+def _own_file(package: Path, name: str) -> Path:
+    """The file ``name`` of a folder package, refused unless it is a regular file inside the
+    folder that fits into the free memory (it is read whole): a link out of the folder would
+    read another of the user's files, a link to /dev/zero reads until memory runs out, a pipe
+    blocks for ever. A missing file is left to the reader to report."""
+    target = (package / name).resolve()
+    if not target.is_relative_to(package.resolve()):
+        raise BioimageioError(
+            f"{shown(package.name)}: its {shown(name)} links outside the package; a package may "
+            "only use its own files"
+        )
+    if target.exists() and not target.is_file():
+        raise BioimageioError(
+            f"{shown(package.name)}: its {shown(name)} is not a regular file (a pipe, socket or "
+            "device)"
+        )
+    free = psutil.virtual_memory().available
+    if target.is_file() and target.stat().st_size > free:
+        raise BioimageioError(
+            f"{shown(package.name)}: its {shown(name)} is {target.stat().st_size / 1e9:.1f} GB, "
+            f"more than the {free / 1e9:.1f} GB of free memory"
+        )
+    return target
 
 
 def _is_description(name: str) -> bool:
@@ -510,7 +537,7 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
     sources = [getattr(used, "source", None)]
     sources.append(getattr(getattr(used, "architecture", None), "source", None))
     for source in filter(None, sources):
-        if str(source).lower().startswith(("http://", "https://")):
+        if re.match(r"[a-z][a-z0-9+.-]+:", str(source).lower()):  # https:, and file: too
             raise BioimageioError(
                 f"{shown(path.name)}: its weights or code are at {shown(str(source))}; napari-srgan never "
                 "downloads at run time: put the file into the package"
@@ -520,6 +547,8 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
                 f"{shown(path.name)}: its weights or code file {shown(str(source))} is outside the package; "
                 "a package may only use its own files"
             )
+        if path.is_dir():
+            _own_file(path, str(source))
     if weights.torchscript is not None:
         try:
             data = io.BytesIO(download(weights.torchscript.source).read())
