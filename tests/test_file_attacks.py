@@ -20,7 +20,7 @@ import zarr
 
 from napari_srgan.cli import main
 from napari_srgan.io.atomic_files import remove_store
-from napari_srgan.io.images import read_image
+from napari_srgan.io.images import PROVENANCE_TAG, read_image
 from napari_srgan.io.zarr_files import OmeZarrWriter, open_lazy
 from napari_srgan.plugin.reader import get_reader, read_zarr_layer
 
@@ -339,3 +339,65 @@ def test_a_chunk_claim_larger_than_memory_is_refused_before_reading(
     assert code == 2 and len(lines) == 1, lines
     assert f"{source}: its chunks of 1000000x1000000 values take 1000.0 GB each" in lines[0]
     assert hashes(tmp_path) == before
+
+
+def tiff_with_provenance(path: Path, text: str) -> Path:
+    data = np.zeros((16, 16), np.uint8)
+    tifffile.imwrite(path, data, extratags=[(PROVENANCE_TAG, "s", 0, text, True)], metadata=None)
+    return path
+
+
+def test_provenance_nested_too_deeply_for_the_json_parser_is_one_line(
+    tmp_path, tiny_model_file, capsys
+):
+    """Python's JSON parser raises RecursionError (not a ValueError) on 100000 nested brackets:
+    a traceback."""
+    source = tiff_with_provenance(tmp_path / "cells.tif", "[" * 100_000 + "]" * 100_000)
+    before = hashes(tmp_path)
+    code, lines = run(["upscale", source, tmp_path / "o.tif", "--model", "tiny-rgb"], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"{source}: provenance tag {PROVENANCE_TAG} is not JSON (maximum recursion" in lines[0]
+    assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("output", ["o.tif", "o.zarr"])
+@pytest.mark.parametrize(
+    "layer",
+    [
+        {"scale": [1.7e308, 1.7e308], "translate": [-1.7e308, -1.7e308]},
+        {"scale": [5e-324, 5e-324]},
+    ],
+    ids=["position-overflows", "pixel-size-underflows"],
+)
+def test_a_placement_the_result_cannot_have_is_refused_before_any_work(
+    tmp_path, tiny_model_file, capsys, output, layer
+):
+    """The result's first pixel sits 3/8 of an input pixel before the input's: a position near
+    float's limit overflowed to -inf (with numpy's RuntimeWarning lines), a pixel size of
+    5e-324 / 4 became 0. Either was written, and this package's reader refused the result."""
+    source = tiff_with_provenance(tmp_path / "cells.tif", json.dumps({"layer": layer}))
+    before = hashes(tmp_path)
+    code, lines = run(["upscale", source, tmp_path / output, "--model", "tiny-rgb"], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"{source}: the result's pixel size or position is out of range" in lines[0]
+    assert hashes(tmp_path) == before
+
+
+def test_the_widget_says_in_one_line_when_a_layers_placement_cannot_be_upscaled(
+    make_napari_viewer, tiny_model_file, monkeypatch
+):
+    """The same from a layer: a pixel size of 5e-324 gave a result layer of pixel size 0."""
+    from napari_srgan.plugin import upscale_widget as module
+    from napari_srgan.plugin.background import SYNCHRONOUS_ENV
+
+    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
+    errors: list[str] = []
+    monkeypatch.setattr(module, "show_error", errors.append)
+    viewer = make_napari_viewer()
+    layer = viewer.add_image(np.zeros((16, 16, 3), np.uint8), rgb=True, scale=(5e-324, 5e-324))
+    _, widget = viewer.window.add_plugin_dock_widget("napari-srgan", "Upscale 4x")
+    widget.reset_choices()
+    widget.image.value, widget.model.value = layer, "tiny-rgb"
+    widget.start()
+    assert len(viewer.layers) == 1 and len(errors) == 1
+    assert "the result's pixel size or position is out of range" in errors[0]

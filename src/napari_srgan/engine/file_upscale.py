@@ -298,7 +298,12 @@ def upscale_file(
     if settings.scheduler is not None and settings.scheduler not in SCHEDULERS:
         probe_scheduler(settings.scheduler)
     spatial = [len(image.scale) - 2, len(image.scale) - 1]
-    scale, translate = upscaled_placement(image.scale, image.translate, spatial, factor=model.scale)
+    try:
+        scale, translate = upscaled_placement(
+            image.scale, image.translate, spatial, factor=model.scale
+        )
+    except ValueError as error:
+        raise ValueError(f"{shown(source)}: {error}") from None
     record = provenance(model, source=str(source))
     if is_zarr(output):
         upscale_to_zarr(

@@ -12,6 +12,7 @@ too, so it is applied to the translate through ``linear``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -37,5 +38,13 @@ def upscaled_placement(
         shift[axis] = -(factor - 1) / (2 * factor) * scale[axis]
     if linear is not None:
         shift = np.asarray(linear, dtype=float) @ shift
-    new_translate = tuple(float(t + d) for t, d in zip(translate, shift, strict=True))
+    with np.errstate(over="ignore"):
+        new_translate = tuple(float(t + d) for t, d in zip(translate, shift, strict=True))
+    if not all(math.isfinite(v) and v > 0 for v in new_scale) or not all(
+        math.isfinite(v) for v in new_translate
+    ):  # a pixel size or position near float's limits: the result could not be placed (or read)
+        raise ValueError(
+            f"the result's pixel size or position is out of range (pixel size {list(scale)}, "
+            f"position {list(translate)})"
+        )
     return tuple(new_scale), new_translate

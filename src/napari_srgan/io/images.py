@@ -346,9 +346,9 @@ def _provenance(path: Path, text) -> dict:
     """The provenance tag's JSON, checked field by field (a bad one is named in one line)."""
     try:
         record = json.loads(text)
-    except (TypeError, ValueError) as error:
+    except (TypeError, ValueError, RecursionError) as error:  # too deeply nested: Recursion
         raise ValueError(
-            f"{shown(path)}: provenance tag {PROVENANCE_TAG} is not JSON ({error})"
+            f"{shown(path)}: provenance tag {PROVENANCE_TAG} is not JSON ({first_line(error)})"
         ) from None
     return checked_provenance(record, path, f"provenance tag {PROVENANCE_TAG}")
 

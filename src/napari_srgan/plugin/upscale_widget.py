@@ -542,7 +542,11 @@ class UpscaleWidget(Container):
                 self._fail(str(error))
             return
         settings = self._settings()
-        options = output_layer_options(layer, {}, card, self.model.value)
+        try:  # a placement near float's limits cannot be upscaled
+            options = output_layer_options(layer, {}, card, self.model.value)
+        except ValueError as error:
+            self._fail(str(error))
+            return
         unit, source = length_unit(layer.units), layer.name
         self._set_running(True)
         self.progress.busy("loading model…")
