@@ -227,3 +227,37 @@ def test_an_added_community_model_is_fine_tuned_as_its_own_architecture(
     tuned = load_model(widget.outcome.model_path)
     assert (tuned.card.architecture, tuned.scale) == ("ESRGAN", 4)
     assert tuned.card.description.startswith("fine-tuned from my-esrgan in napari on photo")
+
+
+def test_resume_after_saved_files_were_deleted(
+    viewer_with_photo, tiny_model_file, monkeypatch, errors
+):
+    """Resume reads the checkpoint and the model it started from, not the saved model: each
+    missing file is one notification naming it (no traceback), a missing model is saved again."""
+    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
+    widget = open_train_widget(viewer_with_photo, model_name="again", steps=2, validate_every=2)
+    widget.train_button.clicked.emit()
+    first = widget.outcome
+    first.model_path.unlink()
+    widget.steps.value = 4
+    widget.resume_button.clicked.emit()
+    assert errors == [] and widget.outcome.steps == 4 and first.model_path.is_file()
+    tiny_model_file.unlink()  # the model it was fine-tuned from
+    widget.resume_button.clicked.emit()
+    assert len(errors) == 1 and "no model named 'tiny-rgb'" in errors[0], errors
+    first.checkpoint.unlink()
+    widget.resume_button.clicked.emit()
+    assert len(errors) == 2 and "nothing to resume: no checkpoint" in errors[1], errors
+    assert "again.ckpt" in errors[1] and widget.train_button.enabled
+
+
+def test_closing_the_viewer_while_training_stops_the_run(viewer_with_photo, tiny_model_file, qtbot):
+    widget = open_train_widget(viewer_with_photo, steps=100_000, model_name="closed")
+    widget.train_button.clicked.emit()
+    qtbot.waitUntil(lambda: widget.plot.steps[-1:] >= [1], timeout=60000)
+    job = widget.job
+    viewer_with_photo.close()
+    assert job.stop_flag.is_set()
+    qtbot.waitUntil(lambda: not job.worker.is_running, timeout=60000)
+    # it stopped after its step and saved the model so far, as Stop does
+    assert (tiny_model_file.parent / "closed.safetensors").is_file()
