@@ -371,3 +371,19 @@ def test_a_weights_file_url_is_refused_like_a_download(exported, tmp_path, image
         rdf=lambda t: t.replace("source: weights_torchscript.pt", "source: file:///etc/passwd"),
     )
     assert "its weights or code are at file:/etc/passwd" in upscale_with(capsys, image, url)
+
+
+def test_weights_that_do_not_match_their_declared_sha256_never_run(
+    exported, tmp_path, image, capsys
+):
+    """The TorchScript weights were read without their SHA-256: a package whose weights were
+    swapped or damaged after it was described ran them."""
+
+    def declare_other_hash(text: str) -> str:
+        at = text.index("source: weights_torchscript.pt")
+        declared = text[at:].split("sha256: ", 1)[1][:64]
+        return text.replace(declared, "ab" * 32)
+
+    altered = package_like(exported, tmp_path / "altered.zip", rdf=declare_other_hash)
+    line = upscale_with(capsys, image, altered)
+    assert "altered.zip: its weights_torchscript.pt does not match the SHA-256" in line

@@ -13,6 +13,7 @@ Whatever the package declares that the engine cannot honour is refused in one li
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
 import os
@@ -530,7 +531,6 @@ def _normalization(description, path: Path) -> NormalizationSpec:
 def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Module, str]:
     """TorchScript when the package has it (no Python runs); else the state dict with the
     package's architecture file, which is imported and run only with ``trust_code``."""
-    from bioimageio.spec.utils import download
 
     weights = description.weights
     used = weights.torchscript or weights.pytorch_state_dict  # the entry loaded below
@@ -550,16 +550,12 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
         if path.is_dir():
             _own_file(path, str(source))
     if weights.torchscript is not None:
+        data = io.BytesIO(_read_checked(path, weights.torchscript))
         try:
-            data = io.BytesIO(download(weights.torchscript.source).read())
             # torch marks TorchScript deprecated; zoo packages use it
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
                 return torch.jit.load(data, map_location=device), "torchscript"
-        except FileNotFoundError as error:
-            raise BioimageioError(
-                f"{shown(path.name)}: missing weights file {shown(Path(str(error)).name)}"
-            ) from None
         except Exception as error:
             raise BioimageioError(
                 f"{shown(path.name)}: cannot load its TorchScript weights ({first_line(error)})"
@@ -572,12 +568,10 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
             )
         from bioimageio.core.backends.pytorch_backend import load_torch_model
 
+        _read_checked(path, weights.pytorch_state_dict)
+        _read_checked(path, weights.pytorch_state_dict.architecture)
         try:
             network = load_torch_model(weights.pytorch_state_dict, devices=[str(device)])
-        except FileNotFoundError as error:
-            raise BioimageioError(
-                f"{shown(path.name)}: missing file {shown(Path(str(error)).name)}"
-            ) from None
         except Exception as error:
             raise BioimageioError(
                 f"{shown(path.name)}: cannot build its PyTorch model ({first_line(error)})"
@@ -598,6 +592,25 @@ def _network(description, path: Path, trust_code: bool, device) -> tuple[nn.Modu
         f"{shown(path.name)}: no TorchScript or PyTorch weights (it has {', '.join(formats) or 'none'}); "
         "napari-srgan runs PyTorch models only"
     )
+
+
+def _read_checked(package: Path, described) -> bytes:
+    """The bytes of a package's file, refused unless they match the SHA-256 its description
+    declares for them: a damaged or altered file is never run."""
+    from bioimageio.spec.utils import download
+
+    name = shown(Path(str(described.source)).name)
+    try:
+        data = download(described.source).read()
+    except FileNotFoundError:
+        raise BioimageioError(f"{shown(package.name)}: missing file {name}") from None
+    declared = getattr(described, "sha256", None)
+    if declared is not None and hashlib.sha256(data).hexdigest() != str(declared):
+        raise BioimageioError(
+            f"{shown(package.name)}: its {name} does not match the SHA-256 its description "
+            "declares; the file is damaged or was altered"
+        )
+    return data
 
 
 class ClippedNetwork(nn.Module):
