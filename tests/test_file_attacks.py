@@ -91,7 +91,7 @@ def test_a_dataset_path_leaving_the_store_names_the_store(
     before = hashes(tmp_path)
     code, lines = run(["upscale", source, tmp_path / "o.tif", "--model", "tiny-rgb"], capsys)
     assert code == 2 and len(lines) == 1, lines
-    assert f"cells.zarr: OME-Zarr dataset {dataset!r} (datasets[0]) is not an array" in lines[0]
+    assert f"cells.zarr: OME-Zarr dataset {dataset!r} (datasets[0]) cannot be opened: " in lines[0]
     assert hashes(tmp_path) == before
 
 
@@ -401,3 +401,32 @@ def test_the_widget_says_in_one_line_when_a_layers_placement_cannot_be_upscaled(
     widget.start()
     assert len(viewer.layers) == 1 and len(errors) == 1
     assert "the result's pixel size or position is out of range" in errors[0]
+
+
+#: A 16x16 level's .zarray.
+LEVEL = {"zarr_format": 2, "shape": [16, 16], "chunks": [16, 16], "dtype": "|u1"}
+LEVEL |= {"compressor": None, "fill_value": 0, "order": "C", "filters": None}
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        (".zarray", "[" * 100_000 + "]" * 100_000, "maximum recursion depth exceeded"),
+        (".zattrs", "[" * 100_000 + "]" * 100_000, "maximum recursion depth exceeded"),
+        (".zarray", "[1]", "unsupported operand"),
+        (".zarray", json.dumps({**LEVEL, "shape": [16.5, 16]}), "Expected an iterable of integers"),
+    ],
+    ids=["zarray-nested", "zattrs-nested", "zarray-list", "zarray-float-shape"],
+)
+def test_a_level_whose_metadata_zarr_cannot_parse_is_one_line(
+    tmp_path, tiny_model_file, capsys, name, content, reason
+):
+    """The store's own metadata was guarded, its levels' were not: zarr's parser raised
+    RecursionError or TypeError from ``group.get``, a traceback."""
+    source = ome_zarr(tmp_path / "cells.zarr", {})
+    (source / "0" / name).write_text(content)
+    before = hashes(tmp_path)
+    code, lines = run(["upscale", source, tmp_path / "o.tif", "--model", "tiny-rgb"], capsys)
+    assert code == 2 and len(lines) == 1, lines
+    assert f"{source}: OME-Zarr dataset '0' (datasets[0]) cannot be opened: {reason}" in lines[0]
+    assert hashes(tmp_path) == before

@@ -39,7 +39,7 @@ from napari_srgan.io.images import (
     tifffile_warnings,
     unit_name,
 )
-from napari_srgan.messages import shown
+from napari_srgan.messages import first_line, shown
 from napari_srgan.threads import joined_pool
 
 log = logging.getLogger(__name__)
@@ -160,8 +160,12 @@ def _multiscales(group: zarr.Group, path: Path) -> dict:
             raise ValueError(f"{shown(path)}: OME-Zarr field 'datasets[{index}].path' is missing")
         try:
             array = group.get(dataset["path"])
-        except ValueError:  # zarr refuses "..", "." and other paths that would leave the store
-            array = None
+        except Exception as error:  # zarr refuses "..", "." (ValueError); broken metadata
+            # raises what its parser raises (TypeError for a list, RecursionError for nesting)
+            raise ValueError(
+                f"{shown(path)}: OME-Zarr dataset {dataset['path']!r} (datasets[{index}]) cannot "
+                f"be opened: {first_line(error)}"
+            ) from None
         if not isinstance(array, zarr.Array):
             raise ValueError(
                 f"{shown(path)}: OME-Zarr dataset {dataset['path']!r} (datasets[{index}]) is not an array"
