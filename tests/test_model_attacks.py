@@ -387,3 +387,16 @@ def test_weights_that_do_not_match_their_declared_sha256_never_run(
     altered = package_like(exported, tmp_path / "altered.zip", rdf=declare_other_hash)
     line = upscale_with(capsys, image, altered)
     assert "altered.zip: its weights_torchscript.pt does not match the SHA-256" in line
+
+
+def test_the_models_list_prints_no_control_characters_from_a_generator_config(
+    tiny_model_file, user_models, capsys
+):
+    """A config's scale and channels went into ``napari-srgan models`` as they were: a string
+    scale with an escape sequence drove the terminal, a line break split the list."""
+    with_config(
+        tiny_model_file, user_models / "odd.safetensors", scale="4\x1b[2J\nx", in_channels=[3]
+    )
+    assert main(["models"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if " odd " in line)
+    assert row.isprintable() and " ? " in row

@@ -100,11 +100,17 @@ def summarize(name: str, path: Path, *, location: str, use_fallback: str = "") -
         name,
         path,
         architecture=printable(str(card.get("architecture", "srresnet"))),
-        scale=network.get("scale", card.get("scale", 4)),
-        channels=network.get("in_channels", card.get("in_channels")),
+        scale=_whole(network.get("scale", card.get("scale", 4))),
+        channels=_whole(network.get("in_channels", card.get("in_channels"))),
         degradation=printable(str(card.get("degradation", "bicubic"))),
         source=location if source == "native" else f"{location} ({source})",
         license=printable(str(card.get("license", "BSD-3-Clause"))),
         intended_use=printable(str(card.get("intended_use") or use_fallback or description)),
         trained=bool(card.get("trained", True)),
     )
+
+
+def _whole(value: object) -> int | None:
+    """A whole number from a header, or None (shown as "?"): anything else (a string with an
+    escape sequence or a line break) would be printed as it is in the list."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
