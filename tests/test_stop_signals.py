@@ -228,3 +228,30 @@ def test_sigterm_while_exporting_a_package_keeps_the_old_one(tmp_path, tiny_mode
     check_stopped(code, stderr, "SIGTERM")
     assert [p.name for p in tmp_path.iterdir()] == ["model.zip"]
     assert output.read_bytes() == b"an earlier package"
+
+
+WORKERS_INTERRUPTED = """
+import os, signal, time
+import dask
+from napari_srgan.engine.schedulers import dask_scheduler
+signal.signal(signal.SIGINT, lambda signum, frame: None)  # stands in for the CLI's handler
+with dask_scheduler("processes"):
+    dask.compute(
+        dask.delayed(os.killpg)(os.getpgid(0), signal.SIGINT), dask.delayed(time.sleep)(0.3)
+    )
+"""
+
+
+def test_ctrl_c_leaves_the_stop_to_the_cli_not_to_its_dask_worker_processes():
+    """Ctrl-C signals the terminal's whole process group: each worker of ``--scheduler
+    processes`` printed a KeyboardInterrupt traceback, and one killed mid-task broke the pool,
+    while the CLI (which handles the signal) stops the workers itself, after their writes."""
+    run = subprocess.run(
+        [sys.executable, "-c", WORKERS_INTERRUPTED],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": SRC},
+        start_new_session=True,  # its own process group, signalled by a worker
+    )
+    assert run.returncode == 0 and "KeyboardInterrupt" not in run.stderr, run.stderr

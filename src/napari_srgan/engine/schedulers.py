@@ -75,6 +75,19 @@ def probe_scheduler(address: str, timeout: float | None = None) -> None:
         raise ValueError(f"{address} does not speak dask's protocol; is it a dask scheduler?")
 
 
+def leave_stops_to_the_parent() -> None:
+    """In each worker process of dask's ``processes`` scheduler: ignore the stop signals that
+    reach a whole process group (Ctrl-C, a closed terminal, a batch system's SIGTERM). The
+    parent handles them: it stops handing out blocks and waits for the ones being written, then
+    removes the unfinished store; a worker interrupted mid-block printed a traceback instead,
+    or broke the pool."""
+    import signal
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+
+
 @contextlib.contextmanager
 def dask_scheduler(scheduler: str) -> Iterator[None]:
     """Compute with a local dask scheduler, or connect to a distributed one by address (on a
@@ -88,7 +101,8 @@ def dask_scheduler(scheduler: str) -> Iterator[None]:
             yield
         return
     if parse_scheduler(scheduler) in SCHEDULERS:
-        with dask.config.set(scheduler=scheduler):
+        options = {"multiprocessing.initializer": leave_stops_to_the_parent}
+        with dask.config.set(scheduler=scheduler, **(options if scheduler == "processes" else {})):
             yield
         return
     try:
