@@ -430,3 +430,28 @@ def test_a_level_whose_metadata_zarr_cannot_parse_is_one_line(
     assert code == 2 and len(lines) == 1, lines
     assert f"{source}: OME-Zarr dataset '0' (datasets[0]) cannot be opened: {reason}" in lines[0]
     assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("output", ["o.tif", "o.zarr"])
+def test_tifffile_lines_are_passed_on_once_and_never_before_an_error(
+    tmp_path, tiny_model_file, capsys, caplog, output
+):
+    """A TIFF is opened twice (its header's size, then its pixels or metadata): the first
+    open's tifffile lines were passed on even when the second failed (a warning line before
+    the error), and twice for a file that was read."""
+    broken = tmp_path / "broken.ome.tif"
+    escape = OME_WITHOUT_SIZE_Z.replace('SizeC="1"', 'SizeC="1" SizeZ="1" PhysicalSizeX="&#27;"')
+    tifffile.imwrite(broken, np.zeros((16, 16), np.uint8), description=escape, metadata=None)
+    code, lines = run(["upscale", broken, tmp_path / output, "--model", "tiny-rgb"], capsys)
+    assert code == 2 and len(lines) == 1 and "the OME-XML does not parse" in lines[0], lines
+    assert not [m for m in caplog.messages if "broken.ome.tif" in m]
+
+    odd = tmp_path / "odd.tif"
+    imagej = "ImageJ=1.11a\nimages=-5\n"
+    tifffile.imwrite(odd, np.zeros((16, 16), np.uint8), description=imagej, metadata=None)
+    caplog.clear()
+    code, lines = run(["upscale", odd, tmp_path / output, "--model", "tiny-rgb"], capsys)
+    assert code == 0, lines
+    assert [m for m in caplog.messages if "odd.tif" in m] == [
+        f"{odd}: <tifffile.TiffFile 'odd.tif'> ImageJ series metadata invalid or corrupted file"
+    ]

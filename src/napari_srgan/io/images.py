@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,21 +127,30 @@ class _Records(logging.Handler):
         self.records.append(record)
 
 
+_holding = threading.local()
+
+
 @contextlib.contextmanager
 def tifffile_warnings(path: str | os.PathLike) -> Iterator[None]:
     """Hold back tifffile's log lines (what it repaired or could not read) until the read
-    succeeds, then pass them on naming the file: a read that fails says it in its one error
-    line, without tifffile's lines before it."""
+    succeeds, then pass them on naming the file, each once: a read that fails says it in its
+    one error line, without tifffile's lines before it. Nested, the outermost holds them (a
+    read that opens the file twice, the second time failing, printed the first's lines)."""
+    if getattr(_holding, "active", False):
+        yield
+        return
     logger, handler = logging.getLogger("tifffile"), _Records()
     propagate, logger.propagate = logger.propagate, False
     logger.addHandler(handler)
+    _holding.active = True
     try:
         yield
     finally:
+        _holding.active = False
         logger.removeHandler(handler)
         logger.propagate = propagate
-    for record in handler.records:
-        log.warning("%s: %s", path, record.getMessage())
+    for message in dict.fromkeys(record.getMessage() for record in handler.records):
+        log.warning("%s: %s", shown(path), message)
 
 
 def open_tiff(path: str | os.PathLike) -> tifffile.TiffFile:
@@ -282,10 +292,12 @@ def read_image(path: str | os.PathLike, *, memory_factor: float = 1.0) -> ImageF
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such image file: {shown(path)}")
-    check_fits_in_memory(path, memory_factor)
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
-        return _read_tiff(path)
+        with tifffile_warnings(path):  # the header check and the read: their lines once
+            check_fits_in_memory(path, memory_factor)
+            return _read_tiff(path)
+    check_fits_in_memory(path, memory_factor)
     try:
         data = _read_frames(path)
     except Exception as error:

@@ -63,15 +63,16 @@ def open_lazy(path: str | os.PathLike) -> ImageFile:
     if is_zarr(path):
         return _open_zarr(path)
     if path.suffix.lower() in (".tif", ".tiff"):
-        try:
-            with tifffile_warnings(path), open_tiff(path) as tif:
-                store = tif.aszarr()
-        except (tifffile.TiffFileError, OSError, IndexError) as error:
-            raise ValueError(f"cannot read {shown(path)} as a TIFF: {error}") from None
-        data = zarr.open(store, mode="r")
-        if isinstance(data, zarr.Group):  # a pyramidal TIFF: level 0
-            data = data["0"]
-        image = tiff_metadata(path)
+        with tifffile_warnings(path):  # the file is opened twice: its lines once
+            try:
+                with open_tiff(path) as tif:
+                    store = tif.aszarr()
+            except (tifffile.TiffFileError, OSError, IndexError) as error:
+                raise ValueError(f"cannot read {shown(path)} as a TIFF: {error}") from None
+            data = zarr.open(store, mode="r")
+            if isinstance(data, zarr.Group):  # a pyramidal TIFF: level 0
+                data = data["0"]
+            image = tiff_metadata(path)
         image.data = CheckedReads(data, path)
         return image
     raise ValueError(f"{shown(path)}: lazy reading needs .zarr or .tif, not {path.suffix!r}")
