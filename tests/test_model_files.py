@@ -74,3 +74,11 @@ def test_registry_lists_user_models_and_resolves_names(tiny_model_file):
         resolve_model("nope")
     config, card = read_metadata(tiny_model_file)
     assert not card.trained and config.channels == 8
+
+
+def test_an_unknown_model_lists_the_installed_ones_escaped(user_models):
+    # a file name with a newline in the model folder split the one-line message
+    (user_models / "evil\n\x1b[31m.safetensors").write_bytes(b"")
+    with pytest.raises(ModelFileError) as refused:
+        resolve_model("nope")
+    assert str(refused.value).endswith(", evil\\n\\x1b[31m"), refused.value

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import platformdirs
 
-from napari_srgan.messages import shown
+from napari_srgan.messages import printable, shown
 from napari_srgan.models.headers import ModelFileError, safetensors_metadata
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ def resolve_model(name_or_path: str | os.PathLike | None) -> Path:
         if not (path.is_file() or path.is_dir()):  # reading a pipe or device would block
             raise ModelFileError(f"{shown(path)} is not a model file (a pipe, socket or device)")
         return path
-    known = ", ".join(models) or "none installed"
+    known = ", ".join(map(printable, models)) or "none installed"
     raise ModelFileError(f"no model named {str(name_or_path)!r}; available: {known}")
 
 
