@@ -12,6 +12,7 @@ import re
 import struct
 from pathlib import Path
 
+import dask.array as da
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -455,3 +456,61 @@ def test_tifffile_lines_are_passed_on_once_and_never_before_an_error(
     assert [m for m in caplog.messages if "odd.tif" in m] == [
         f"{odd}: <tifffile.TiffFile 'odd.tif'> ImageJ series metadata invalid or corrupted file"
     ]
+
+
+@pytest.fixture
+def writer_errors(monkeypatch) -> list[str]:
+    from napari_srgan.plugin import writer
+
+    shown: list[str] = []
+    monkeypatch.setattr(writer, "show_error", shown.append)
+    return shown
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [{"scale": (float("nan"), 1.0)}, {"scale": (0.0, 1.0)}, {"translate": (float("inf"), 0.0)}],
+    ids=["scale-nan", "scale-0", "translate-infinity"],
+)
+def test_the_writer_never_writes_a_placement_the_reader_refuses(tmp_path, writer_errors, meta):
+    """Such a layer was saved, and its file then failed to open with this package's reader
+    ("provenance field 'layer.scale' ...")."""
+    from napari_srgan.plugin.writer import write_image_layer
+
+    path = tmp_path / "saved.ome.tif"
+    assert write_image_layer(str(path), np.zeros((16, 16), np.uint8), meta) == []
+    assert len(writer_errors) == 1 and "is not a finite number" in writer_errors[0]
+    assert not path.exists()
+
+
+def test_the_writer_saves_a_multiscale_layers_full_resolution(tmp_path, writer_errors):
+    """napari hands a writer every level of a multiscale layer (an OME-Zarr opened with this
+    package's reader): numpy failed on the list ("inhomogeneous shape")."""
+    from napari_srgan.plugin.writer import write_image_layer
+
+    levels = [np.full((32, 32), 3, np.uint8), np.full((16, 16), 3, np.uint8)]
+    path = tmp_path / "saved.ome.tif"
+    assert write_image_layer(str(path), levels, {"multiscale": True}) == [str(path)]
+    assert not writer_errors and read_image(path).data.shape == (32, 32)
+
+
+def test_the_writer_refuses_a_lazy_layer_larger_than_memory(tmp_path, writer_errors):
+    """A lazy layer (a big store, a lazy result) was computed into memory whole."""
+    from napari_srgan.plugin.writer import write_image_layer
+
+    path = tmp_path / "saved.ome.tif"
+    assert write_image_layer(str(path), da.zeros((10**6, 10**6), np.uint8), {}) == []
+    assert len(writer_errors) == 1 and "declares 1000000x1000000 pixels" in writer_errors[0]
+    assert not path.exists()
+
+
+@pytest.mark.parametrize("metadata", ["not a dict", {"napari_srgan": "not a dict"}])
+def test_the_writer_ignores_layer_metadata_it_did_not_write(tmp_path, writer_errors, metadata):
+    """Metadata another plugin or a script set raised AttributeError or ValueError from the
+    writer (a traceback in napari)."""
+    from napari_srgan.plugin.writer import write_image_layer
+
+    path = tmp_path / "saved.ome.tif"
+    data = np.zeros((16, 16), np.uint8)
+    assert write_image_layer(str(path), data, {"metadata": metadata}) == [str(path)]
+    assert not writer_errors and set(read_image(path).provenance) == {"layer"}  # nothing copied

@@ -511,6 +511,13 @@ def write_tiff(
     count = _spatial_axes_count(data.shape, rgb)
     scale = tuple(scale or (1.0,) * count)
     translate = tuple(translate or (0.0,) * count)
+    if not all(math.isfinite(v) and v > 0 for v in scale) or not all(
+        math.isfinite(v) for v in translate
+    ):  # the provenance would hold it, and reading the file back would refuse it
+        raise ValueError(
+            f"cannot write {shown(path)}: the pixel size {list(scale)} or position "
+            f"{list(translate)} is not a finite number (pixel size > 0)"
+        )
     # Leading axes are planes of a Z-stack (then time): never OME channels (SizeC).
     spatial = {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TCZYX"}.get(count)
     if spatial is None:

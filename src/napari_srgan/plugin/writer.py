@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
 from napari.utils.notifications import show_error
 
-from napari_srgan.io.images import PROVENANCE_KEY, write_tiff
+from napari_srgan.io.images import PROVENANCE_KEY, check_fits_in_memory, write_tiff
 from napari_srgan.messages import shown
 
 
@@ -18,10 +21,21 @@ def length_unit(units) -> str | None:
     return f"{unit:~}"
 
 
+def _declared(data) -> tuple[tuple[int, ...], int]:
+    """The shape of ``data`` and the bytes it takes in memory."""
+    shape = tuple(data.shape)
+    return shape, math.prod(shape) * np.dtype(data.dtype).itemsize
+
+
 def write_image_layer(path: str, data, meta: dict) -> list[str]:
-    provenance = dict(meta.get("metadata", {}).get(PROVENANCE_KEY, {}))
+    metadata = meta.get("metadata")
+    provenance = metadata.get(PROVENANCE_KEY) if isinstance(metadata, dict) else None
+    provenance = dict(provenance) if isinstance(provenance, dict) else {}  # not ours otherwise
     provenance.pop("layer", None)
+    if meta.get("multiscale"):  # the levels: the full-resolution one is the image
+        data = data[0]
     try:
+        check_fits_in_memory(path, declared=_declared(data))  # a lazy layer is read whole
         written = write_tiff(
             path,
             data,
