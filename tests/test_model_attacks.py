@@ -400,3 +400,25 @@ def test_the_models_list_prints_no_control_characters_from_a_generator_config(
     assert main(["models"]) == 0
     row = next(line for line in capsys.readouterr().out.splitlines() if " odd " in line)
     assert row.isprintable() and " ? " in row
+
+
+@pytest.mark.parametrize(
+    "name", ["a\x1bb", "user:srresnet-rgb-x4", " ", "x" * 201, "a*b"], ids=repr
+)
+def test_models_add_refuses_an_unusable_name_before_converting(
+    tmp_path, user_models, capsys, monkeypatch, name
+):
+    """An escape character, ``user:`` (the mark of a user model shadowing a bundled one), a
+    blank or a name too long for a file system were accepted (the last failing only after the
+    conversion, naming the whole path)."""
+    import napari_srgan.models.registry as registry
+
+    def never(*args, **kwargs):
+        raise AssertionError("converted before the name was checked")
+
+    monkeypatch.setattr(registry, "load_model", never)
+    line = run_cli(
+        capsys, "models", "add", community_file(tmp_path, "compact-grey-x4"), "--name", name
+    )
+    assert "is not a usable model name" in line and line.isprintable()
+    assert list(user_models.iterdir()) == []

@@ -148,10 +148,9 @@ def add_model(
     source = Path(path)
     if not source.exists():
         raise ModelFileError(f"model file not found: {shown(source)}")
-    model = load_model(source, trust_code=trust_code)
     name = name or source.stem
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise ModelFileError(f"{name!r} is not a usable model name")
+    _check_model_name(name)  # before the (slow) conversion
+    model = load_model(source, trust_code=trust_code)
     target = user_model_dir() / f"{name}{SUFFIX}"
     if name in available_models() or target.exists():
         raise ModelFileError(f"a model named {name!r} exists already; choose another --name")
@@ -163,6 +162,24 @@ def add_model(
     model.card.name = name
     measure_tiling(model)
     return save_converted(model, target)
+
+
+def _check_model_name(name: str) -> None:
+    """A model name is typed after ``--model`` and is a file name in every OS: no path parts,
+    no hidden file, no ``:`` (``user:<name>`` marks a user model that shares a bundled one's
+    name; Windows forbids it), no control characters or edge spaces, at most 200 bytes."""
+    if (
+        not name
+        or not name.isprintable()
+        or name != name.strip()
+        or name.startswith(".")
+        or any(c in name for c in '/\\:*?"<>|')
+        or len(name.encode()) > 200
+    ):
+        raise ModelFileError(
+            f"'{shown(name)[:60]}' is not a usable model name (printable, at most 200 bytes, "
+            "none of / \\ : * ? \" < > |, not starting with '.'); pass another --name"
+        )
 
 
 def save_trained(
