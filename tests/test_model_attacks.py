@@ -422,3 +422,19 @@ def test_models_add_refuses_an_unusable_name_before_converting(
     )
     assert "is not a usable model name" in line and line.isprintable()
     assert list(user_models.iterdir()) == []
+
+
+def test_a_pickled_view_claiming_many_numbers_does_not_raise_the_build_budget(
+    tmp_path, image, capsys
+):
+    """A stride-0 view claims 10^10 numbers over one stored: counted by its shape, it let a
+    1 MB file build a network of any width (600 here, 108 MB; 20000: 14 GB)."""
+    state = torch.load(community_file(tmp_path, "esrgan-x4"), weights_only=True)
+    state["junk"] = torch.zeros(1).expand(10**10)
+    state["model.0.weight"] = torch.zeros(1).expand(600, 3, 3, 3)
+    model = tmp_path / "views.pth"
+    torch.save(state, model)
+    with allocations() as allocated:
+        line = upscale_with(capsys, image, model)
+    assert "views.pth: its tensor names and shapes describe a network larger" in line
+    assert allocated[0] < 100e6

@@ -290,8 +290,13 @@ class BuildBudget(TorchFunctionMode):
     def __init__(self, state_dict: dict) -> None:
         super().__init__()
         tensors = list(_tensors(state_dict))
+        # The data the file holds, not the shapes it claims: a pickled tensor may be a view
+        # with stride 0 that claims 10^10 numbers over one.
+        storages = {t.untyped_storage().data_ptr(): t for t in tensors}
         #: Bytes of the file's weights as the network holds them (at least float32).
-        self.weights = sum(t.numel() * max(t.element_size(), 4) for t in tensors)
+        self.weights = sum(
+            t.untyped_storage().nbytes() * max(1, 4 // t.element_size()) for t in storages.values()
+        )
         self.max_bytes = 4 * self.weights + 64 * 2**20
         self.max_count = 2 * len(tensors) + 1000
         self.storages: set[int] = set()
