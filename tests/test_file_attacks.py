@@ -514,3 +514,29 @@ def test_the_writer_ignores_layer_metadata_it_did_not_write(tmp_path, writer_err
     data = np.zeros((16, 16), np.uint8)
     assert write_image_layer(str(path), data, {"metadata": metadata}) == [str(path)]
     assert not writer_errors and set(read_image(path).provenance) == {"layer"}  # nothing copied
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".png", ".zarr"])
+def test_an_output_name_of_up_to_255_bytes_is_written(tmp_path, tiny_model_file, capsys, suffix):
+    """Temporary names add about 40 bytes to the output's name: an output named with 240
+    bytes failed with 'File name too long' after all the work."""
+    iio.imwrite(tmp_path / "in.png", np.zeros((16, 16, 3), np.uint8))
+    output = tmp_path / ("é" * 120 + suffix)  # 240 bytes + the suffix
+    code, lines = run(["upscale", tmp_path / "in.png", output, "--model", "tiny-rgb"], capsys)
+    assert code == 0, lines
+    assert sorted(os.listdir(tmp_path)) == sorted(["in.png", output.name])
+
+
+def test_a_batch_result_name_too_long_is_refused_before_its_work(tmp_path, tiny_model_file, capsys):
+    """``<stem>_x4.ome.tif`` of a 250-byte input name is longer than a file name may be: the
+    file was upscaled, then its write failed."""
+    long_input = tmp_path / ("c" * 246 + ".png")
+    for source in (long_input, tmp_path / "b.png"):
+        iio.imwrite(source, np.zeros((16, 16, 3), np.uint8))
+    argv = ["upscale", long_input, tmp_path / "b.png", tmp_path / "out", "--model", "tiny-rgb"]
+    code, lines = run(argv, capsys)
+    errors = [line for line in lines if "error" in line]
+    assert code == 2 and len(errors) == 1, lines
+    assert "_x4.ome.tif is longer than the 255 bytes the file system allows" in errors[0]
+    assert not any(long_input.name in line for line in lines if "started" in line)
+    assert os.listdir(tmp_path / "out") == ["b_x4.ome.tif"]

@@ -28,6 +28,7 @@ from napari_srgan.engine.tiling import check_tile_size
 from napari_srgan.engine.upscale import ImageLayout, check_image, upscale
 from napari_srgan.io.atomic_files import (
     OutputExistsError,
+    check_name_length,
     check_writable,
     disk_full_is_one_line,
     is_own_store,
@@ -141,6 +142,7 @@ def check_output(path: Path, *, overwrite: bool = False) -> None:
     """A known format in a writable folder, not replacing anything unless ``overwrite``."""
     if not (is_zarr(path) or path.suffix.lower() in TIFF_SUFFIXES + PLAIN_SUFFIXES):
         raise ValueError(f"unknown output format {path.suffix!r}; use .tif, .png, .jpg or .zarr")
+    check_name_length(path)
     refuse_existing(path, overwrite=overwrite)
     if is_zarr(path) and os.path.lexists(path) and not is_own_store(path):  # a file: found now,
         # not when the store is created, after the work began

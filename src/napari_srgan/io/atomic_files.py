@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import hashlib
 import json
 import os
 import re
@@ -124,9 +125,41 @@ def disk_full_is_one_line(path: str | os.PathLike) -> Iterator[None]:
         raise DiskFullError(f"no space left on device while writing {shown(path)}") from None
 
 
+#: The longest file name (in bytes) most file systems allow.
+NAME_MAX = 255
+#: What a temporary name adds to the output's name: ".", ".<host>-<pid>-<token>.partial".
+_TEMPORARY_PART = len(f"..{'h' * 40}-{'9' * 7}-{'0' * 8}.partial")
+
+
+def check_name_length(path: str | os.PathLike) -> None:
+    """Refuse, before any work, a file name longer than the file system allows (its write
+    would fail only at the end)."""
+    path = Path(path)
+    try:
+        limit = os.pathconf(path.parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = NAME_MAX
+    if len(os.fsencode(path.name)) > limit:
+        raise ValueError(
+            f"the output name {shown(path.name)} is longer than the {limit} bytes the file "
+            "system allows"
+        )
+
+
+def _temporary_stem(path: Path) -> str:
+    """The output's name as its temporary names carry it: shortened, with a hash of the whole
+    (so two long names still differ), where the temporary name would pass :data:`NAME_MAX`."""
+    name = os.fsencode(path.name)
+    room = NAME_MAX - _TEMPORARY_PART
+    if len(name) <= room:
+        return path.name
+    digest = hashlib.sha256(name).hexdigest()[:16]
+    return f"{os.fsdecode(name[: room - len(digest) - 1])}~{digest}"
+
+
 def _temporary_name(path: Path, kind: str) -> Path:
     token = secrets.token_hex(4)
-    return path.with_name(f".{path.name}.{HOST}-{os.getpid()}-{token}.{kind}")
+    return path.with_name(f".{_temporary_stem(path)}.{HOST}-{os.getpid()}-{token}.{kind}")
 
 
 def _leftovers(path: Path) -> Iterator[tuple[Path, str]]:
@@ -134,7 +167,7 @@ def _leftovers(path: Path) -> Iterator[tuple[Path, str]]:
     host's: a process id says nothing about a writer on another machine (or container) that
     shares the folder, whose temporary files must be left alone."""
     pattern = re.compile(
-        rf"\.{re.escape(path.name)}\.([0-9A-Za-z]*)-(\d+)-[0-9a-f]{{8}}\.(tmp|partial|old)"
+        rf"\.{re.escape(_temporary_stem(path))}\.([0-9A-Za-z]*)-(\d+)-[0-9a-f]{{8}}\.(tmp|partial|old)"
     )
     if not path.parent.is_dir():
         return
