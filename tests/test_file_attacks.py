@@ -10,6 +10,7 @@ import json
 import os
 import re
 import struct
+import warnings
 from pathlib import Path
 
 import dask.array as da
@@ -18,12 +19,14 @@ import numpy as np
 import pytest
 import tifffile
 import zarr
+from PIL import Image
 
 from napari_srgan.cli import main
 from napari_srgan.io.atomic_files import remove_store
 from napari_srgan.io.images import PROVENANCE_TAG, read_image
 from napari_srgan.io.zarr_files import OmeZarrWriter, open_lazy
 from napari_srgan.plugin.reader import get_reader, read_zarr_layer
+from test_bad_inputs import png_claiming
 
 OME_WITHOUT_SIZE_Z = (
     '<?xml version="1.0" encoding="UTF-8"?>'
@@ -540,3 +543,19 @@ def test_a_batch_result_name_too_long_is_refused_before_its_work(tmp_path, tiny_
     assert "_x4.ome.tif is longer than the 255 bytes the file system allows" in errors[0]
     assert not any(long_input.name in line for line in lines if "started" in line)
     assert os.listdir(tmp_path / "out") == ["b_x4.ome.tif"]
+
+
+@pytest.mark.parametrize("output", ["o.tif", "o.zarr"])
+def test_pillows_decompression_bomb_warning_adds_no_lines(
+    tmp_path, tiny_model_file, capsys, output
+):
+    """Pillow warns (two lines on stderr) about any image over 89 M pixels; the size is checked
+    against free memory here, and a big photo (or a file claiming to be one) printed them
+    before the result or the one error line."""
+    source = tmp_path / "big.png"
+    png_claiming(source, 10_000, 10_000)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code, lines = run(["upscale", source, tmp_path / output, "--model", "tiny-rgb"], capsys)
+    assert code == 2 and len(lines) == 1 and "big.png" in lines[0], lines
+    assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]

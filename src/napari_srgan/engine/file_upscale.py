@@ -43,6 +43,7 @@ from napari_srgan.io.images import (
     check_fits_in_memory,
     check_output_format,
     guess_rgb,
+    pillow_quiet,
     read_image,
     tiff_metadata,
     write_image,
@@ -133,7 +134,8 @@ def input_is_rgb(path: Path) -> bool:
     if path.suffix.lower() in TIFF_SUFFIXES:
         return tiff_metadata(path).rgb
     try:
-        return guess_rgb(tuple(iio.improps(path).shape))
+        with pillow_quiet():
+            return guess_rgb(tuple(iio.improps(path).shape))
     except Exception as error:
         raise ValueError(f"cannot read {shown(path)} as an image: {error}") from None
 

@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -243,6 +244,15 @@ _PIL_MODES = {"1": (1, 1), "L": (1, 1), "P": (4, 1), "LA": (2, 1), "RGB": (3, 1)
 _PIL_MODES |= {"RGBA": (4, 1), "I;16": (1, 2), "I": (1, 4), "F": (1, 4), "CMYK": (4, 1)}
 
 
+@contextlib.contextmanager
+def pillow_quiet() -> Iterator[None]:
+    """Pillow warns (two lines on stderr) about any image over 89 million pixels as a possible
+    decompression bomb; the size is checked against free memory here instead."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
 def declared_bytes(path: str | os.PathLike) -> tuple[tuple[int, ...], int]:
     """The shape a file's header claims and the bytes its pixels take, without decoding them
     (a 130-byte TIFF may claim 100000x100000 pixels)."""
@@ -253,7 +263,7 @@ def declared_bytes(path: str | os.PathLike) -> tuple[tuple[int, ...], int]:
                 series = tif.series[0]
                 check_chunk_size(path, series.keyframe.chunks, series.dtype)
                 return tuple(series.shape), math.prod(series.shape) * series.dtype.itemsize
-        with Image.open(path) as image:
+        with pillow_quiet(), Image.open(path) as image:
             values, size = _PIL_MODES.get(image.mode, (4, 4))
             frames = getattr(image, "n_frames", 1)
             shape = (frames, image.height, image.width, values)
@@ -310,7 +320,8 @@ def read_image(path: str | os.PathLike, *, memory_factor: float = 1.0) -> ImageF
 def _read_frames(path: Path) -> np.ndarray:
     """Every frame of an animated file as a stack (imageio reads only the first of an animated
     WebP by default), a single frame as itself."""
-    data = np.asarray(iio.imread(path, index=...))
+    with pillow_quiet():
+        data = np.asarray(iio.imread(path, index=...))
     return data[0] if data.shape[0] == 1 else data
 
 
