@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -206,3 +211,33 @@ def test_train_command_makes_a_one_x_model_from_same_grid_pairs(tmp_path):
     assert main([*common, "--lr", str(tmp_path / "lr.png"), "--out", str(out)]) == 0
     assert load_model(out).scale == 1
     assert main([*common, "--lr", str(tmp_path / "bad.png"), "--out", str(tmp_path / "x")]) == 2
+
+
+COMPUTED_DASK_DATA = """
+import dask.array as da
+import numpy as np
+from napari_srgan.models.normalization import NormalizationSpec
+from napari_srgan.training.device_sampler import ParallelSampler
+from napari_srgan.training.patches import PatchSampler, TrainingImage
+
+data = (da.random.RandomState(0).random_sample((96, 96), chunks=16) * 255).astype(np.uint8)
+print(data.max().compute())  # dask's thread pool now has threads, as after the checks
+image = TrainingImage(data)
+patches = PatchSampler([image], patch_size=32, channels=1, normalization=NormalizationSpec())
+print(ParallelSampler(patches, batch_size=2, workers=2).batch(2)[1].shape)
+"""
+
+
+def test_worker_processes_read_computed_dask_data_after_the_parent_used_dask():
+    """The workers are forked: they inherited dask's thread pool without its threads, and the
+    first patch read through the threaded scheduler waited forever (training never began)."""
+    source = str(Path(__file__).resolve().parents[1] / "src")
+    run = subprocess.run(
+        [sys.executable, "-c", COMPUTED_DASK_DATA],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "PYTHONPATH": source},
+        start_new_session=True,
+    )
+    assert run.returncode == 0 and "torch.Size([2, 1, 32, 32])" in run.stdout, run.stderr

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import dask
 import numpy as np
 import psutil
 import torch
@@ -336,6 +337,10 @@ class _SeededBatches(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        if info is not None:
+            # A forked worker inherits dask's thread pool without its threads: the first read
+            # of computed dask data waited forever for them. A patch is small; read it here.
+            dask.config.set(scheduler="synchronous")
         index = self.start + worker
         while True:
             self.sampler.rng = np.random.default_rng([self.seed, index])
