@@ -2,11 +2,16 @@
 wide integer data, ... Each result overlays its input exactly and keeps its values, or the user
 gets one clear message and nothing changes."""
 
+import signal
+
+import dask.array as da
 import numpy as np
 import pytest
 
 from napari_srgan.engine.upscale import upscale
-from napari_srgan.models.normalization import IntensityRange
+from napari_srgan.models.normalization import IntensityRange, NormalizationSpec
+from napari_srgan.training.device_sampler import ParallelSampler
+from napari_srgan.training.patches import PatchSampler, TrainingImage
 
 napari = pytest.importorskip("napari")
 
@@ -120,3 +125,27 @@ def test_a_multiscale_paired_or_validation_layer_is_named(
     widget.start()
     assert shown == ["napari-srgan: pyramid: multiscale layers are not supported"]
     assert sorted(user_models.iterdir()) == files_before
+
+
+def test_training_on_a_dask_layer_draws_batches_in_worker_processes():
+    """Data read lazily is sampled in worker processes forked from the training thread; forked
+    from the main thread, they got a copy of dask's thread pool but none of its threads, so
+    the first batch from a dask array never came (training hung at step 1 for ever)."""
+
+    def too_slow(*_args):
+        raise TimeoutError("no batch within 60 s")
+
+    image = np.random.default_rng(0).integers(0, 256, (96, 96), np.uint8)
+    hr = da.from_array(image, chunks=32)
+    assert int(hr.sum().compute()) == int(image.sum())  # dask's pool runs in this process
+    patches = PatchSampler(
+        [TrainingImage(hr)], patch_size=32, channels=1, normalization=NormalizationSpec()
+    )
+    previous = signal.signal(signal.SIGALRM, too_slow)
+    signal.alarm(60)
+    try:
+        lr, hr_patches = ParallelSampler(patches, batch_size=2, workers=1).batch(2)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert lr.shape == (2, 1, 8, 8) and hr_patches.shape == (2, 1, 32, 32)

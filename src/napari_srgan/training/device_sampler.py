@@ -324,10 +324,20 @@ class ParallelSampler:
                 num_workers=self.workers,
                 pin_memory=torch.cuda.is_available(),
                 prefetch_factor=2 if self.workers else None,
+                worker_init_fn=_compute_dask_in_this_thread,
             )
             self._iterator = iter(loader)
         self.drawn += 1
         return next(self._iterator)
+
+
+def _compute_dask_in_this_thread(_worker: int) -> None:
+    """A worker process is forked with a copy of dask's thread pool but none of its threads:
+    a dask array read there waited forever for them (training on a dask layer hung at its
+    first step, since reading the ranges had started the pool in the parent)."""
+    import dask
+
+    dask.config.set(scheduler="synchronous")
 
 
 class _SeededBatches(torch.utils.data.IterableDataset):
