@@ -438,3 +438,15 @@ def test_a_pickled_view_claiming_many_numbers_does_not_raise_the_build_budget(
         line = upscale_with(capsys, image, model)
     assert "views.pth: its tensor names and shapes describe a network larger" in line
     assert allocated[0] < 100e6
+
+
+def test_a_package_input_step_the_engine_cannot_pad_to_is_refused(
+    exported, tmp_path, image, capsys
+):
+    """The input size step is what the engine pads every image to a multiple of: a step of a
+    million tried to allocate a 2.7 TiB image (two steps of 20011 and 20021: 4 * 10^8)."""
+    steps = package_like(
+        exported, tmp_path / "steps.zip", rdf=lambda t: t.replace("step: 1\n", "step: 1000000\n")
+    )
+    line = upscale_with(capsys, image, steps)
+    assert "steps.zip: its size multiple is 1000000; napari-srgan runs models with 1..4096" in line

@@ -32,7 +32,7 @@ from torch import nn
 from napari_srgan.io.atomic_files import atomic_write, refuse_existing
 from napari_srgan.messages import first_line, shown
 from napari_srgan.models.files import ModelFileError
-from napari_srgan.models.interface import ModelCard, SRModel
+from napari_srgan.models.interface import CARD_LIMITS, ModelCard, SRModel
 from napari_srgan.models.normalization import NormalizationSpec
 
 #: The paper every exported model builds on.
@@ -494,7 +494,20 @@ def _spatial_scale(description, path: Path) -> tuple[int, int, int, int]:
             f"{shown(path.name)}: a fixed input size; napari-srgan tiles images and needs a "
             "parameterised (min + n * step) input size"
         )
-    return scales[0], int(channels.size), max(halos), math.lcm(*multiples)
+    facts = {
+        "scale": scales[0],
+        "in_channels": int(channels.size),
+        "theoretical_halo": max(halos),
+        "size_multiple": math.lcm(*multiples),
+    }
+    for name, value in facts.items():  # the engine pads, tiles and allocates by them
+        low, high = CARD_LIMITS[name]
+        if not low <= value <= high:
+            raise BioimageioError(
+                f"{shown(path.name)}: its {name.replace('_', ' ')} is {value}; napari-srgan runs "
+                f"models with {low}..{high}"
+            )
+    return tuple(facts.values())
 
 
 def _normalization(description, path: Path) -> NormalizationSpec:

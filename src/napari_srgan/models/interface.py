@@ -105,7 +105,7 @@ SHOWN_IN_A_LINE = ("name", "degradation", "intended_use", "architecture", "sourc
 #: The Python types a stored card's field may hold, by its annotation.
 _CARD_TYPES = {"str": str, "bool": bool, "int": int, "int | None": (int, type(None)), "dict": dict}
 #: Whole-number fields' bounds: the engine tiles, pads and allocates by them.
-_CARD_LIMITS = {
+CARD_LIMITS = {
     "scale": (1, 16),
     "in_channels": (1, 1024),
     "out_channels": (1, 1024),
@@ -122,7 +122,7 @@ def _check_card_field(name: str, value, annotation: str) -> None:
     expected = _CARD_TYPES[annotation]
     if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
         raise ValueError(f"model card field {name!r} is {repr(value)[:40]}, not {annotation}")
-    low, high = _CARD_LIMITS.get(name, (None, None))
+    low, high = CARD_LIMITS.get(name, (None, None))
     if isinstance(value, int) and low is not None and not low <= value <= high:
         raise ValueError(f"model card field {name!r} is {value}, not within {low}..{high}")
 
