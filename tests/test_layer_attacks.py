@@ -149,3 +149,34 @@ def test_training_on_a_dask_layer_draws_batches_in_worker_processes():
         signal.alarm(0)
         signal.signal(signal.SIGALRM, previous)
     assert lr.shape == (2, 1, 8, 8) and hr_patches.shape == (2, 1, 32, 32)
+
+
+def test_a_layer_in_nm_and_um_is_saved_in_one_unit(
+    make_napari_viewer, tiny_model_file, errors, tmp_path
+):
+    """A file has one length unit, taken from the x axis: y in nm was written as if in µm (its
+    pixel size 1000 times too big), by the writer and into the zarr result."""
+    from napari_srgan.plugin.reader import read_zarr_layer
+
+    viewer = make_napari_viewer()
+    image = np.random.default_rng(0).integers(0, 255, (12, 16), np.uint8)
+    source = viewer.add_image(
+        image, name="mixed", scale=(500.0, 0.5), translate=(1000.0, 2.0), units=("nm", "µm")
+    )
+    viewer.layers.selection = {source}
+    saved = str(tmp_path / "mixed.ome.tif")
+    assert viewer.layers.save(saved, selected=True, plugin="napari-srgan") == [saved]
+    [reopened] = viewer.open(saved, plugin="napari-srgan")
+    assert tuple(reopened.scale) == pytest.approx((0.5, 0.5))
+    assert tuple(reopened.translate) == pytest.approx((1.0, 2.0))
+    assert [f"{unit:~}" for unit in reopened.units] == ["µm", "µm"]
+
+    widget = upscale_widget(viewer, source, "zarr file")
+    widget.zarr_path.value = str(tmp_path / "result.zarr")
+    widget.start()
+    assert not errors
+    [(_, options, _)] = read_zarr_layer(str(tmp_path / "result.zarr"))
+    assert tuple(options["scale"]) == pytest.approx((0.125, 0.125))
+    assert tuple(options["translate"]) == pytest.approx((1.0 - 0.1875, 2.0 - 0.1875))
+    result = viewer.layers["mixed x4 tiny-rgb"]
+    assert world_offsets(source, result) < 1e-9  # shown in the layer's own units

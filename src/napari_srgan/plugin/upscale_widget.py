@@ -57,7 +57,7 @@ from napari_srgan.plugin.controls import (
 )
 from napari_srgan.plugin.model_list import follow_model_list, model_list
 from napari_srgan.plugin.reader import read_zarr_layer
-from napari_srgan.plugin.writer import length_unit
+from napari_srgan.plugin.writer import in_one_length_unit
 
 if TYPE_CHECKING:
     from napari.layers import Image
@@ -547,7 +547,10 @@ class UpscaleWidget(Container):
         except ValueError as error:
             self._fail(str(error))
             return
-        unit, source = length_unit(layer.units), layer.name
+        file_scale, file_translate, unit = in_one_length_unit(
+            options["scale"], options["translate"], layer.units
+        )
+        source = layer.name
         self._set_running(True)
         self.progress.busy("loading model…")
 
@@ -574,8 +577,8 @@ class UpscaleWidget(Container):
                     model,
                     target,
                     layout=layout,
-                    scale=options["scale"],
-                    translate=options["translate"],
+                    scale=file_scale,
+                    translate=file_translate,
                     unit=unit,
                     record={**record, "layer": {"name": options["name"]}},
                     settings=settings,
@@ -732,7 +735,8 @@ class UpscaleWidget(Container):
         result, display = value
         if isinstance(result, Path):  # written to OME-Zarr: open it lazily, as a pyramid
             [(data, options, _)] = read_zarr_layer(str(result))
-            self._viewer.add_image(data, **{**display, **options, "name": display["name"]})
+            # placed as the input (in the layer's units, which the file may have converted)
+            self._viewer.add_image(data, **{**options, **display})
         else:
             self._viewer.add_image(result, **display)
         show_status(self.status, f"done: {display['name']}")

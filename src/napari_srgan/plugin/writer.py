@@ -21,6 +21,33 @@ def length_unit(units) -> str | None:
     return f"{unit:~}"
 
 
+def in_one_length_unit(
+    scale, translate, units
+) -> tuple[tuple[float, ...] | None, tuple[float, ...] | None, str | None]:
+    """``scale`` and ``translate`` with every length axis in the x axis's unit, and that unit's
+    OME symbol (None when x is no length). A file has one length unit: a layer in nm on y and
+    µm on x was written with its y pixel size read as µm, 1000 times too big."""
+    scale = tuple(float(v) for v in scale) if scale is not None and len(scale) else None
+    translate = (
+        tuple(float(v) for v in translate) if translate is not None and len(translate) else None
+    )
+    unit = length_unit(units)
+    if unit is None:
+        return scale, translate, None
+    target = units[-1]
+    factors = [
+        (1.0 * axis).to(target).magnitude
+        if getattr(axis, "dimensionality", None) == target.dimensionality
+        else 1.0
+        for axis in units
+    ]
+    if scale is not None and len(scale) == len(factors):
+        scale = tuple(v * f for v, f in zip(scale, factors, strict=True))
+    if translate is not None and len(translate) == len(factors):
+        translate = tuple(v * f for v, f in zip(translate, factors, strict=True))
+    return scale, translate, unit
+
+
 def _declared(data) -> tuple[tuple[int, ...], int]:
     """The shape of ``data`` and the bytes it takes in memory."""
     shape = tuple(data.shape)
@@ -34,15 +61,18 @@ def write_image_layer(path: str, data, meta: dict) -> list[str]:
     provenance.pop("layer", None)
     if meta.get("multiscale"):  # the levels: the full-resolution one is the image
         data = data[0]
+    scale, translate, unit = in_one_length_unit(
+        meta.get("scale"), meta.get("translate"), meta.get("units")
+    )
     try:
         check_fits_in_memory(path, declared=_declared(data))  # a lazy layer is read whole
         written = write_tiff(
             path,
             data,
             rgb=bool(meta.get("rgb", False)),
-            scale=tuple(meta.get("scale", ())) or None,
-            translate=tuple(meta.get("translate", ())) or None,
-            unit=length_unit(meta.get("units")),
+            scale=scale,
+            translate=translate,
+            unit=unit,
             name=meta.get("name"),
             provenance=provenance,
             overwrite=True,  # napari's save dialog has asked the user already
