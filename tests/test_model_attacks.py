@@ -450,3 +450,17 @@ def test_a_package_input_step_the_engine_cannot_pad_to_is_refused(
     )
     line = upscale_with(capsys, image, steps)
     assert "steps.zip: its size multiple is 1000000; napari-srgan runs models with 1..4096" in line
+
+
+def test_a_community_model_beyond_the_card_bounds_is_refused_before_it_runs(
+    tmp_path, image, capsys
+):
+    """spandrel reads ESRGAN's scale from its number of layers: a 790 kB file of scale 4096
+    made the receptive-field probe allocate 24 GB (then a traceback); scale 32 here."""
+    from spandrel.architectures.ESRGAN import ESRGAN
+
+    network = ESRGAN(in_nc=3, out_nc=3, num_filters=4, num_blocks=1, scale=32)
+    model = tmp_path / "x32.safetensors"
+    save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(model))
+    line = upscale_with(capsys, image, model)
+    assert "x32.safetensors: its scale is 32; napari-srgan runs models with 1..16" in line
