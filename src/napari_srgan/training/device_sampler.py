@@ -335,8 +335,6 @@ def _compute_dask_in_this_thread(_worker: int) -> None:
     """A worker process is forked with a copy of dask's thread pool but none of its threads:
     a dask array read there waited forever for them (training on a dask layer hung at its
     first step, since reading the ranges had started the pool in the parent)."""
-    import dask
-
     dask.config.set(scheduler="synchronous")
 
 
@@ -347,10 +345,6 @@ class _SeededBatches(torch.utils.data.IterableDataset):
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        if info is not None:
-            # A forked worker inherits dask's thread pool without its threads: the first read
-            # of computed dask data waited forever for them. A patch is small; read it here.
-            dask.config.set(scheduler="synchronous")
         index = self.start + worker
         while True:
             self.sampler.rng = np.random.default_rng([self.seed, index])
