@@ -180,3 +180,25 @@ def test_a_layer_in_nm_and_um_is_saved_in_one_unit(
     assert tuple(options["translate"]) == pytest.approx((1.0 - 0.1875, 2.0 - 0.1875))
     result = viewer.layers["mixed x4 tiny-rgb"]
     assert world_offsets(source, result) < 1e-9  # shown in the layer's own units
+
+
+def test_a_lazy_result_upscaled_again_computes_the_planes_not_viewed(
+    make_napari_viewer, tiny_model_file, errors, monkeypatch, qtbot
+):
+    """Read by a background job as napari reads it, a plane of a lazy result not viewed yet
+    was zeros: it was upscaled into a black plane, silently."""
+    viewer = make_napari_viewer()
+    image = np.random.default_rng(0).integers(50, 200, (3, 12, 12), np.uint8)
+    widget = upscale_widget(viewer, viewer.add_image(image, name="stack"), "lazy (as you browse)")
+    widget.start()
+    lazy = viewer.layers["stack x4 tiny-rgb"]
+    assert len(lazy.data.planes) < 3  # only the planes napari showed are computed
+    monkeypatch.delenv(SYNCHRONOUS_ENV)  # a real background job
+    widget.image.value = lazy
+    widget.model.value = "tiny-rgb"
+    widget.result_mode.value = "in memory"
+    widget.start()
+    qtbot.waitUntil(lambda: widget.job.done, timeout=60000)
+    again = viewer.layers["stack x4 tiny-rgb x4 tiny-rgb"].data
+    assert not errors and again.shape == (3, 192, 192)
+    assert min(float(plane.mean()) for plane in again) > 40  # no black plane

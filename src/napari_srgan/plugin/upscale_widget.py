@@ -80,8 +80,10 @@ def model_choices(_widget=None) -> list[str]:
 
 
 def input_level(layer: Image):
-    """The array to upscale: a multiscale layer's full-resolution level, else the data."""
-    return layer.data[0] if layer.multiscale else layer.data
+    """The array to upscale: a multiscale layer's full-resolution level, else the data; a
+    lazy result's planes are computed as they are read (napari's reads show them as zeros)."""
+    data = layer.data[0] if layer.multiscale else layer.data
+    return ComputedPlanes(data) if isinstance(data, PlanesOnDemand) else data
 
 
 def output_layer_options(layer: Image, metadata: dict, card: ModelCard, model_name: str) -> dict:
@@ -171,10 +173,16 @@ class PlanesOnDemand:
         ]
         return lead, key[self.leading :]
 
+    def planes_read_by(self, key) -> list[tuple[int, ...]]:
+        """The planes ``self[key]`` reads."""
+        lead, _ = self._wanted(key if isinstance(key, tuple) else (key,))
+        axes = [k if isinstance(k, range) else [k] for k in lead]
+        return [tuple(int(i) for i in plane) for plane in itertools.product(*axes)]
+
     def __getitem__(self, key) -> np.ndarray:
         lead, rest = self._wanted(key if isinstance(key, tuple) else (key,))
         axes = [k if isinstance(k, range) else [k] for k in lead]
-        wanted = [tuple(int(i) for i in plane) for plane in itertools.product(*axes)]
+        wanted = self.planes_read_by(key)
         missing = [plane for plane in wanted if plane not in self.planes]
         if missing:
             self.slicing = True
@@ -196,6 +204,22 @@ class PlanesOnDemand:
         if missing:
             self._compute_now(missing)
         return np.asarray(self[...], dtype=dtype)
+
+
+class ComputedPlanes:
+    """A lazy result as the input of another job: every read computes the planes it needs
+    first (in the reading thread). Read as napari reads it, a plane not viewed yet was upscaled
+    as a black plane."""
+
+    def __init__(self, planes: PlanesOnDemand) -> None:
+        self.planes = planes
+        self.shape, self.dtype, self.ndim = planes.shape, planes.dtype, planes.ndim
+
+    def __getitem__(self, key) -> np.ndarray:
+        missing = [p for p in self.planes.planes_read_by(key) if p not in self.planes.planes]
+        if missing:
+            self.planes._compute_now(missing)
+        return self.planes[key]
 
 
 class LazyResult:
