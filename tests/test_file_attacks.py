@@ -559,3 +559,39 @@ def test_pillows_decompression_bomb_warning_adds_no_lines(
         code, lines = run(["upscale", source, tmp_path / output, "--model", "tiny-rgb"], capsys)
     assert code == 2 and len(lines) == 1 and "big.png" in lines[0], lines
     assert not [w for w in caught if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def ome_zarr_levels(path: Path, levels: list[tuple[tuple[int, ...], str]]) -> Path:
+    """An OME-Zarr store with one level per (shape, dtype)."""
+    group = zarr.open_group(str(path), mode="w", zarr_format=2)
+    for index, (shape, dtype) in enumerate(levels):
+        group.create_array(str(index), shape=shape, dtype=dtype)
+    group.attrs["multiscales"] = [{"datasets": [{"path": str(i)} for i in range(len(levels))]}]
+    return path
+
+
+@pytest.mark.parametrize(
+    ("levels", "message"),
+    [
+        ([((32, 32), "u1"), ((16, 16, 3), "u1")], "OME-Zarr level 1 has 3 axes, level 0 has 2"),
+        (
+            [((32, 32), "u1"), ((16, 16), "M8[s]")],
+            "OME-Zarr level 1 holds datetime64[s] values, not numbers",
+        ),
+        ([((32, 32), "<U2")], "OME-Zarr level 0 holds <U2 values, not numbers"),
+    ],
+    ids=["level-axes", "level-datetime", "text"],
+)
+def test_levels_napari_cannot_show_are_one_notification(
+    tmp_path, make_napari_viewer, monkeypatch, levels, message
+):
+    """napari failed deep inside the layer's setup ("setting an array element with a
+    sequence", "data type not supported"): a traceback, after this reader had returned."""
+    from napari_srgan.plugin import reader
+
+    errors: list[str] = []
+    monkeypatch.setattr(reader, "show_error", errors.append)
+    source = ome_zarr_levels(tmp_path / "cells.zarr", levels)
+    viewer = make_napari_viewer()
+    viewer.open(str(source), plugin="napari-srgan")
+    assert len(viewer.layers) == 0 and errors == [f"napari-srgan: {source}: {message}"]

@@ -246,6 +246,16 @@ def open_pyramid(path: str | os.PathLike) -> tuple[list[da.Array], ImageFile]:
         arrays = [node]
     else:
         arrays = [node[d["path"]] for d in _multiscales(node, path)["datasets"]]
+    for index, array in enumerate(arrays):  # napari fails on these deep in a layer's setup
+        if array.ndim != arrays[0].ndim:
+            raise ValueError(
+                f"{shown(path)}: OME-Zarr level {index} has {array.ndim} axes, level 0 has "
+                f"{arrays[0].ndim}"
+            )
+        if np.dtype(array.dtype).kind not in "buif":
+            raise ValueError(
+                f"{shown(path)}: OME-Zarr level {index} holds {array.dtype} values, not numbers"
+            )
     # a corrupt chunk fails in one line naming the store, when napari shows it too
     levels = [da.from_array(CheckedReads(array, path), chunks=array.chunks) for array in arrays]
     if image.provenance.get("layer", {}).get("rgb"):
