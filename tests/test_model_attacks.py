@@ -464,3 +464,18 @@ def test_a_community_model_beyond_the_card_bounds_is_refused_before_it_runs(
     save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(model))
     line = upscale_with(capsys, image, model)
     assert "x32.safetensors: its scale is 32; napari-srgan runs models with 1..16" in line
+
+
+@pytest.mark.parametrize("source", ["native", "community"])
+def test_a_weights_file_larger_than_the_free_memory_is_refused_before_reading(
+    tiny_model_file, tmp_path, image, capsys, monkeypatch, source
+):
+    """Weights were read whole whatever their size: a sparse 19 GB file (1024 features x 256
+    blocks, no disk space, a small download when zipped) was read until the system killed
+    the process. Here the machine has 10 kB free."""
+    model = tiny_model_file
+    if source == "community":
+        model = community_file(tmp_path, "esrgan-x4", ".safetensors")
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=10_000))
+    line = upscale_with(capsys, image, model)
+    assert f"{model.name} is 0.0 GB, more than the 0.0 GB of free memory" in line

@@ -35,6 +35,7 @@ from napari_srgan.messages import first_line, printable, shown, with_type
 from napari_srgan.models.files import (
     FORMAT_KEY,
     ModelFileError,
+    check_fits_memory,
     load_weights_only,
     refuse_nonfinite,
 )
@@ -78,6 +79,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             f"{shown(path.name)}: unknown model file type {path.suffix!r}; use "
             f"{', '.join(COMMUNITY_SUFFIXES)} or a bioimage.io package (.zip or folder)"
         )
+    check_fits_memory(path)
     if path.suffix.lower() == ".safetensors":
         try:
             with safe_open(str(path), framework="pt") as handle:

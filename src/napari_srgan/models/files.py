@@ -39,6 +39,18 @@ def load_weights_only(path: str | os.PathLike, map_location="cpu"):
         return torch.load(path, map_location=map_location, weights_only=True, mmap=False)
 
 
+def check_fits_memory(path: Path) -> None:
+    """Weights are read whole (and fp16 ones doubled to fp32): refuse a file larger than the
+    free memory before reading it, with a line, not a kill by the system. A sparse file of
+    50 GB takes no disk space, and unpacks from a small archive."""
+    size, free = path.stat().st_size, psutil.virtual_memory().available
+    if size > free:
+        raise ModelFileError(
+            f"{shown(path)} is {size / 1e9:.1f} GB, more than the {free / 1e9:.1f} GB of free "
+            "memory it would be read into"
+        )
+
+
 def _check_unpacked_size(path: Path) -> None:
     """torch reads a zip's (deflated) entries whole, and a 200 kB file of zeros unpacks to 200 MB
     (20 MB to 20 GB): refuse, before reading, an archive whose declared sizes (which bound what
@@ -152,6 +164,7 @@ def load_model(
     unless ``measure`` is False."""
     path = Path(path)
     config, card = read_metadata(path)
+    check_fits_memory(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             names = list(handle.keys())
