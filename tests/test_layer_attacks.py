@@ -202,3 +202,20 @@ def test_a_lazy_result_upscaled_again_computes_the_planes_not_viewed(
     again = viewer.layers["stack x4 tiny-rgb x4 tiny-rgb"].data
     assert not errors and again.shape == (3, 192, 192)
     assert min(float(plane.mean()) for plane in again) > 40  # no black plane
+
+
+def test_saving_a_rotated_layer_says_the_rotation_is_not_kept(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    """An OME-TIFF holds pixel size and position only: the rotation was dropped silently."""
+    from napari_srgan.plugin import writer
+
+    warnings = []
+    monkeypatch.setattr(writer, "show_warning", warnings.append, raising=False)
+    viewer = make_napari_viewer()
+    image = np.zeros((8, 8), np.uint8)
+    for name, placement in [("plain", {}), ("tilted", {"rotate": 30.0})]:
+        viewer.layers.selection = {viewer.add_image(image, name=name, **placement)}
+        path = str(tmp_path / f"{name}.ome.tif")
+        assert viewer.layers.save(path, selected=True, plugin="napari-srgan") == [path]
+    assert len(warnings) == 1 and "tilted" in warnings[0] and "rotation" in warnings[0]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from napari.utils.notifications import show_error
+from napari.utils.notifications import show_error, show_warning
 
 from napari_srgan.io.images import PROVENANCE_KEY, check_fits_in_memory, write_tiff
 from napari_srgan.messages import shown
@@ -82,4 +82,29 @@ def write_image_layer(path: str, data, meta: dict) -> list[str]:
         name = shown(meta["name"]) if meta.get("name") else "the layer"
         show_error(f"napari-srgan: cannot save {name}: {error}")
         return []
+    dropped = _not_stored(meta)
+    if dropped:
+        name = shown(meta["name"]) if meta.get("name") else "the layer"
+        show_warning(
+            f"napari-srgan: saved {name} without its {' and '.join(dropped)}: an OME-TIFF holds "
+            "pixel size and position only, so it opens unrotated"
+        )
     return [str(written)]
+
+
+def _not_stored(meta: dict) -> list[str]:
+    """The layer's placements an OME-TIFF cannot hold (lost silently before)."""
+    checks = {
+        "rotation": (meta.get("rotate"), None),
+        "shear": (meta.get("shear"), 0.0),
+        "affine transform": (meta.get("affine"), None),
+    }
+    dropped = []
+    for label, (value, identity) in checks.items():
+        if value is None:
+            continue
+        value = np.asarray(value, dtype=float)
+        expected = np.eye(len(value)) if identity is None else np.zeros_like(value)
+        if value.shape == expected.shape and not np.allclose(value, expected):
+            dropped.append(label)
+    return dropped
