@@ -330,9 +330,8 @@ def test_a_failed_checkpoint_write_keeps_the_previous_one(tmp_path, monkeypatch)
     assert [e.step for e in events if isinstance(e, CheckpointSaved)][-1] == 2
     good = checkpoint.read_bytes()
 
-    def full_disk(obj, path, *args, **kwargs):
-        with open(path, "wb") as stream:
-            stream.write(b"partial")
+    def full_disk(obj, stream, *args, **kwargs):  # the checkpoint is written to an open file
+        stream.write(b"partial")
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", full_disk)

@@ -25,6 +25,7 @@ import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 
@@ -112,17 +113,42 @@ def check_writable(directory: str | os.PathLike) -> None:
         ) from None
 
 
+#: numpy's ``tofile`` (used by tifffile and ``np.save``) on a short write: it gives no errno.
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
 @contextlib.contextmanager
 def disk_full_is_one_line(path: str | os.PathLike) -> Iterator[None]:
-    """Turn a full disk (however deep in a writer it happens) into one clear error."""
+    """Turn a full disk or a file too large for its file system (however deep in a writer it
+    happens) into one clear error. A writer may report it as an error of its own raised while
+    the ``OSError`` was handled (torch's zip writer does): the whole chain is looked at."""
     try:
         yield
     except DiskFullError:
         raise
-    except OSError as error:
-        if error.errno not in DISK_FULL:
+    except Exception as error:
+        cause = _write_failure(error)
+        if cause is None:
             raise
+        if cause.errno == errno.EFBIG:  # FAT32 (4 GiB) or a file size limit (ulimit -f)
+            raise OSError(f"{shown(path)} is larger than its file system or limit allows") from None
+        if cause.errno is None:  # numpy's short write
+            raise DiskFullError(
+                f"could not write all of {shown(path)}: the disk is full or the file too large"
+            ) from None
         raise DiskFullError(f"no space left on device while writing {shown(path)}") from None
+
+
+def _write_failure(error: BaseException | None) -> OSError | None:
+    """The full disk, file size limit or short write in ``error``'s chain, if any."""
+    while error is not None:
+        if isinstance(error, OSError) and (
+            error.errno in (*DISK_FULL, errno.EFBIG)
+            or (error.errno is None and _SHORT_WRITE.fullmatch(str(error)))
+        ):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
 
 
 #: The longest file name (in bytes) most file systems allow.
@@ -219,6 +245,22 @@ def atomic_write(
         Path(temp_name).unlink(missing_ok=True)
         raise
     return path
+
+
+def atomic_write_stream(
+    path: str | os.PathLike, write: Callable[[BinaryIO], object], *, overwrite: bool = False
+) -> Path:
+    """:func:`atomic_write` for a serializer that writes to an open file. Its data then goes
+    through Python's own writes: a full disk is an ``OSError`` with its errno (``torch.save``
+    and safetensors' ``save_file`` given a name raise errors of their own without one), and no
+    serializer makes a temporary file of its own (safetensors does, private and named
+    ``.tmpXXXXXX``) that a kill would leave behind unrecognised."""
+
+    def write_file(temp: str) -> None:
+        with open(temp, "wb") as stream:
+            write(stream)
+
+    return atomic_write(path, write_file, overwrite=overwrite)
 
 
 def _link_new(temp_name: str, path: Path) -> None:

@@ -29,7 +29,7 @@ import psutil
 import torch
 from torch import nn
 
-from napari_srgan.io.atomic_files import atomic_write, refuse_existing
+from napari_srgan.io.atomic_files import atomic_write, disk_full_is_one_line, refuse_existing
 from napari_srgan.messages import first_line, shown
 from napari_srgan.models.files import ModelFileError
 from napari_srgan.models.interface import CARD_LIMITS, ModelCard, SRModel
@@ -184,14 +184,17 @@ def export_bioimageio(
     side = max(TEST_SIDE, 2 * halo + 16)
     low, high = _export_normalization(card)
     network = network.float().cpu().eval()
-    with tempfile.TemporaryDirectory() as folder:
+    # A full disk (the package is built in the temporary folder) is one line, as for the output.
+    with disk_full_is_one_line(output), tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        torch.save(network.state_dict(), root / "weights.pt")
+        with open(root / "weights.pt", "wb") as stream:  # by name, torch hides the errno
+            torch.save(network.state_dict(), stream)
         (root / ARCHITECTURE_FILE).write_text(_architecture_source())
         with warnings.catch_warnings():  # torch marks tracing deprecated; the zoo needs it
             warnings.simplefilter("ignore")
             scripted = torch.jit.trace(network, torch.rand(1, model.in_channels, 24, 24))
-        scripted.save(str(root / "weights_torchscript.pt"))
+        with open(root / "weights_torchscript.pt", "wb") as stream:
+            torch.jit.save(scripted, stream)
         test_input = _test_input(model, side)
         np.save(root / "test_input.npy", test_input)
         np.save(root / "test_output.npy", _predict_unit(network, test_input, low, high))

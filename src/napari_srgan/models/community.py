@@ -26,11 +26,9 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from napari_srgan.io.atomic_files import atomic_write
 from napari_srgan.messages import first_line, printable, shown, with_type
 from napari_srgan.models.files import (
     FORMAT_KEY,
@@ -38,6 +36,7 @@ from napari_srgan.models.files import (
     check_fits_memory,
     load_weights_only,
     refuse_nonfinite,
+    write_safetensors,
 )
 from napari_srgan.models.halo import measure_tiling
 from napari_srgan.models.interface import CARD_LIMITS, ModelCard, NetworkSpec, SRModel
@@ -471,11 +470,7 @@ def save_converted(
         "spandrel_architecture": model.card.architecture,
         "model_card": model.card.to_json(),
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(
-        path, lambda temp: save_file(tensors, temp, metadata=metadata), overwrite=overwrite
-    )
+    return write_safetensors(path, tensors, metadata, overwrite=overwrite)
 
 
 def read_converted_card(path: Path, metadata: dict[str, str]) -> ModelCard:

@@ -16,9 +16,9 @@ from pathlib import Path
 import psutil
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save
 
-from napari_srgan.io.atomic_files import atomic_write
+from napari_srgan.io.atomic_files import atomic_write_stream
 from napari_srgan.messages import shown
 from napari_srgan.models.halo import cached_halo, measure_halo
 from napari_srgan.models.headers import ModelFileError, parse_json
@@ -96,9 +96,22 @@ def save_model(
         "generator_config": json.dumps(generator.config.to_dict(), sort_keys=True),
         "model_card": card.to_json(),
     }
+    return write_safetensors(path, tensors, metadata, overwrite=overwrite)
+
+
+def write_safetensors(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    metadata: dict[str, str],
+    *,
+    overwrite: bool,
+) -> Path:
+    """Write a ``.safetensors`` file atomically (see :func:`atomic_write_stream`: not with
+    safetensors' ``save_file``, whose own temporary file a kill leaves in the model folder)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(
-        path, lambda temp: save_file(tensors, temp, metadata=metadata), overwrite=overwrite
+    return atomic_write_stream(
+        path, lambda stream: stream.write(save(tensors, metadata=metadata)), overwrite=overwrite
     )
 
 

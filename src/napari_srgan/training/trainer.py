@@ -23,7 +23,7 @@ from torch.optim.swa_utils import AveragedModel
 from napari_srgan.engine.devices import choose_device
 from napari_srgan.engine.torch_safety import guard_triton
 from napari_srgan.engine.upscale import CHANNELS_LAST_DEVICES, is_out_of_memory
-from napari_srgan.io.atomic_files import atomic_write
+from napari_srgan.io.atomic_files import atomic_write_stream
 from napari_srgan.messages import shown, with_type
 from napari_srgan.models.files import load_weights_only
 from napari_srgan.models.interface import TrainableNetwork, network_label
@@ -524,7 +524,9 @@ class Trainer:
         self.check_finite()
         path.parent.mkdir(parents=True, exist_ok=True)
         # The run's own checkpoint: replacing it is the point (run_training checked at start).
-        atomic_write(path, lambda temp: torch.save(self.state_dict(), temp), overwrite=True)
+        atomic_write_stream(
+            path, lambda stream: torch.save(self.state_dict(), stream), overwrite=True
+        )
         self.on_event(CheckpointSaved(self.step, path))
         return path
 

@@ -1,0 +1,157 @@
+"""The write side under a full disk and a kill mid-write, for the writers that hand their data to
+a serializer (safetensors, torch.save, tifffile) rather than writing it themselves.
+
+A real write that fails part-way is made with a file size limit (``RLIMIT_FSIZE``): with
+SIGXFSZ ignored (Python's default) the write fails with EFBIG where the limit falls, as it fails
+with ENOSPC where a disk fills up (both reach the serializer as a failed ``write``); in a child
+with SIGXFSZ at its default the process is killed at that write, a kill at an exact moment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import resource
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import imageio.v3 as iio
+import numpy as np
+import pytest
+import torch
+
+from napari_srgan.cli import main
+
+SRC = str(Path(__file__).resolve().parents[1] / "src")
+#: Bytes any one file may have under the limit: less than every output written here.
+LIMIT = 20_000
+
+KILLED = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+limit = int(sys.argv[1])
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+from napari_srgan.cli import main
+sys.exit(main(sys.argv[2:]))
+"""
+
+
+@contextlib.contextmanager
+def file_size_limit() -> Iterator[None]:
+    """Writes past :data:`LIMIT` bytes fail in this process (the soft limit; restored after)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def community_file(folder: Path) -> Path:
+    """A random-weight community model (Compact: quick to measure; a plain state dict) of
+    about 140 kB."""
+    from spandrel.architectures.Compact import Compact
+
+    torch.manual_seed(0)
+    network = Compact(num_in_ch=3, num_out_ch=3, num_feat=32, num_conv=2, upscale=4)
+    path = folder / "compact.pth"
+    torch.save({name: t.contiguous() for name, t in network.state_dict().items()}, path)
+    return path
+
+
+def picture(path: Path, side: int) -> Path:
+    iio.imwrite(path, np.random.default_rng(0).integers(0, 255, (side, side, 3), np.uint8))
+    return path
+
+
+TRAIN = [
+    "train",
+    "--from-scratch",
+    "--channels",
+    "8",
+    "--blocks",
+    "1",
+    "--patch",
+    "32",
+    "--batch",
+    "2",
+    "--steps",
+    "4",
+    "--checkpoint-every",
+    "2",
+    "--validate-every",
+    "4",
+    "--val-crop",
+    "32",
+    "--val-fraction",
+    "0.4",
+    "--device",
+    "cpu",
+    "--hr",
+    "hr.png",
+    "--out",
+    "run/m.safetensors",
+]
+
+
+@pytest.mark.parametrize("command", ["models add", "train", "export-bmz", "upscale tif"])
+def test_a_write_that_fails_part_way_is_one_line_and_leaves_nothing(
+    tmp_path, user_models, tiny_model_file, monkeypatch, capsys, command
+):
+    """Before, safetensors (models add, the trained model) and torch.save (checkpoints, the
+    bioimage.io package's weights) raised errors of their own with no errno: a traceback; a
+    TIFF's short write (numpy gives no errno) was the line "27648 requested and 7920 written"."""
+    work = tmp_path / "work"
+    work.mkdir()
+    args, output = {
+        "models add": (["models", "add", community_file(tmp_path), "--name", "s"], user_models),
+        "train": (TRAIN, work / "run"),
+        "export-bmz": (["export-bmz", tiny_model_file, "out.zip"], work),
+        "upscale tif": (["upscale", "in.png", "out.tif", "--model", tiny_model_file], work),
+    }[command]
+    picture(work / "hr.png", 96)
+    picture(work / "in.png", 24)
+    before = sorted(p.name for p in output.iterdir()) if output.is_dir() else []
+    monkeypatch.chdir(work)
+    capsys.readouterr()
+    with file_size_limit():
+        code = main([str(arg) for arg in args])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("napari-srgan: error: ") and (
+        "is larger than its file system or limit allows" in last
+        or "the disk is full or the file too large" in last
+    ), last
+    assert sorted(p.name for p in output.iterdir()) == before
+
+
+def test_a_models_add_killed_mid_write_leaves_nothing_listed_and_the_next_add_cleans_up(
+    tmp_path, user_models, capsys
+):
+    """Before, safetensors wrote through a temporary file of its own (``.tmpXXXXXX``, private)
+    and renamed it over this package's: a kill left it in the user's model folder for good,
+    and every model file was written readable by its owner only (0600)."""
+    source = community_file(tmp_path)
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLED, str(LIMIT), "models", "add", str(source), "--name", "s"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr
+    [leftover] = user_models.iterdir()
+    assert leftover.name.startswith(".s.safetensors.") and leftover.name.endswith(".tmp")
+    assert main(["models"]) == 0
+    assert " s " not in capsys.readouterr().out
+    assert main(["models", "add", str(source), "--name", "s"]) == 0
+    [added] = user_models.iterdir()
+    assert added.name == "s.safetensors"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert added.stat().st_mode & 0o777 == 0o666 & ~umask
