@@ -292,12 +292,15 @@ def test_a_state_dict_spandrel_chokes_on_is_one_line(tmp_path, image, capsys, ch
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Path:
-    """The tiny RGB model exported once as a bioimage.io package (a .zip)."""
+    """The tiny RGB model exported once as a bioimage.io package (a .zip), under a name with
+    a dot (which the zoo's names may not have)."""
     pytest.importorskip("bioimageio.core")
     from conftest import tiny_model
     from napari_srgan.models.bioimageio import export_bioimageio
 
-    return export_bioimageio(tiny_model(3), tmp_path_factory.mktemp("bmz") / "tiny.zip")
+    model = tiny_model(3)
+    model.card.name = "tiny-v1.2"
+    return export_bioimageio(model, tmp_path_factory.mktemp("bmz") / "tiny.zip")
 
 
 def package_like(exported: Path, target: Path, *, rdf=lambda text: text, folder=False) -> Path:
@@ -479,3 +482,22 @@ def test_a_weights_file_larger_than_the_free_memory_is_refused_before_reading(
     monkeypatch.setattr(psutil, "virtual_memory", lambda: SimpleNamespace(available=10_000))
     line = upscale_with(capsys, image, model)
     assert f"{model.name} is 0.0 GB, more than the 0.0 GB of free memory" in line
+
+
+def test_export_takes_any_model_name_and_refuses_a_licence_the_zoo_does_not(
+    exported, tiny_model_file, tmp_path, capsys
+):
+    """A model named "tiny-v1.2" failed the zoo's name check after all the export's work
+    ("1 validation error for ModelDescr"); a licence that is not an SPDX identifier did too,
+    in a 10 kB line listing every licence."""
+    with zipfile.ZipFile(exported) as archive:
+        assert "name: napari-srgan tiny-v1-2\n" in archive.read("rdf.yaml").decode()
+
+    def licence(header: dict) -> None:
+        card = json.loads(header["__metadata__"]["model_card"]) | {"license": "proprietary"}
+        header["__metadata__"]["model_card"] = json.dumps(card)
+
+    model = rewrite_header(tiny_model_file, tmp_path / "closed.safetensors", licence)
+    line = run_cli(capsys, "export-bmz", model, tmp_path / "closed.zip")
+    assert "its licence 'proprietary' is not an SPDX licence identifier" in line
+    assert not (tmp_path / "closed.zip").exists()

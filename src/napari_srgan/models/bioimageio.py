@@ -181,6 +181,13 @@ def export_bioimageio(
             "only napari-srgan's own SRResNet models can be exported"
         )
     card, scale, halo = model.card, model.scale, model.card.halo
+    try:  # before the (slow) export: the zoo accepts SPDX identifiers only
+        license_id = LicenseId(card.license or "BSD-3-Clause")
+    except ValueError:
+        raise BioimageioError(
+            f"{card.name}: its licence {card.license[:40]!r} is not an SPDX licence identifier "
+            "(such as BSD-3-Clause or CC-BY-4.0), which bioimage.io requires"
+        ) from None
     side = max(TEST_SIDE, 2 * halo + 16)
     low, high = _export_normalization(card)
     network = network.float().cpu().eval()
@@ -265,11 +272,11 @@ def export_bioimageio(
             parent="pytorch_state_dict",
         )
         description = ModelDescr(
-            name=f"napari-srgan {card.name}".replace("_", "-")[:128],
+            name=_zoo_name(card.name),
             description=(card.description or f"{scale}x super-resolution (SRResNet)")[:1024],
             authors=[Author(name="napari-srgan contributors")],
             cite=[CiteEntry(text=LEDIG_2017, doi=Doi(LEDIG_DOI))],
-            license=LicenseId(card.license if card.license else "BSD-3-Clause"),
+            license=license_id,
             documentation=FileDescr(source=root / "README.md"),
             covers=[FileDescr(source=root / "cover.png")],
             tags=["super-resolution", "srgan", "srresnet", "napari-srgan", f"{scale}x"],
@@ -283,6 +290,13 @@ def export_bioimageio(
         return atomic_write(
             output, lambda temp: shutil.copyfile(package, temp), overwrite=overwrite
         )
+
+
+def _zoo_name(name: str) -> str:
+    """The model's name as bioimage.io takes it: letters, digits, spaces and ``_+-()`` only (a
+    name with a dot, such as "em-v1.2", was refused by the zoo's validation after the export's
+    work)."""
+    return re.sub(r"[^A-Za-z0-9_+\- ()]", "-", f"napari-srgan {name}").replace("_", "-")[:128]
 
 
 def _cover(path: Path, test_input: np.ndarray, test_output: np.ndarray) -> None:
