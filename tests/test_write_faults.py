@@ -130,6 +130,31 @@ def test_a_write_that_fails_part_way_is_one_line_and_leaves_nothing(
     assert sorted(p.name for p in output.iterdir()) == before
 
 
+def test_a_full_disk_at_the_trained_model_says_the_checkpoint_resumes(
+    tmp_path, monkeypatch, capsys
+):
+    """The run's last checkpoint was written, then the model did not fit: the error line says
+    that --resume goes on from the checkpoint (before, it named only the model file)."""
+    import napari_srgan.training.job as job
+
+    real = job.save_trained
+
+    def save_trained_on_a_full_disk(*args, **kwargs):
+        with file_size_limit():
+            return real(*args, **kwargs)
+
+    monkeypatch.setattr(job, "save_trained", save_trained_on_a_full_disk)
+    picture(tmp_path / "hr.png", 96)
+    monkeypatch.chdir(tmp_path)
+    assert main(TRAIN) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (
+        "napari-srgan: error: run/m.safetensors is larger than its file system or limit "
+        "allows; run/m.ckpt holds step 4; --resume continues from it"
+    )
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["m.ckpt"]
+
+
 def test_a_models_add_killed_mid_write_leaves_nothing_listed_and_the_next_add_cleans_up(
     tmp_path, user_models, capsys
 ):

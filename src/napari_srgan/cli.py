@@ -806,9 +806,14 @@ def train_command(args: argparse.Namespace) -> None:
 
     deadline = time.monotonic() + 60 * args.time_limit if args.time_limit else math.inf
     with bar:  # shows from the first step on: a refused job prints only its error
-        outcome = run_training(
-            job, on_event=on_event, should_stop=lambda: time.monotonic() > deadline
-        )
+        try:
+            outcome = run_training(
+                job, on_event=on_event, should_stop=lambda: time.monotonic() > deadline
+            )
+        except OSError as error:  # a full disk at the model: the work is in the checkpoint
+            if not args.kept:
+                raise
+            raise OSError(f"{first_line(error)}; {args.kept}") from None
     if not outcome.finished:
         print(
             f"stopped at the {args.time_limit:g}-minute time limit after {outcome.steps} of "
