@@ -66,6 +66,7 @@ def open_lazy(path: str | os.PathLike) -> ImageFile:
     if is_zarr(path):
         return _open_zarr(path)
     if path.suffix.lower() in (".tif", ".tiff"):
+        inode = os.stat(path).st_ino  # tiles are read by path too: see CheckedReads
         with tifffile_warnings(path):  # the file is opened twice: its lines once
             try:
                 with open_tiff(path) as tif:
@@ -76,7 +77,7 @@ def open_lazy(path: str | os.PathLike) -> ImageFile:
             if isinstance(data, zarr.Group):  # a pyramidal TIFF: level 0
                 data = data["0"]
             image = tiff_metadata(path)
-        image.data = CheckedReads(data, path)
+        image.data = CheckedReads(data, path, inode)
         return image
     raise ValueError(f"{shown(path)}: lazy reading needs .zarr or .tif, not {path.suffix!r}")
 
@@ -85,9 +86,9 @@ class CheckedReads:
     """A lazily read array whose corrupt or truncated chunks fail in one line naming the file
     (the codecs' own errors would surface deep inside the engine, as a traceback).
 
-    With ``inode`` (the store folder's when opened), a store another writer swapped in at
-    ``path`` meanwhile fails too: chunks are read by path, so the rest of a result would have
-    come from another image."""
+    With ``inode`` (the store folder's or file's when opened), a store or file another writer
+    swapped in at ``path`` meanwhile fails too: chunks are read by path, so the rest of a
+    result would have come from another image."""
 
     def __init__(self, array, path: Path, inode: int | None = None) -> None:
         if any(side < 1 for side in array.chunks):  # zarr opens it, then divides by zero
