@@ -146,7 +146,8 @@ def _alpha_to_unit(alpha: np.ndarray) -> np.ndarray:
 def _alpha_from_unit(alpha: np.ndarray, dtype: np.dtype) -> np.ndarray:
     alpha = np.clip(alpha, 0.0, 1.0)
     if np.issubdtype(dtype, np.integer):
-        return round_into(alpha.astype(np.float64) * np.iinfo(dtype).max, dtype)
+        # float32 arithmetic, as the device path (PlaneCodec) does: the same pixels round alike
+        return round_into(alpha * np.iinfo(dtype).max, dtype)
     return alpha.astype(dtype)
 
 
