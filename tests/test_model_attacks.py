@@ -501,3 +501,15 @@ def test_export_takes_any_model_name_and_refuses_a_licence_the_zoo_does_not(
     line = run_cli(capsys, "export-bmz", model, tmp_path / "closed.zip")
     assert "its licence 'proprietary' is not an SPDX licence identifier" in line
     assert not (tmp_path / "closed.zip").exists()
+
+
+def test_models_add_refuses_a_name_taken_by_a_dangling_link_before_converting(
+    tmp_path, user_models, capsys
+):
+    """A dangling link in the model folder passed the 'exists already' check, then the
+    conversion's atomic write refused it, suggesting an --overwrite that 'models add' lacks."""
+    (user_models / "taken.safetensors").symlink_to(tmp_path / "gone")
+    model = community_file(tmp_path, "compact-grey-x4")
+    line = run_cli(capsys, "models", "add", model, "--name", "taken")
+    assert "a model named 'taken' exists already; choose another --name" in line
+    assert (user_models / "taken.safetensors").is_symlink()

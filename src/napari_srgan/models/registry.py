@@ -149,11 +149,11 @@ def add_model(
     if not source.exists():
         raise ModelFileError(f"model file not found: {shown(source)}")
     name = name or source.stem
-    _check_model_name(name)  # before the (slow) conversion
-    model = load_model(source, trust_code=trust_code)
+    _check_model_name(name)  # name and target before the (slow) conversion
     target = user_model_dir() / f"{name}{SUFFIX}"
-    if name in available_models() or target.exists():
+    if name in available_models() or os.path.lexists(target):  # a dangling link is taken too
         raise ModelFileError(f"a model named {name!r} exists already; choose another --name")
+    model = load_model(source, trust_code=trust_code)
     if not isinstance(model.network, SpandrelNetwork):
         raise ModelFileError(
             f"{shown(source.name)} is a {model.card.source} model; only spandrel architectures can be "
