@@ -519,6 +519,21 @@ def test_the_writer_ignores_layer_metadata_it_did_not_write(tmp_path, writer_err
     assert not writer_errors and set(read_image(path).provenance) == {"layer"}  # nothing copied
 
 
+def test_the_writer_saves_without_provenance_that_is_not_json(tmp_path, monkeypatch):
+    """A script that put a Python object in the layer's provenance made the writer raise
+    TypeError from json.dumps (a traceback in napari, and nothing saved)."""
+    from napari_srgan.plugin import writer
+
+    warnings: list[str] = []
+    monkeypatch.setattr(writer, "show_warning", warnings.append)
+    path = tmp_path / "saved.ome.tif"
+    metadata = {"napari_srgan": {"model": "x", "when": object()}}
+    meta = {"name": "cells", "metadata": metadata}
+    assert writer.write_image_layer(str(path), np.zeros((16, 16), np.uint8), meta) == [str(path)]
+    assert warnings == ["napari-srgan: cells's provenance is not JSON; saved without it"]
+    assert set(read_image(path).provenance) == {"layer"}
+
+
 @pytest.mark.parametrize("suffix", [".tif", ".png", ".zarr"])
 def test_an_output_name_of_up_to_255_bytes_is_written(tmp_path, tiny_model_file, capsys, suffix):
     """Temporary names add about 40 bytes to the output's name: an output named with 240

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -59,6 +60,10 @@ def write_image_layer(path: str, data, meta: dict) -> list[str]:
     provenance = metadata.get(PROVENANCE_KEY) if isinstance(metadata, dict) else None
     provenance = dict(provenance) if isinstance(provenance, dict) else {}  # not ours otherwise
     provenance.pop("layer", None)
+    if not _is_json(provenance):  # a script put Python objects there: save the image without it
+        name = shown(meta["name"]) if meta.get("name") else "the layer"
+        show_warning(f"napari-srgan: {name}'s provenance is not JSON; saved without it")
+        provenance = {}
     if meta.get("multiscale"):  # the levels: the full-resolution one is the image
         data = data[0]
     scale, translate, unit = in_one_length_unit(
@@ -90,6 +95,15 @@ def write_image_layer(path: str, data, meta: dict) -> list[str]:
             "pixel size and position only, so it opens unrotated"
         )
     return [str(written)]
+
+
+def _is_json(value) -> bool:
+    """Whether ``value`` can be stored as the file's JSON provenance tag."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):  # an object, a circular reference, NaN
+        return False
+    return True
 
 
 def _not_stored(meta: dict) -> list[str]:
