@@ -211,3 +211,26 @@ def test_the_napari_writer_on_a_full_disk_is_one_notification_and_keeps_the_old_
     ]
     assert path.read_bytes() == b"the user's file"
     assert [p.name for p in tmp_path.iterdir()] == ["layer.tif"]
+
+
+def test_two_models_add_of_one_name_at_once_keep_the_first_and_name_the_option(
+    tmp_path, user_models, monkeypatch, capsys
+):
+    """Another ``models add`` of the same name finishes while this one measures its tiling.
+    Before, the second said "exists; pass --overwrite to replace it": an option ``models add``
+    does not have."""
+    import napari_srgan.models.halo as halo
+
+    real = halo.measure_tiling
+
+    def measure_while_another_adds(model):
+        real(model)
+        (user_models / "c.safetensors").write_bytes(b"the other add's model")
+
+    monkeypatch.setattr(halo, "measure_tiling", measure_while_another_adds)
+    assert main(["models", "add", str(community_file(tmp_path)), "--name", "c"]) == 2
+    assert capsys.readouterr().err == (
+        "napari-srgan: error: a model named 'c' was added meanwhile; choose another --name\n"
+    )
+    assert [p.name for p in user_models.iterdir()] == ["c.safetensors"]
+    assert (user_models / "c.safetensors").read_bytes() == b"the other add's model"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 import platformdirs
 
+from napari_srgan.io.atomic_files import OutputExistsError
 from napari_srgan.messages import printable, shown
 from napari_srgan.models.headers import ModelFileError, safetensors_metadata
 
@@ -161,7 +162,12 @@ def add_model(
         )
     model.card.name = name
     measure_tiling(model)
-    return save_converted(model, target)
+    try:
+        return save_converted(model, target)
+    except OutputExistsError:  # another `models add` of this name finished meanwhile
+        raise ModelFileError(
+            f"a model named {name!r} was added meanwhile; choose another --name"
+        ) from None
 
 
 def _check_model_name(name: str) -> None:
