@@ -534,6 +534,23 @@ def test_the_writer_saves_without_provenance_that_is_not_json(tmp_path, monkeypa
     assert set(read_image(path).provenance) == {"layer"}
 
 
+@pytest.mark.parametrize(
+    ("name", "warned"), [("a.tif", True), ("a.TIFF", True), ("a.ome.tif", False)]
+)
+def test_saving_as_plain_tif_says_how_to_keep_the_pixel_size(tmp_path, monkeypatch, name, warned):
+    """The writer offers .tif, but this package's reader claims only *.ome.tif (napari would
+    ask which reader for every .tif), so a plain .tif reopened without its pixel size."""
+    from napari_srgan.plugin import writer
+
+    warnings: list[str] = []
+    monkeypatch.setattr(writer, "show_warning", warnings.append)
+    path = tmp_path / name
+    meta = {"scale": (0.5, 0.5), "units": ("µm", "µm")}
+    assert writer.write_image_layer(str(path), np.zeros((16, 16), np.uint8), meta) == [str(path)]
+    assert len(warnings) == warned
+    assert all(w.startswith(f"napari-srgan: saved {name} as OME-TIFF") for w in warnings)
+
+
 @pytest.mark.parametrize("suffix", [".tif", ".png", ".zarr"])
 def test_an_output_name_of_up_to_255_bytes_is_written(tmp_path, tiny_model_file, capsys, suffix):
     """Temporary names add about 40 bytes to the output's name: an output named with 240

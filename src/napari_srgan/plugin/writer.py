@@ -87,6 +87,11 @@ def write_image_layer(path: str, data, meta: dict) -> list[str]:
         name = shown(meta["name"]) if meta.get("name") else "the layer"
         show_error(f"napari-srgan: cannot save {name}: {error}")
         return []
+    if not written.name.lower().endswith((".ome.tif", ".ome.tiff")):
+        show_warning(
+            f"napari-srgan: saved {shown(written.name)} as OME-TIFF, but napari opens a plain "
+            ".tif with its own reader, without the pixel size: name it .ome.tif to keep it"
+        )
     dropped = _not_stored(meta)
     if dropped:
         name = shown(meta["name"]) if meta.get("name") else "the layer"
