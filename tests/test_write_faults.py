@@ -234,3 +234,35 @@ def test_two_models_add_of_one_name_at_once_keep_the_first_and_name_the_option(
     )
     assert [p.name for p in user_models.iterdir()] == ["c.safetensors"]
     assert (user_models / "c.safetensors").read_bytes() == b"the other add's model"
+
+
+CACHE_KILLED = """
+import resource, signal, sys
+from napari_srgan.models.halo import cached_halo
+signal.signal(signal.SIGXFSZ, signal.SIG_DFL)
+resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+resource.setrlimit(resource.RLIMIT_FSIZE, (8, 8))
+cached_halo(sys.argv[1], lambda: 3)
+"""
+
+
+def test_a_halo_cache_write_killed_midway_is_cleaned_up_by_the_next_one(tmp_path):
+    """Before, the cache was written through ``measured-halos.<pid>.tmp``, which a killed
+    writer left in the user's cache folder for good."""
+    from napari_srgan.models.halo import CACHE_DIR_ENV, cache_path, cached_halo
+
+    model = tmp_path / "model.bin"
+    model.write_bytes(b"weights")
+    killed = subprocess.run(
+        [sys.executable, "-c", CACHE_KILLED, str(model)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": SRC},
+    )
+    assert killed.returncode == -signal.SIGXFSZ, killed.stderr
+    folder = Path(os.environ[CACHE_DIR_ENV])
+    assert [p.name for p in folder.iterdir()] != []  # the killed writer's temporary file
+    assert cached_halo(model, lambda: 5) == 5
+    assert [p.name for p in folder.iterdir()] == [cache_path().name]
+    assert cached_halo(model, lambda: 7) == 5

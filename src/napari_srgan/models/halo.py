@@ -28,6 +28,7 @@ import numpy as np
 import platformdirs
 import torch
 
+from napari_srgan.io.atomic_files import atomic_write
 from napari_srgan.io.hashing import file_sha256
 from napari_srgan.models.interface import SRModel
 
@@ -257,9 +258,9 @@ def _cached(path: str | os.PathLike, key: str, measure: Callable, valid: Callabl
     known[key] = value
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        temporary = cache.with_suffix(f".{os.getpid()}.tmp")
-        temporary.write_text(json.dumps(known, sort_keys=True))
-        temporary.replace(cache)
+        text = json.dumps(known, sort_keys=True)
+        # Not a temporary name of its own: what a killed writer leaves is removed next time.
+        atomic_write(cache, lambda temp: Path(temp).write_text(text), overwrite=True)
     except OSError as error:
         log.warning("could not cache a tiling measurement in %s: %s", cache, error)
     return value
