@@ -300,7 +300,13 @@ def exported(tmp_path_factory) -> Path:
 
     model = tiny_model(3)
     model.card.name = "tiny-v1.2"
-    return export_bioimageio(model, tmp_path_factory.mktemp("bmz") / "tiny.zip")
+    with warnings.catch_warnings(record=True) as warned:  # those Python prints by default
+        warnings.simplefilter("always")
+        for hidden in (ResourceWarning, DeprecationWarning, PendingDeprecationWarning):
+            warnings.simplefilter("ignore", hidden)
+        package = export_bioimageio(model, tmp_path_factory.mktemp("bmz") / "tiny.zip")
+    assert [str(w.message) for w in warned] == []
+    return package
 
 
 def package_like(exported: Path, target: Path, *, rdf=lambda text: text, folder=False) -> Path:
@@ -513,3 +519,14 @@ def test_models_add_refuses_a_name_taken_by_a_dangling_link_before_converting(
     line = run_cli(capsys, "models", "add", model, "--name", "taken")
     assert "a model named 'taken' exists already; choose another --name" in line
     assert (user_models / "taken.safetensors").is_symlink()
+
+
+def test_export_into_a_path_under_a_file_is_refused_before_the_work(
+    tiny_model_file, tmp_path, capsys
+):
+    """The output's folder was made only after the export's work, failing with "[Errno 17]
+    File exists: '.../a-file'"."""
+    (tmp_path / "a-file").write_text("mine")
+    line = run_cli(capsys, "export-bmz", tiny_model_file, tmp_path / "a-file" / "sub" / "x.zip")
+    assert line.endswith("a-file is a file, not a folder")
+    assert (tmp_path / "a-file").read_text() == "mine"

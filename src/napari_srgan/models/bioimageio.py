@@ -29,7 +29,12 @@ import psutil
 import torch
 from torch import nn
 
-from napari_srgan.io.atomic_files import atomic_write, disk_full_is_one_line, refuse_existing
+from napari_srgan.io.atomic_files import (
+    atomic_write,
+    check_writable,
+    disk_full_is_one_line,
+    refuse_existing,
+)
 from napari_srgan.messages import first_line, shown
 from napari_srgan.models.files import ModelFileError
 from napari_srgan.models.interface import CARD_LIMITS, ModelCard, SRModel
@@ -174,6 +179,10 @@ def export_bioimageio(
     if output.suffix.lower() != ".zip":
         raise BioimageioError(f"{shown(output)}: a bioimage.io package is written as a .zip file")
     refuse_existing(output, overwrite=overwrite)  # before the (slow) export
+    folder = next(p for p in output.absolute().parents if os.path.lexists(p))
+    if not folder.is_dir():  # mkdir would fail only after the export, with "File exists"
+        raise BioimageioError(f"{shown(output)}: {shown(folder)} is a file, not a folder")
+    check_writable(folder)
     network = model.network
     if not isinstance(network, Generator):
         raise BioimageioError(
@@ -197,10 +206,10 @@ def export_bioimageio(
         with open(root / "weights.pt", "wb") as stream:  # by name, torch hides the errno
             torch.save(network.state_dict(), stream)
         (root / ARCHITECTURE_FILE).write_text(_architecture_source())
-        with warnings.catch_warnings():  # torch marks tracing deprecated; the zoo needs it
+        # torch marks tracing and saving TorchScript deprecated; the zoo needs it
+        with warnings.catch_warnings(), open(root / "weights_torchscript.pt", "wb") as stream:
             warnings.simplefilter("ignore")
             scripted = torch.jit.trace(network, torch.rand(1, model.in_channels, 24, 24))
-        with open(root / "weights_torchscript.pt", "wb") as stream:
             torch.jit.save(scripted, stream)
         test_input = _test_input(model, side)
         np.save(root / "test_input.npy", test_input)
