@@ -670,3 +670,15 @@ def test_a_tiff_input_replaced_while_it_is_streamed_stops_the_run(tmp_path, grey
             progress=replace_input_after_the_first_tile,
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.tif"]
+
+
+@pytest.mark.parametrize("output", ["result.tif", "result.png", "result.zarr"])
+def test_a_folder_of_inputs_to_a_file_name_is_refused(tmp_path, tiny_model_file, capsys, output):
+    """``upscale photos/ result.tif`` made a folder named result.tif holding the results."""
+    (tmp_path / "photos").mkdir()
+    iio.imwrite(tmp_path / "photos" / "a.png", np.zeros((16, 16, 3), np.uint8))
+    before = hashes(tmp_path)
+    argv = ["upscale", tmp_path / "photos", tmp_path / output, "--model", "tiny-rgb"]
+    code, lines = run(argv, capsys)
+    assert code == 2 and len(lines) == 1 and f"{tmp_path / output} names a file" in lines[0]
+    assert hashes(tmp_path) == before and not (tmp_path / output).exists()

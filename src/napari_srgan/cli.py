@@ -489,6 +489,7 @@ def parse_bytes(text: str) -> int:
 def upscale_command(args: argparse.Namespace) -> int:
     from napari_srgan.engine.devices import choose_device
     from napari_srgan.engine.file_upscale import (
+        INPUT_SUFFIXES,
         UpscaleSettings,
         batch_output,
         check_output,
@@ -508,6 +509,11 @@ def upscale_command(args: argparse.Namespace) -> int:
     else:
         if folder.exists() and not folder.is_dir():
             raise CommandError(f"{shown(folder)} is a file; several inputs need an output folder")
+        if not folder.exists() and folder.suffix.lower() in INPUT_SUFFIXES:  # not a folder name
+            raise CommandError(
+                f"{shown(folder)} names a file, but several inputs (or a folder) need an output "
+                "folder; give one input, or a folder name"
+            )
         if args.scheduler is not None and args.format != "zarr":
             raise CommandError("computing with a dask scheduler needs --format zarr")
         for source in sources:  # before the folder is made
