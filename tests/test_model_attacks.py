@@ -530,3 +530,19 @@ def test_export_into_a_path_under_a_file_is_refused_before_the_work(
     line = run_cli(capsys, "export-bmz", tiny_model_file, tmp_path / "a-file" / "sub" / "x.zip")
     assert line.endswith("a-file is a file, not a folder")
     assert (tmp_path / "a-file").read_text() == "mine"
+
+
+@pytest.mark.parametrize("nesting", ["dict inside itself", "one dict shared 30 deep"])
+def test_a_pickle_of_self_referencing_or_shared_dicts_is_one_line(tmp_path, image, capsys, nesting):
+    """The state dict's nested dicts were walked path by path: a dict inside itself was a
+    RecursionError (a traceback), and one dict shared under ten keys thirty levels deep (5 kB)
+    is 10^30 paths: the walk never ended."""
+    state: dict = {"model.0.weight": torch.zeros(1)}
+    if nesting == "dict inside itself":
+        state["self"] = state
+    else:
+        for _ in range(30):
+            state = {f"k{i}": state for i in range(10)}
+    model = tmp_path / "nested.pth"
+    torch.save(state, model)
+    assert "nested.pth: unknown architecture" in upscale_with(capsys, image, model)

@@ -109,7 +109,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise ModelFileError(
             f"{shown(path.name)} holds a {type(loaded).__name__}, not a state dict of named tensors"
         )
-    unnamed = next((key for key in _keys(loaded) if not isinstance(key, str)), None)
+    unnamed = next((key for key, _ in _entries(loaded) if not isinstance(key, str)), None)
     if unnamed is not None:
         raise ModelFileError(
             f"{shown(path.name)} holds an entry keyed {unnamed!r:.40}, not a state dict of named "
@@ -118,12 +118,21 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return loaded
 
 
-def _keys(values: dict) -> Iterator[object]:
-    """The keys of a state dict, including those of nested dicts (``params_ema``)."""
-    for key, value in values.items():
-        yield key
-        if isinstance(value, dict):
-            yield from _keys(value)
+def _entries(values: dict) -> Iterator[tuple[object, object]]:
+    """The (key, value) pairs of a state dict and of the dicts nested in it (``params_ema``),
+    each dict once: a pickle can put a dict inside itself, or share one dict under ten keys
+    thirty levels deep (10^30 paths in 5 kB)."""
+    seen: set[int] = set()
+    stack = [values]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for key, value in current.items():
+            yield key, value
+            if isinstance(value, dict):
+                stack.append(value)
 
 
 def _is_torchscript(path: Path) -> bool:
@@ -290,7 +299,7 @@ class BuildBudget(TorchFunctionMode):
 
     def __init__(self, state_dict: dict) -> None:
         super().__init__()
-        tensors = list(_tensors(state_dict))
+        tensors = [t for _, t in _entries(state_dict) if isinstance(t, torch.Tensor)]
         # The data the file holds, not the shapes it claims: a pickled tensor may be a view
         # with stride 0 that claims 10^10 numbers over one. (Sparse tensors have no storage,
         # and no network's parameter is one.)
@@ -314,15 +323,6 @@ class BuildBudget(TorchFunctionMode):
                 if self.allocated > self.max_bytes or len(self.storages) > self.max_count:
                     raise NetworkTooLarge
         return result
-
-
-def _tensors(values) -> Iterator[torch.Tensor]:
-    """The tensors in a state dict, including those of nested dicts (``params_ema``)."""
-    for value in values.values():
-        if isinstance(value, torch.Tensor):
-            yield value
-        elif isinstance(value, dict):
-            yield from _tensors(value)
 
 
 def _reason(error: Exception) -> str:
