@@ -433,13 +433,18 @@ def test_models_add_refuses_an_unusable_name_before_converting(
     assert list(user_models.iterdir()) == []
 
 
-def test_a_pickled_view_claiming_many_numbers_does_not_raise_the_build_budget(
-    tmp_path, image, capsys
+@pytest.mark.parametrize("claim", ["stride-0 view", "meta tensor"])
+def test_a_pickled_tensor_claiming_many_numbers_does_not_raise_the_build_budget(
+    tmp_path, image, capsys, claim
 ):
-    """A stride-0 view claims 10^10 numbers over one stored: counted by its shape, it let a
-    1 MB file build a network of any width (600 here, 108 MB; 20000: 14 GB)."""
+    """A stride-0 view claims 10^10 numbers over one stored, a meta tensor over none: counted
+    by its shape, either let a 1 MB file build a network of any width (600 here, 108 MB;
+    20000: 14 GB)."""
     state = torch.load(community_file(tmp_path, "esrgan-x4"), weights_only=True)
-    state["junk"] = torch.zeros(1).expand(10**10)
+    if claim == "meta tensor":
+        state["junk"] = torch.zeros(10**10, device="meta")
+    else:
+        state["junk"] = torch.zeros(1).expand(10**10)
     state["model.0.weight"] = torch.zeros(1).expand(600, 3, 3, 3)
     model = tmp_path / "views.pth"
     torch.save(state, model)

@@ -301,9 +301,13 @@ class BuildBudget(TorchFunctionMode):
         super().__init__()
         tensors = [t for _, t in _entries(state_dict) if isinstance(t, torch.Tensor)]
         # The data the file holds, not the shapes it claims: a pickled tensor may be a view
-        # with stride 0 that claims 10^10 numbers over one. (Sparse tensors have no storage,
-        # and no network's parameter is one.)
-        storages = {t.untyped_storage().data_ptr(): t for t in tensors if t.layout is torch.strided}
+        # with stride 0 that claims 10^10 numbers over one, or a meta tensor that holds none.
+        # (Sparse tensors have no storage, and no network's parameter is one.)
+        storages = {
+            t.untyped_storage().data_ptr(): t
+            for t in tensors
+            if t.layout is torch.strided and t.device.type == "cpu"
+        }
         #: Bytes of the file's weights as the network holds them (at least float32).
         self.weights = sum(
             t.untyped_storage().nbytes() * max(1, 4 // t.element_size()) for t in storages.values()
