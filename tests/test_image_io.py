@@ -87,3 +87,19 @@ def test_every_frame_of_an_animated_file_is_read(tmp_path, rng, suffix):
     assert image.rgb
     if suffix != ".gif":  # GIF stores a palette: its colours are not exact
         np.testing.assert_array_equal(image.data, np.stack(frames))
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".png"])
+def test_a_photo_is_read_turned_as_its_exif_orientation_says(tmp_path, suffix):
+    """A phone photo stored on its side with orientation 6 ("turn 90 degrees clockwise") was
+    upscaled on its side, unlike every viewer shows it."""
+    from PIL import Image
+
+    stored = np.zeros((20, 40, 3), np.uint8)
+    stored[:4, :8] = 255  # the stored top-left corner: top-right once turned clockwise
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / f"phone{suffix}", exif=exif.tobytes(), quality=95)
+    shown = read_image(tmp_path / f"phone{suffix}").data
+    assert shown.shape == (40, 20, 3)
+    assert shown[:8, -4:].mean() > 200 and shown[:8, :4].mean() < 50

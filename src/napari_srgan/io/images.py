@@ -322,9 +322,10 @@ def read_image(path: str | os.PathLike, *, memory_factor: float = 1.0) -> ImageF
 
 def _read_frames(path: Path) -> np.ndarray:
     """Every frame of an animated file as a stack (imageio reads only the first of an animated
-    WebP by default), a single frame as itself."""
+    WebP by default), a single frame as itself; turned as its EXIF orientation says, as viewers
+    show it (a phone photo taken upright is stored on its side)."""
     with pillow_quiet():
-        data = np.asarray(iio.imread(path, index=...))
+        data = np.asarray(iio.imread(path, index=..., rotate=True))
     return data[0] if data.shape[0] == 1 else data
 
 
