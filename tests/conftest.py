@@ -77,5 +77,18 @@ def tiny_model_file(user_models) -> Path:
 
 
 @pytest.fixture
+def errors(monkeypatch) -> list[str]:
+    """The Upscale widget's error notifications, its jobs run synchronously (napari is
+    imported here, not at the top: the core's tests run without it)."""
+    from napari_srgan.plugin import upscale_widget
+    from napari_srgan.plugin.background import SYNCHRONOUS_ENV
+
+    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
+    shown: list[str] = []
+    monkeypatch.setattr(upscale_widget, "show_error", shown.append)
+    return shown
+
+
+@pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)

@@ -15,16 +15,7 @@ from napari_srgan.training.patches import PatchSampler, TrainingImage
 
 napari = pytest.importorskip("napari")
 
-from napari_srgan.plugin import upscale_widget as module  # noqa: E402
 from napari_srgan.plugin.background import SYNCHRONOUS_ENV  # noqa: E402
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
-    shown = []
-    monkeypatch.setattr(module, "show_error", shown.append)
-    return shown
 
 
 def upscale_widget(viewer, layer, mode: str = "in memory"):

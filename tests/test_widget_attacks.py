@@ -13,14 +13,6 @@ from napari_srgan.plugin import upscale_widget as module  # noqa: E402
 from napari_srgan.plugin.background import SYNCHRONOUS_ENV  # noqa: E402
 
 
-@pytest.fixture
-def errors(monkeypatch):
-    monkeypatch.setenv(SYNCHRONOUS_ENV, "1")
-    shown = []
-    monkeypatch.setattr(module, "show_error", shown.append)
-    return shown
-
-
 def upscale_widget(viewer, layer):
     _, widget = viewer.window.add_plugin_dock_widget("napari-srgan", "Upscale 4x")
     widget.reset_choices()
