@@ -19,6 +19,7 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import tifffile
+import torch
 import zarr
 from safetensors.torch import save_file
 
@@ -241,6 +242,41 @@ def test_card_text_with_line_breaks_or_escapes_is_shown_escaped(tmp_path, capsys
     assert "\x1b" not in listing and "\r" not in listing
     [row] = [line for line in listing.splitlines() if line.split()[0] == "m"]
     assert " a\\rb (untrained)" in row
+
+
+def test_card_text_of_megabytes_is_shortened_where_it_is_shown(tmp_path, capsys, monkeypatch):
+    """A card's name of a million characters went whole into the result line, the model list
+    and the result layer's name."""
+    monkeypatch.setenv("NAPARI_SRGAN_MODEL_DIR", str(tmp_path / "models"))
+    (tmp_path / "models").mkdir()
+    model_with_card(tmp_path / "models" / "m.safetensors", name="n" * 10**6, license="l" * 10**6)
+    source = tmp_path / "in.png"
+    iio.imwrite(source, np.zeros((16, 16, 3), np.uint8))
+    capsys.readouterr()
+    argv = ["upscale", source, tmp_path / "o.tif", "--model", tmp_path / "models/m.safetensors"]
+    assert main([str(a) for a in argv]) == 0
+    [line] = [line for line in capsys.readouterr().out.splitlines() if "->" in line]
+    assert line.endswith("n" * 199 + "…") and len(line) < 500
+    assert main(["models"]) == 0
+    assert max(map(len, capsys.readouterr().out.splitlines())) < 1000
+
+
+def test_unexpected_tensor_names_are_escaped(tmp_path):
+    """The names of a native file's tensors are the file's text: a newline in one split the
+    error a notification shows."""
+    model = tiny_model(3)
+    weights = {k: v.contiguous() for k, v in model.network.state_dict().items()}
+    weights["evil\nname\x1b[2J"] = torch.zeros(1)
+    metadata = {
+        "napari_srgan_format": "1",
+        "generator_config": json.dumps(model.network.config.to_dict()),
+        "model_card": model.card.to_json(),
+    }
+    save_file(weights, str(tmp_path / "m.safetensors"), metadata=metadata)
+    with pytest.raises(ModelFileError) as error:
+        load_model(tmp_path / "m.safetensors")
+    assert "unexpected evil\\nname\\x1b[2J" in str(error.value)
+    assert str(error.value).isprintable()
 
 
 TRAIN = ["train", "--from-scratch", "--channels", "4", "--blocks", "1", "--patch", "16"]

@@ -33,3 +33,16 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+#: The most characters of a model file's text (a card's name, licence...) a line shows.
+MAX_SHOWN_CHARACTERS = 200
+
+
+def brief(text: str) -> str:
+    """``text`` printable and at most :data:`MAX_SHOWN_CHARACTERS` long: a model file can hold
+    megabytes in a card's name, which went whole into result lines, lists and layer names."""
+    text = printable(text)
+    if len(text) <= MAX_SHOWN_CHARACTERS:
+        return text
+    return text[: MAX_SHOWN_CHARACTERS - 1] + "…"

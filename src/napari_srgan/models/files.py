@@ -19,7 +19,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
 from napari_srgan.io.atomic_files import atomic_write_stream
-from napari_srgan.messages import shown
+from napari_srgan.messages import brief, shown
 from napari_srgan.models.halo import cached_halo, measure_halo
 from napari_srgan.models.headers import ModelFileError, parse_json
 from napari_srgan.models.interface import ModelCard, SRModel
@@ -227,7 +227,8 @@ def _check_fits(path: Path, config: GeneratorConfig, shapes: dict[str, list[int]
         expected = {name: tuple(t.shape) for name, t in Generator(config).state_dict().items()}
     found = {name: tuple(shape) for name, shape in shapes.items()}
     problems = [f"missing {name}" for name in sorted(expected.keys() - found.keys())]
-    problems += [f"unexpected {name}" for name in sorted(found.keys() - expected.keys())]
+    # the file's own tensor names: escaped, as a notification shows them whole
+    problems += [f"unexpected {brief(name)}" for name in sorted(found.keys() - expected.keys())]
     problems += [
         f"{name} has shape {found[name]}, the architecture needs {expected[name]}"
         for name in sorted(expected.keys() & found.keys())

@@ -13,7 +13,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from napari_srgan.messages import printable, shown
+from napari_srgan.messages import brief, shown
 
 #: Headers larger than this are refused (the format's own reference limit is 100 MB).
 MAX_HEADER_BYTES = 100_000_000
@@ -94,18 +94,18 @@ def summarize(name: str, path: Path, *, location: str, use_fallback: str = "") -
         return ModelSummary(name, path, problem=f"{shown(path)} has broken model metadata: {error}")
     if not card and not network:
         return ModelSummary(name, path, problem=f"{shown(path)} carries no napari-srgan model card")
-    source = printable(str(card.get("source", "native")))
+    source = brief(str(card.get("source", "native")))
     description = (str(card.get("description", "")).strip().splitlines() or [""])[0]
     return ModelSummary(
         name,
         path,
-        architecture=printable(str(card.get("architecture", "srresnet"))),
+        architecture=brief(str(card.get("architecture", "srresnet"))),
         scale=_whole(network.get("scale", card.get("scale", 4))),
         channels=_whole(network.get("in_channels", card.get("in_channels"))),
-        degradation=printable(str(card.get("degradation", "bicubic"))),
+        degradation=brief(str(card.get("degradation", "bicubic"))),
         source=location if source == "native" else f"{location} ({source})",
-        license=printable(str(card.get("license", "BSD-3-Clause"))),
-        intended_use=printable(str(card.get("intended_use") or use_fallback or description)),
+        license=brief(str(card.get("license", "BSD-3-Clause"))),
+        intended_use=brief(str(card.get("intended_use") or use_fallback or description)),
         trained=bool(card.get("trained", True)),
     )
 

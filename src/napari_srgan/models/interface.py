@@ -16,7 +16,7 @@ from typing import Protocol
 
 from torch import nn
 
-from napari_srgan.messages import printable
+from napari_srgan.messages import brief
 from napari_srgan.models.headers import parse_json
 from napari_srgan.models.normalization import NormalizationSpec
 
@@ -58,11 +58,11 @@ class ModelCard:
 
     def __post_init__(self) -> None:
         """Text from a model file (native card, bioimage.io package, file name) must not break
-        the one-line messages and lists it is shown in, nor drive a terminal."""
+        the one-line messages and lists it is shown in, nor drive a terminal, nor fill them."""
         for name in SHOWN_IN_A_LINE:
             value = getattr(self, name)
             if isinstance(value, str):
-                setattr(self, name, printable(value))
+                setattr(self, name, brief(value))
 
     def to_json(self) -> str:
         values = asdict(self)
@@ -100,7 +100,7 @@ class ModelCard:
 
 
 #: Card fields shown in one line (model lists, messages, layer names): unprintable characters
-#: in them are escaped when a card is made.
+#: in them are escaped, and long text shortened, when a card is made.
 SHOWN_IN_A_LINE = ("name", "degradation", "intended_use", "architecture", "source", "license")
 #: The Python types a stored card's field may hold, by its annotation.
 _CARD_TYPES = {"str": str, "bool": bool, "int": int, "int | None": (int, type(None)), "dict": dict}
