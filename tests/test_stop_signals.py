@@ -31,6 +31,7 @@ from zarr.storage import LocalStore
 
 import napari_srgan.io.atomic_files as atomic
 from napari_srgan.cli import main
+from napari_srgan.models.registry import load_model
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
 #: Seconds a write goes on after the signal.
@@ -195,6 +196,7 @@ def test_sigterm_in_a_batch_keeps_the_finished_results(tmp_path, picture, tiny_m
     second.write_bytes(picture.read_bytes())
     folder = tmp_path / "results"
     options = model_options(tiny_model_file)
+    load_model(tiny_model_file)  # its measured halo is cached now: the fsyncs are the results'
     code, stderr = stopped("SIGTERM", "fsync 2", "upscale", picture, second, folder, *options)
     check_stopped(code, stderr, "SIGTERM", f"; 1 of 2 results are in {folder}")
     assert [p.name for p in folder.iterdir()] == ["in_x4.ome.tif"]
