@@ -223,22 +223,30 @@ def test_a_card_field_of_the_wrong_type_or_size_is_one_line(tmp_path, capsys, fi
     assert not (tmp_path / "o.tif").exists()
 
 
-def test_card_text_with_line_breaks_or_escapes_is_shown_escaped(tmp_path, capsys, monkeypatch):
-    """A model's card is text from whoever made the file: a newline in its name split the
-    CLI's lines, an escape sequence drove the terminal (and went into layer names)."""
+def upscaled_and_listed(tmp_path, capsys, monkeypatch, **fields) -> tuple[str, str]:
+    """The CLI's result line for an upscale with a user model whose card has ``fields``
+    replaced, and the ``models`` listing."""
     monkeypatch.setenv("NAPARI_SRGAN_MODEL_DIR", str(tmp_path / "models"))
     (tmp_path / "models").mkdir()
-    evil = "evil\nname\x1b[31m"
-    model_with_card(tmp_path / "models" / "m.safetensors", name=evil, intended_use="a\rb")
+    model_with_card(tmp_path / "models" / "m.safetensors", **fields)
     source = tmp_path / "in.png"
     iio.imwrite(source, np.zeros((16, 16, 3), np.uint8))
     capsys.readouterr()
     argv = ["upscale", source, tmp_path / "o.tif", "--model", tmp_path / "models/m.safetensors"]
     assert main([str(a) for a in argv]) == 0
     [line] = [line for line in capsys.readouterr().out.splitlines() if "->" in line]
-    assert line.endswith("with evil\\nname\\x1b[31m")
     assert main(["models"]) == 0
-    listing = capsys.readouterr().out
+    return line, capsys.readouterr().out
+
+
+def test_card_text_with_line_breaks_or_escapes_is_shown_escaped(tmp_path, capsys, monkeypatch):
+    """A model's card is text from whoever made the file: a newline in its name split the
+    CLI's lines, an escape sequence drove the terminal (and went into layer names)."""
+    evil = "evil\nname\x1b[31m"
+    line, listing = upscaled_and_listed(
+        tmp_path, capsys, monkeypatch, name=evil, intended_use="a\rb"
+    )
+    assert line.endswith("with evil\\nname\\x1b[31m")
     assert "\x1b" not in listing and "\r" not in listing
     [row] = [line for line in listing.splitlines() if line.split()[0] == "m"]
     assert " a\\rb (untrained)" in row
@@ -247,18 +255,10 @@ def test_card_text_with_line_breaks_or_escapes_is_shown_escaped(tmp_path, capsys
 def test_card_text_of_megabytes_is_shortened_where_it_is_shown(tmp_path, capsys, monkeypatch):
     """A card's name of a million characters went whole into the result line, the model list
     and the result layer's name."""
-    monkeypatch.setenv("NAPARI_SRGAN_MODEL_DIR", str(tmp_path / "models"))
-    (tmp_path / "models").mkdir()
-    model_with_card(tmp_path / "models" / "m.safetensors", name="n" * 10**6, license="l" * 10**6)
-    source = tmp_path / "in.png"
-    iio.imwrite(source, np.zeros((16, 16, 3), np.uint8))
-    capsys.readouterr()
-    argv = ["upscale", source, tmp_path / "o.tif", "--model", tmp_path / "models/m.safetensors"]
-    assert main([str(a) for a in argv]) == 0
-    [line] = [line for line in capsys.readouterr().out.splitlines() if "->" in line]
+    fields = {"name": "n" * 10**6, "license": "l" * 10**6}
+    line, listing = upscaled_and_listed(tmp_path, capsys, monkeypatch, **fields)
     assert line.endswith("n" * 199 + "…") and len(line) < 500
-    assert main(["models"]) == 0
-    assert max(map(len, capsys.readouterr().out.splitlines())) < 1000
+    assert max(map(len, listing.splitlines())) < 1000
 
 
 def test_unexpected_tensor_names_are_escaped(tmp_path):
