@@ -24,7 +24,7 @@ def upscaled_placement(
     spatial_axes: Sequence[int],
     *,
     factor: int,
-    linear=None,
+    linear: np.ndarray | None = None,
 ) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """``(scale, translate)`` of data upscaled ``factor`` times, changed only on
     ``spatial_axes``. ``linear`` is the image's rotation and shear (applied after its scale,
