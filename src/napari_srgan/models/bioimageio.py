@@ -37,7 +37,7 @@ from napari_srgan.io.atomic_files import (
 )
 from napari_srgan.messages import first_line, shown
 from napari_srgan.models.files import ModelFileError
-from napari_srgan.models.interface import CARD_LIMITS, ModelCard, SRModel
+from napari_srgan.models.interface import ModelCard, SRModel, beyond_card_limits
 from napari_srgan.models.normalization import NormalizationSpec
 
 #: The paper every exported model builds on.
@@ -526,13 +526,9 @@ def _spatial_scale(description, path: Path) -> tuple[int, int, int, int]:
         "theoretical_halo": max(halos),
         "size_multiple": math.lcm(*multiples),
     }
-    for name, value in facts.items():  # the engine pads, tiles and allocates by them
-        low, high = CARD_LIMITS[name]
-        if not low <= value <= high:
-            raise BioimageioError(
-                f"{shown(path.name)}: its {name.replace('_', ' ')} is {value}; napari-srgan runs "
-                f"models with {low}..{high}"
-            )
+    problem = beyond_card_limits(facts)
+    if problem:
+        raise BioimageioError(f"{shown(path.name)}: {problem}")
     return tuple(facts.values())
 
 

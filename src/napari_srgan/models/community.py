@@ -39,7 +39,7 @@ from napari_srgan.models.files import (
     write_safetensors,
 )
 from napari_srgan.models.halo import measure_tiling
-from napari_srgan.models.interface import CARD_LIMITS, ModelCard, NetworkSpec, SRModel
+from napari_srgan.models.interface import ModelCard, NetworkSpec, SRModel, beyond_card_limits
 
 #: File types spandrel models come in.
 COMMUNITY_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
@@ -407,13 +407,9 @@ def community_model(
         "size_multiple": multiple,
     }
     # Checked before the receptive-field probe runs the network (at scale 4096: a 24 GB output).
-    for field_name, (low, high) in CARD_LIMITS.items():
-        value = facts.get(field_name, low)
-        if not low <= value <= high:
-            raise ModelFileError(
-                f"{label}: its {field_name.replace('_', ' ')} is {value}; napari-srgan runs "
-                f"models with {low}..{high}"
-            )
+    problem = beyond_card_limits(facts)
+    if problem:
+        raise ModelFileError(f"{label}: {problem}")
     if card is None:
         card = ModelCard(
             name,

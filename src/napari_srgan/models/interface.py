@@ -115,6 +115,20 @@ CARD_LIMITS = {
 }
 
 
+def beyond_card_limits(facts: dict[str, object]) -> str | None:
+    """What is wrong with the first of ``facts`` (card fields a network implies, in
+    :data:`CARD_LIMITS`) outside its bounds, or None: checked before the engine pads, tiles or
+    allocates by them (or a probe runs the network)."""
+    for name, value in facts.items():
+        low, high = CARD_LIMITS.get(name, (None, None))
+        if low is not None and not low <= value <= high:
+            return (
+                f"its {name.replace('_', ' ')} is {value}; napari-srgan runs models with "
+                f"{low}..{high}"
+            )
+    return None
+
+
 def _check_card_field(name: str, value, annotation: str) -> None:
     """A stored card is read from a file anyone may have written: a field of the wrong type
     (``"measured_halo": "abc"``) or size (``"size_multiple": 0``) fails here in one line, not as
