@@ -173,16 +173,17 @@ class PlanesOnDemand:
         ]
         return lead, key[self.leading :]
 
-    def planes_read_by(self, key) -> list[tuple[int, ...]]:
-        """The planes ``self[key]`` reads."""
+    def computed(self, key) -> np.ndarray:
+        """``self[key]`` with the planes it reads computed first, in this thread."""
         lead, _ = self._wanted(key if isinstance(key, tuple) else (key,))
-        axes = [k if isinstance(k, range) else [k] for k in lead]
-        return [tuple(int(i) for i in plane) for plane in itertools.product(*axes)]
+        missing = [plane for plane in _planes(lead)[1] if plane not in self.planes]
+        if missing:
+            self._compute_now(missing)
+        return self[key]
 
     def __getitem__(self, key) -> np.ndarray:
         lead, rest = self._wanted(key if isinstance(key, tuple) else (key,))
-        axes = [k if isinstance(k, range) else [k] for k in lead]
-        wanted = self.planes_read_by(key)
+        axes, wanted = _planes(lead)
         missing = [plane for plane in wanted if plane not in self.planes]
         if missing:
             self.slicing = True
@@ -200,10 +201,14 @@ class PlanesOnDemand:
         return stack.squeeze(axis=squeeze) if squeeze else stack
 
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
-        missing = [p for p in np.ndindex(*self.shape[: self.leading]) if p not in self.planes]
-        if missing:
-            self._compute_now(missing)
-        return np.asarray(self[...], dtype=dtype)
+        return np.asarray(self.computed(...), dtype=dtype)
+
+
+def _planes(lead) -> tuple[list, list[tuple[int, ...]]]:
+    """The indices ``lead`` (leading-axis keys of :meth:`PlanesOnDemand._wanted`) selects on
+    each leading axis, and the planes they make."""
+    axes = [k if isinstance(k, range) else [k] for k in lead]
+    return axes, [tuple(int(i) for i in plane) for plane in itertools.product(*axes)]
 
 
 class ComputedPlanes:
@@ -216,10 +221,7 @@ class ComputedPlanes:
         self.shape, self.dtype, self.ndim = planes.shape, planes.dtype, planes.ndim
 
     def __getitem__(self, key) -> np.ndarray:
-        missing = [p for p in self.planes.planes_read_by(key) if p not in self.planes.planes]
-        if missing:
-            self.planes._compute_now(missing)
-        return self.planes[key]
+        return self.planes.computed(key)
 
 
 class LazyResult:

@@ -56,12 +56,12 @@ def _declared(data) -> tuple[tuple[int, ...], int]:
 
 
 def write_image_layer(path: str, data, meta: dict) -> list[str]:
+    name = shown(meta["name"]) if meta.get("name") else "the layer"
     metadata = meta.get("metadata")
     provenance = metadata.get(PROVENANCE_KEY) if isinstance(metadata, dict) else None
     provenance = dict(provenance) if isinstance(provenance, dict) else {}  # not ours otherwise
     provenance.pop("layer", None)
     if not _is_json(provenance):  # a script put Python objects there: save the image without it
-        name = shown(meta["name"]) if meta.get("name") else "the layer"
         show_warning(f"napari-srgan: {name}'s provenance is not JSON; saved without it")
         provenance = {}
     if meta.get("multiscale"):  # the levels: the full-resolution one is the image
@@ -84,7 +84,6 @@ def write_image_layer(path: str, data, meta: dict) -> list[str]:
         )
     except (ValueError, OSError) as error:
         # napari reports a writer's ValueError only as "not a valid writer": say why here
-        name = shown(meta["name"]) if meta.get("name") else "the layer"
         show_error(f"napari-srgan: cannot save {name}: {error}")
         return []
     if not written.name.lower().endswith((".ome.tif", ".ome.tiff")):
@@ -94,7 +93,6 @@ def write_image_layer(path: str, data, meta: dict) -> list[str]:
         )
     dropped = _not_stored(meta)
     if dropped:
-        name = shown(meta["name"]) if meta.get("name") else "the layer"
         show_warning(
             f"napari-srgan: saved {name} without its {' and '.join(dropped)}: an OME-TIFF holds "
             "pixel size and position only, so it opens unrotated"
