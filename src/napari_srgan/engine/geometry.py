@@ -12,10 +12,11 @@ too, so it is applied to the translate through ``linear``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
+
+from napari_srgan.io.images import is_placeable
 
 
 def upscaled_placement(
@@ -40,9 +41,7 @@ def upscaled_placement(
         shift = np.asarray(linear, dtype=float) @ shift
     with np.errstate(over="ignore"):
         new_translate = tuple(float(t + d) for t, d in zip(translate, shift, strict=True))
-    if not all(math.isfinite(v) and v > 0 for v in new_scale) or not all(
-        math.isfinite(v) for v in new_translate
-    ):  # a pixel size or position near float's limits: the result could not be placed (or read)
+    if not is_placeable(new_scale, new_translate):  # near float's limits: it cannot be placed
         raise ValueError(
             f"the result's pixel size or position is out of range (pixel size {list(scale)}, "
             f"position {list(translate)})"

@@ -526,9 +526,7 @@ def write_tiff(
     count = _spatial_axes_count(data.shape, rgb)
     scale = tuple(scale or (1.0,) * count)
     translate = tuple(translate or (0.0,) * count)
-    if not all(math.isfinite(v) and v > 0 for v in scale) or not all(
-        math.isfinite(v) for v in translate
-    ):  # the provenance would hold it, and reading the file back would refuse it
+    if not is_placeable(scale, translate):  # reading the file back would refuse it
         raise ValueError(
             f"cannot write {shown(path)}: the pixel size {list(scale)} or position "
             f"{list(translate)} is not a finite number (pixel size > 0)"
@@ -560,6 +558,14 @@ def write_tiff(
             extratags=extratags,
         ),
         overwrite=overwrite,
+    )
+
+
+def is_placeable(scale, translate) -> bool:
+    """Whether a pixel size (finite, > 0) and position (finite) can be written into a file and
+    read back: this package's readers refuse any other."""
+    return all(math.isfinite(v) and v > 0 for v in scale) and all(
+        math.isfinite(v) for v in translate
     )
 
 
