@@ -1,13 +1,20 @@
 import json
+import tracemalloc
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save, save_file
 
 from conftest import tiny_model
 from napari_srgan.engine.upscale import upscale
-from napari_srgan.models.files import ModelFileError, load_model, read_metadata, save_model
+from napari_srgan.models.files import (
+    ModelFileError,
+    load_model,
+    read_metadata,
+    save_model,
+    write_safetensors,
+)
 from napari_srgan.models.registry import available_models, resolve_model
 from napari_srgan.models.srresnet import Generator, GeneratorConfig
 
@@ -82,3 +89,50 @@ def test_an_unknown_model_lists_the_installed_ones_escaped(user_models):
     with pytest.raises(ModelFileError) as refused:
         resolve_model("nope")
     assert str(refused.value).endswith(", evil\\n\\x1b[31m"), refused.value
+
+
+def _parts(data: bytes) -> tuple[dict, bytes]:
+    """A .safetensors file's header (parsed) and data section."""
+    length = int.from_bytes(data[:8], "little")
+    return json.loads(data[8 : 8 + length]), data[8 + length :]
+
+
+def test_a_written_file_is_laid_out_as_safetensors_writes_it(tmp_path):
+    """The streamed writer puts every dtype, shape, offset and byte where safetensors' own
+    writer does (widest elements first), so any safetensors reader reads it back."""
+    tensors = {
+        "weight": torch.randn(3, 4),
+        "half": torch.randn(5).half(),
+        "brain": torch.randn(7).bfloat16(),
+        "count": torch.tensor(3),
+        "empty": torch.zeros(0, 3),
+        "mask": torch.tensor([True, False, True]),
+        "index": torch.arange(5),
+        "bytes": torch.arange(3, dtype=torch.uint8),
+        "größe": torch.ones(2, dtype=torch.float64),
+    }
+    metadata = {"napari_srgan_format": "1", "note": "µm"}
+    path = write_safetensors(tmp_path / "m.safetensors", tensors, metadata, overwrite=False)
+    header, data = _parts(path.read_bytes())
+    expected_header, expected_data = _parts(save(tensors, metadata=metadata))
+    assert header == expected_header
+    assert data == expected_data
+    back = load_file(path)
+    assert back.keys() == tensors.keys()
+    assert all(back[k].dtype == t.dtype and torch.equal(back[k], t) for k, t in tensors.items())
+
+
+def test_writing_a_model_makes_no_copy_of_its_weights(tmp_path):
+    """The file is streamed from the tensors' memory: safetensors' ``save`` built the whole file
+    as one bytes object first, a second copy of the model (hundreds of MB for a community
+    model) held while writing."""
+    tensors = {f"layer{i}": torch.randn(1024, 1024) for i in range(2)}  # 8 MiB
+    size = sum(t.numel() * t.element_size() for t in tensors.values())
+    tracemalloc.start()
+    try:
+        write_safetensors(tmp_path / "m.safetensors", tensors, {"k": "v"}, overwrite=False)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (tmp_path / "m.safetensors").stat().st_size > size
+    assert peak < size / 16

@@ -462,7 +462,6 @@ def save_converted(
         name: (t.detach().half() if half and t.is_floating_point() else t.detach())
         .cpu()
         .contiguous()
-        .clone()
         for name, t in model.network.model.state_dict().items()
     }
     metadata = {

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 import zipfile
 from pathlib import Path
+from typing import BinaryIO
 
 import psutil
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save
 
 from napari_srgan.io.atomic_files import atomic_write_stream
 from napari_srgan.messages import brief, shown
@@ -107,12 +108,81 @@ def write_safetensors(
     overwrite: bool,
 ) -> Path:
     """Write a ``.safetensors`` file atomically (see :func:`atomic_write_stream`: not with
-    safetensors' ``save_file``, whose own temporary file a kill leaves in the model folder)."""
+    safetensors' ``save_file``, whose own temporary file a kill leaves in the model folder),
+    streamed tensor by tensor from the tensors' own memory: safetensors' ``save`` builds the
+    whole file as one bytes object first, a second copy of a model of hundreds of MB."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    header, order = _safetensors_header(tensors, metadata)
     return atomic_write_stream(
-        path, lambda stream: stream.write(save(tensors, metadata=metadata)), overwrite=overwrite
+        path, lambda stream: _write_tensors(stream, header, order), overwrite=overwrite
     )
+
+
+#: The safetensors format's names of the torch dtypes (those this torch has), in the order
+#: safetensors' own writer puts tensors into a file (widest elements first).
+_DTYPE_CODES = {
+    getattr(torch, name): code
+    for name, code in (
+        ("uint64", "U64"),
+        ("int64", "I64"),
+        ("float64", "F64"),
+        ("complex64", "C64"),
+        ("float32", "F32"),
+        ("uint32", "U32"),
+        ("int32", "I32"),
+        ("bfloat16", "BF16"),
+        ("float16", "F16"),
+        ("uint16", "U16"),
+        ("int16", "I16"),
+        ("float8_e4m3fn", "F8_E4M3"),
+        ("float8_e5m2", "F8_E5M2"),
+        ("int8", "I8"),
+        ("uint8", "U8"),
+        ("bool", "BOOL"),
+    )
+    if hasattr(torch, name)
+}
+_DTYPE_ORDER = {dtype: place for place, dtype in enumerate(_DTYPE_CODES)}
+
+
+def _safetensors_header(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> tuple[bytes, list[torch.Tensor]]:
+    """The file's first part (8-byte little-endian header length, JSON header padded with
+    spaces to a multiple of 8) and the tensors in the order their bytes follow it, that of
+    safetensors' own writer: widest elements first, so every tensor starts at a multiple of
+    its element size."""
+    if sys.byteorder != "little":  # the format is little-endian; tensors are written as they are
+        raise ModelFileError("model files can only be written on a little-endian machine")
+    if "__metadata__" in tensors:
+        raise ModelFileError("a tensor may not be named __metadata__ in a .safetensors file")
+    unknown = sorted({str(t.dtype) for t in tensors.values() if t.dtype not in _DTYPE_CODES})
+    if unknown:
+        raise ModelFileError(f"weights of type {', '.join(unknown)} cannot be saved")
+    header: dict[str, object] = {"__metadata__": dict(metadata)} if metadata else {}
+    names = sorted(tensors, key=lambda name: (_DTYPE_ORDER[tensors[name].dtype], name))
+    offset = 0
+    for name in names:
+        tensor = tensors[name]
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {
+            "dtype": _DTYPE_CODES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
+        offset += size
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    text += b" " * (-len(text) % 8)
+    return len(text).to_bytes(8, "little") + text, [tensors[name] for name in names]
+
+
+def _write_tensors(stream: BinaryIO, header: bytes, tensors: list[torch.Tensor]) -> None:
+    """Write the header, then each tensor's bytes straight from its memory (a copy only of a
+    tensor that is not contiguous in CPU memory, one at a time)."""
+    stream.write(header)
+    for tensor in tensors:
+        stream.write(tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy())
 
 
 def read_metadata(path: str | os.PathLike) -> tuple[GeneratorConfig, ModelCard]:
