@@ -244,7 +244,11 @@ def test_resume_after_saved_files_were_deleted(
     assert errors == [] and widget.outcome.steps == 4 and first.model_path.is_file()
     tiny_model_file.unlink()  # the model it was fine-tuned from
     widget.resume_button.clicked.emit()
-    assert len(errors) == 1 and "no model named 'tiny-rgb'" in errors[0], errors
+    assert errors == [
+        "napari-srgan: base model tiny-rgb no longer exists, and the checkpoint "
+        f"{first.checkpoint} was made from it: restore it (or choose a copy of it as the base "
+        "model) to resume, or start afresh without resuming"
+    ]
     first.checkpoint.unlink()
     widget.resume_button.clicked.emit()
     assert len(errors) == 2 and "nothing to resume: no checkpoint" in errors[1], errors

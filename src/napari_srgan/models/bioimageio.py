@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import math
 import os
 import re
@@ -35,9 +36,10 @@ from napari_srgan.io.atomic_files import (
     disk_full_is_one_line,
     refuse_existing,
 )
-from napari_srgan.messages import first_line, shown
+from napari_srgan.messages import brief, first_line, shown
 from napari_srgan.models.files import ModelFileError
 from napari_srgan.models.interface import ModelCard, SRModel, beyond_card_limits
+from napari_srgan.models.lineage import training_stages
 from napari_srgan.models.normalization import NormalizationSpec
 
 #: The paper every exported model builds on.
@@ -127,11 +129,52 @@ def _readme(model: SRModel) -> str:
   tile for seamless tiling.
 - Input normalisation: percentiles {_export_normalization(card)} of the whole image map to 0 and 1
   (napari-srgan itself uses one range for a whole image or stack).
-- Training: {card.training or "not recorded"}
+- Training: {_training_summary(card.training)}
 - Metrics: {card.metrics or "not recorded"}
 
 Exported by napari-srgan; runs in napari-srgan, bioimageio.core, deepImageJ, ilastik and QuPath.
-"""
+{_training_record(card.training)}"""
+
+
+def _training_summary(record: dict) -> str:
+    """The training lineage as Markdown: one line per stage, most recent first."""
+    stages, dropped = training_stages(record)
+    if not stages:
+        return "not recorded"
+    lines = [f"{len(stages)} stage(s), most recent first (the full record is below):"]
+    lines += [f"  {number}. {_stage_line(stage)}" for number, stage in enumerate(stages, 1)]
+    if dropped:
+        lines.append(f"  ({dropped} older stage(s) were not kept in the model card)")
+    return "\n".join(lines)
+
+
+def _stage_line(stage: dict) -> str:
+    """One training stage in words (a foreign card's record may hold anything: brief text)."""
+    config = stage.get("config") if isinstance(stage.get("config"), dict) else {}
+    degradation = stage.get("degradation")
+    if isinstance(degradation, dict):
+        degradation = degradation.get("kind")
+    data, images = stage.get("data"), "?"
+    if isinstance(data, list):  # every image described
+        images = len(data)
+    elif isinstance(data, dict):  # a summary of many
+        images = data.get("images", "?")
+    facts = [
+        f"{stage.get('steps', '?')} steps from {stage.get('base_model', '?')}",
+        f"{degradation or '?'} degradation",
+        f"{config.get('pixel_loss', '?')} pixel loss",
+        f"{config.get('adversarial_steps', 0)} adversarial steps",
+        f"{images} training image(s)",
+        f"on {stage.get('machine', '?')}",
+    ]
+    return brief(", ".join(map(str, facts)))
+
+
+def _training_record(record: dict) -> str:
+    """The card's training record, whole, as JSON (empty without one)."""
+    if not record:
+        return ""
+    return f"\n## Training record\n\n```json\n{json.dumps(record, indent=1, sort_keys=True)}\n```\n"
 
 
 def export_bioimageio(

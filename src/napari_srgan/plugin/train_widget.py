@@ -43,7 +43,13 @@ from napari_srgan.plugin.controls import (
 from napari_srgan.plugin.model_list import follow_model_list, model_list
 from napari_srgan.plugin.upscale_widget import PREVIEW_KEY
 from napari_srgan.training.degradations import Bicubic, Crappifier
-from napari_srgan.training.job import TrainingJob, TrainingOutcome, run_training, user_model_path
+from napari_srgan.training.job import (
+    BaseModelMissing,
+    TrainingJob,
+    TrainingOutcome,
+    run_training,
+    user_model_path,
+)
 from napari_srgan.training.patches import TrainingImage
 from napari_srgan.training.trainer import (
     CheckpointSaved,
@@ -541,6 +547,9 @@ class TrainWidget(Container):
         model_list.changed.emit()
 
     def _on_errored(self, error: Exception) -> None:
+        if isinstance(error, BaseModelMissing):  # nothing failed: the line says what to do
+            self._fail(str(error))
+            return
         self._fail(f"training failed: {error}")
 
     def _set_running(self, running: bool) -> None:

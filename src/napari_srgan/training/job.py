@@ -24,6 +24,7 @@ from napari_srgan.messages import shown
 from napari_srgan.models.halo import cache_path
 from napari_srgan.models.headers import ModelFileError
 from napari_srgan.models.interface import ModelCard, TrainableNetwork
+from napari_srgan.models.lineage import BASE_TRAINING, inherited_training
 from napari_srgan.models.normalization import NormalizationSpec, regular_subsample
 from napari_srgan.models.registry import (
     bundled_model_dir,
@@ -375,13 +376,13 @@ def _check_outputs(job: TrainingJob) -> bool:
     Returns whether the run resumes."""
     if job.config.total_steps == 0:
         raise ValueError("nothing to train: the content and adversarial steps are both 0")
-    if job.base_model is not None and (base := resolve_model(job.base_model)).is_file():
+    resuming = bool(job.resume and job.checkpoint and Path(job.checkpoint).is_file())
+    if job.base_model is not None and (base := _base_path(job, resuming)).is_file():
         for written in filter(None, (job.output, job.checkpoint)):
             if _same_file(base, Path(written)):
                 raise OutputExistsError(
                     f"{shown(written)} is the base model being fine-tuned; choose another name"
                 )
-    resuming = bool(job.resume and job.checkpoint and Path(job.checkpoint).is_file())
     if not resuming:
         refuse_existing(job.output, overwrite=job.overwrite)
         if job.checkpoint is not None:
@@ -391,6 +392,26 @@ def _check_outputs(job: TrainingJob) -> bool:
     for written in filter(None, (job.output, job.checkpoint)):
         _check_folder(Path(written))
     return resuming
+
+
+class BaseModelMissing(ModelFileError):
+    """The base model of a run being resumed is gone: the network, normalisation and card the
+    checkpoint continues come from it."""
+
+
+def _base_path(job: TrainingJob, resuming: bool) -> Path:
+    """The base model's file; a resumed run whose base was deleted (or renamed) since says so,
+    and what to do, rather than only "no model named ..."."""
+    try:
+        return resolve_model(job.base_model)
+    except ModelFileError:
+        if not resuming or Path(job.base_model).exists():
+            raise  # not resuming, or there but unreadable: resolve_model's own words
+    raise BaseModelMissing(
+        f"base model {shown(job.base_model)} no longer exists, and the checkpoint "
+        f"{shown(job.checkpoint)} was made from it: restore it (or choose a copy of it as the "
+        "base model) to resume, or start afresh without resuming"
+    )
 
 
 def _same_file(first: Path, second: Path) -> bool:
@@ -488,6 +509,8 @@ def _train(
         if name != "step"
     }
     # The base's architecture, source and licence carry over; what training changed does not.
+    # Its own training record is kept as this stage's base: the model's whole lineage.
+    lineage = inherited_training(base.training)
     card = dataclasses.replace(
         base,
         name=Path(job.output).stem,
@@ -507,6 +530,7 @@ def _train(
             "training_time_s": round(trainer.elapsed, 1),
             "wall_time_s_last_run": round(time.perf_counter() - started, 1),
             "machine": machine_description(choose_device(job.config.device)),
+            **({BASE_TRAINING: lineage} if lineage else {}),
         },
         metrics={"validation": last} if last else {},
     )
