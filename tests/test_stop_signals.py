@@ -17,8 +17,10 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,12 +44,25 @@ def stop_during(signame: str, moment: str, patch: Callable = setattr) -> None:
     """Send ``signame`` to this process during a write: ``"fsync N"`` once the Nth temporary
     file holds its data (all file writers: images, models, checkpoints, packages), ``"chunk"``
     during the first chunk written into a zarr store (by a helper thread, or by zarr's IO
-    thread while the main thread waits), a write that goes on after the signal."""
+    thread while the main thread waits), a write that goes on after the signal; ``"building"``
+    once a bioimage.io package's cover is written (most of its parts are, none is zipped)."""
     sent = []
 
     def send() -> None:
         sent.append(True)
         os.kill(os.getpid(), getattr(signal, signame))
+
+    if moment == "building":
+        import napari_srgan.models.bioimageio as bmz
+
+        real_cover = bmz._cover
+
+        def cover(*args) -> None:
+            real_cover(*args)
+            send()
+
+        patch(bmz, "_cover", cover)
+        return
 
     if moment.startswith("fsync"):
         calls, at, real_fsync = itertools.count(1), int(moment.split()[1]), os.fsync
@@ -230,6 +245,48 @@ def test_sigterm_while_exporting_a_package_keeps_the_old_one(tmp_path, tiny_mode
     check_stopped(code, stderr, "SIGTERM")
     assert [p.name for p in tmp_path.iterdir()] == ["model.zip"]
     assert output.read_bytes() == b"an earlier package"
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_stop_while_a_package_is_built_removes_its_parts(
+    tmp_path, tiny_model_file, stopped, monkeypatch, signame
+):
+    system_temporary = tmp_path / "system-tmp"
+    system_temporary.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(system_temporary))
+    output = tmp_path / "model.zip"
+    output.write_bytes(b"an earlier package")
+    code, stderr = stopped(
+        signame, "building", "export-bmz", tiny_model_file, output, "--overwrite"
+    )
+    check_stopped(code, stderr, signame)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.zip", "system-tmp"]
+    assert output.read_bytes() == b"an earlier package"
+    assert list(system_temporary.iterdir()) == []
+
+
+def test_a_package_export_killed_while_building_leaves_its_parts_only_beside_the_output(
+    tmp_path, tiny_model_file, monkeypatch
+):
+    """Before, the package was built in the system's temporary folder, where what a killed
+    export (SIGKILL, power loss) left was never removed; now its hidden build folder beside
+    the output is removed by the next export to that output, and the old package is kept."""
+    system_temporary, folder = tmp_path / "system-tmp", tmp_path / "packages"
+    system_temporary.mkdir()
+    folder.mkdir()
+    output = folder / "model.zip"
+    output.write_bytes(b"an earlier package")
+    args = ["export-bmz", str(tiny_model_file), str(output), "--overwrite"]
+    monkeypatch.setenv("TMPDIR", str(system_temporary))
+    code, stderr = stopped_child("SIGKILL", "building", *args)
+    assert code == -signal.SIGKILL, stderr
+    assert list(system_temporary.iterdir()) == []
+    assert output.read_bytes() == b"an earlier package"
+    (leftover,) = (p for p in folder.iterdir() if p != output)
+    assert leftover.name.startswith(".model.zip.") and leftover.name.endswith(".partial")
+    assert main(args) == 0
+    assert [p.name for p in folder.iterdir()] == ["model.zip"]
+    assert zipfile.is_zipfile(output)
 
 
 WORKERS_INTERRUPTED = """

@@ -31,8 +31,8 @@ import psutil
 
 from napari_srgan.messages import shown
 
-#: A file inside every zarr store this package writes; only such stores are ever replaced or
-#: deleted (a folder without it is someone else's data).
+#: A file inside every zarr store (and temporary build folder) this package writes; only such
+#: folders are ever replaced or deleted (a folder without it is someone else's data).
 STORE_MARKER = ".napari-srgan-store"
 #: This machine in temporary names (letters and digits of its host name): which process ids
 #: mean anything (containers sharing a folder get their own host names).
@@ -313,6 +313,12 @@ def new_store(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         )
     check_writable(path.parent)
     clean_leftovers(path)
+    return _marked_folder(path)
+
+
+def _marked_folder(path: Path) -> Path:
+    """A fresh temporary folder beside ``path``, marked as this package's: a killed writer's
+    is recognised and removed by the next write to ``path`` (:func:`clean_leftovers`)."""
     temporary = _temporary_name(path, "partial")
     temporary.mkdir()
     try:  # a folder without the marker would not be recognised (and removed) as a leftover
@@ -321,6 +327,23 @@ def new_store(path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         shutil.rmtree(temporary, ignore_errors=True)
         raise
     return temporary
+
+
+@contextlib.contextmanager
+def build_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to assemble its parts in (a package zipped from
+    several files), removed afterwards, also when a stop signal interrupts the work. Not in the
+    system's temporary folder: what a kill (SIGKILL, power loss) leaves there is never removed;
+    beside ``path`` it is removed by the next write to ``path``, and the finished file is
+    renamed into place from the same file system."""
+    path = Path(path)
+    check_writable(path.parent)
+    clean_leftovers(path)
+    folder = _marked_folder(path)
+    try:
+        yield folder
+    finally:
+        remove_store(folder)
 
 
 def _exchange(first: Path, second: Path) -> bool:

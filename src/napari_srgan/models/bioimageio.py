@@ -19,8 +19,6 @@ import json
 import math
 import os
 import re
-import shutil
-import tempfile
 import warnings
 import zipfile
 from pathlib import Path
@@ -32,6 +30,7 @@ from torch import nn
 
 from napari_srgan.io.atomic_files import (
     atomic_write,
+    build_folder,
     check_writable,
     disk_full_is_one_line,
     refuse_existing,
@@ -243,9 +242,10 @@ def export_bioimageio(
     side = max(TEST_SIDE, 2 * halo + 16)
     low, high = _export_normalization(card)
     network = network.float().cpu().eval()
-    # A full disk (the package is built in the temporary folder) is one line, as for the output.
-    with disk_full_is_one_line(output), tempfile.TemporaryDirectory() as folder:
-        root = Path(folder)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # The package is built beside the output (a killed export's parts are removed by the next
+    # export to it); a full disk while building is one line, as while writing the output.
+    with disk_full_is_one_line(output), build_folder(output) as root:
         with open(root / "weights.pt", "wb") as stream:  # by name, torch hides the errno
             torch.save(network.state_dict(), stream)
         (root / ARCHITECTURE_FILE).write_text(_architecture_source())
@@ -338,10 +338,7 @@ def export_bioimageio(
             version=Version(__version__),
         )
         package = Path(save_bioimageio_package(description, output_path=root / "package.zip"))
-        output.parent.mkdir(parents=True, exist_ok=True)
-        return atomic_write(
-            output, lambda temp: shutil.copyfile(package, temp), overwrite=overwrite
-        )
+        return atomic_write(output, lambda temp: os.replace(package, temp), overwrite=overwrite)
 
 
 def _zoo_name(name: str) -> str:
