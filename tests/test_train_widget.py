@@ -244,15 +244,20 @@ def test_resume_after_saved_files_were_deleted(
     assert errors == [] and widget.outcome.steps == 4 and first.model_path.is_file()
     tiny_model_file.unlink()  # the model it was fine-tuned from
     widget.resume_button.clicked.emit()
-    assert errors == [
+    gone = (
         "napari-srgan: base model tiny-rgb no longer exists, and the checkpoint "
         f"{first.checkpoint} was made from it: restore it (or choose a copy of it as the base "
         "model) to resume, or start afresh without resuming"
-    ]
+    )
+    assert errors == [gone]
+    widget.base_model.reset_choices()  # as the model folder's watcher does: another is chosen
+    assert widget.base_model.value != "tiny-rgb"
+    widget.resume_button.clicked.emit()
+    assert errors == [gone, gone]
     first.checkpoint.unlink()
     widget.resume_button.clicked.emit()
-    assert len(errors) == 2 and "nothing to resume: no checkpoint" in errors[1], errors
-    assert "again.ckpt" in errors[1] and widget.train_button.enabled
+    assert len(errors) == 3 and "nothing to resume: no checkpoint" in errors[2], errors
+    assert "again.ckpt" in errors[2] and widget.train_button.enabled
 
 
 def test_closing_the_viewer_while_training_stops_the_run(viewer_with_photo, tiny_model_file, qtbot):

@@ -5,6 +5,7 @@ in one line. Tiny random-weight networks and a few steps, as in test_training.""
 from __future__ import annotations
 
 import json
+import shutil
 import zipfile
 from pathlib import Path
 
@@ -26,7 +27,7 @@ from napari_srgan.models.lineage import (
 )
 from napari_srgan.models.registry import read_card
 from napari_srgan.models.srresnet import Generator
-from napari_srgan.training.job import BaseModelMissing, TrainingJob, run_training
+from napari_srgan.training.job import ResumeBaseError, TrainingJob, run_training
 from napari_srgan.training.patches import TrainingImage
 from test_training import TINY, tiny_config
 
@@ -229,10 +230,49 @@ def test_a_missing_base_is_named_so_only_when_resuming(user_models):
     saved = run_training(job).model_path.read_bytes()
     (user_models / "base.safetensors").unlink()
     job.resume = True
-    with pytest.raises(BaseModelMissing, match=r"^base model base no longer exists.*tuned\.ckpt"):
+    with pytest.raises(ResumeBaseError, match=r"^base model base no longer exists.*tuned\.ckpt"):
         run_training(job)
     job.resume, job.overwrite = False, True
     with pytest.raises(ValueError, match="no model named 'base'") as refused:
         run_training(job)
-    assert not isinstance(refused.value, BaseModelMissing)
+    assert not isinstance(refused.value, ResumeBaseError)
     assert (user_models / "tuned.safetensors").read_bytes() == saved
+
+
+@pytest.mark.parametrize("made_from", ["base", "scratch"])
+def test_resuming_from_another_base_is_refused_and_a_copy_resumes(tmp_path, capsys, made_from):
+    """The checkpoint records what its run started from: resuming with another base would give
+    the saved model a false lineage (the Train widget falls back to another model when the
+    chosen one is deleted); a copy of the same base, under another file name, resumes."""
+    hr, base, out = (
+        tmp_path / "photo.png",
+        tmp_path / "base.safetensors",
+        tmp_path / "m.safetensors",
+    )
+    write_image(hr, PHOTO, rgb=True)
+    save_model(base, Generator(TINY), ModelCard("base"))
+    other = tmp_path / "other.safetensors"
+    save_model(other, Generator(TINY), ModelCard("other"))
+    first = train_command(hr, base, out)
+    if made_from == "scratch":
+        first = [*first[:3], *first[5:], "--from-scratch", "--channels", "8", "--blocks", "1"]
+    assert main(first) == 0
+    checkpoint = out.with_suffix(".ckpt")
+    capsys.readouterr()
+    assert main([*train_command(hr, other, out), "--resume", "--steps", "3"]) == 2
+    (error,) = capsys.readouterr().err.strip().splitlines()
+    if made_from == "scratch":
+        assert error == (
+            f"napari-srgan: error: the checkpoint {checkpoint} was trained from scratch, not "
+            "from other: train from scratch to resume it, or start afresh without resuming"
+        )
+        return
+    assert error == (
+        f"napari-srgan: error: the checkpoint {checkpoint} was made from base model {base}, not "
+        f"other: choose {base} as the base model to resume, or start afresh without resuming"
+    )
+    copy = tmp_path / "copy.safetensors"
+    shutil.copyfile(base, copy)
+    assert main([*train_command(hr, copy, out), "--resume", "--steps", "3"]) == 0
+    training = load_model(out).card.training
+    assert (training["base_model"], training["steps"]) == ("base", 3)

@@ -44,7 +44,7 @@ from napari_srgan.plugin.model_list import follow_model_list, model_list
 from napari_srgan.plugin.upscale_widget import PREVIEW_KEY
 from napari_srgan.training.degradations import Bicubic, Crappifier
 from napari_srgan.training.job import (
-    BaseModelMissing,
+    ResumeBaseError,
     TrainingJob,
     TrainingOutcome,
     run_training,
@@ -547,7 +547,7 @@ class TrainWidget(Container):
         model_list.changed.emit()
 
     def _on_errored(self, error: Exception) -> None:
-        if isinstance(error, BaseModelMissing):  # nothing failed: the line says what to do
+        if isinstance(error, ResumeBaseError):  # nothing failed: the line says what to do
             self._fail(str(error))
             return
         self._fail(f"training failed: {error}")

@@ -394,9 +394,9 @@ def _check_outputs(job: TrainingJob) -> bool:
     return resuming
 
 
-class BaseModelMissing(ModelFileError):
-    """The base model of a run being resumed is gone: the network, normalisation and card the
-    checkpoint continues come from it."""
+class ResumeBaseError(ModelFileError):
+    """A run being resumed is not given the base model its checkpoint was made from (deleted
+    since, or another chosen): the network, normalisation and card it continues come from it."""
 
 
 def _base_path(job: TrainingJob, resuming: bool) -> Path:
@@ -407,10 +407,45 @@ def _base_path(job: TrainingJob, resuming: bool) -> Path:
     except ModelFileError:
         if not resuming or Path(job.base_model).exists():
             raise  # not resuming, or there but unreadable: resolve_model's own words
-    raise BaseModelMissing(
-        f"base model {shown(job.base_model)} no longer exists, and the checkpoint "
-        f"{shown(job.checkpoint)} was made from it: restore it (or choose a copy of it as the "
-        "base model) to resume, or start afresh without resuming"
+    raise ResumeBaseError(_base_gone(job.base_model, job.checkpoint))
+
+
+def _base_gone(base: str | os.PathLike, checkpoint: Path) -> str:
+    return (
+        f"base model {shown(base)} no longer exists, and the checkpoint {shown(checkpoint)} was "
+        "made from it: restore it (or choose a copy of it as the base model) to resume, or start "
+        "afresh without resuming"
+    )
+
+
+def _check_resumed_base(
+    job: TrainingJob, trainer: Trainer, base: ModelCard, *, network_fits: bool = True
+) -> None:
+    """A resumed run starts from the base its checkpoint was made from (a copy of it, under
+    any file name, will do): another one would give the saved model a false lineage. The Train
+    widget falls back to the first listed model when the chosen base is deleted. Where the
+    checkpoint's network does not fit (``network_fits`` False), its own message stands unless
+    its base is gone. Checkpoints written before the base was recorded say nothing."""
+    made_from = trainer.resumed_from.get("base")
+    if not isinstance(made_from, dict) or made_from.get("name") == base.name:
+        return
+    given = made_from.get("given")
+    if given is not None:
+        try:
+            resolve_model(given)
+        except ModelFileError:
+            raise ResumeBaseError(_base_gone(given, job.checkpoint)) from None
+    if not network_fits:
+        return
+    if given is None:
+        raise ResumeBaseError(
+            f"the checkpoint {shown(job.checkpoint)} was trained from scratch, not from "
+            f"{shown(base.name)}: train from scratch to resume it, or start afresh without resuming"
+        )
+    raise ResumeBaseError(
+        f"the checkpoint {shown(job.checkpoint)} was made from base model {shown(given)}, not "
+        f"{shown(base.name)}: choose {shown(given)} as the base model to resume, or start afresh "
+        "without resuming"
     )
 
 
@@ -491,8 +526,15 @@ def _train(
         should_stop=should_stop,
     )
     trainer.data = _describe_data(sampler.images)
+    given = None if job.base_model is None else os.fspath(job.base_model)
+    trainer.base = {"name": base.name, "given": given}
     if resuming:
-        trainer.load_checkpoint(job.checkpoint)
+        try:
+            trainer.load_checkpoint(job.checkpoint)
+        except ValueError:  # another network: a deleted base says why, and what to do
+            _check_resumed_base(job, trainer, base, network_fits=False)
+            raise
+        _check_resumed_base(job, trainer, base)
         if on_event is not None and (change := _resumed_change(trainer, job.config)):
             on_event(
                 Notice(f"{shown(job.checkpoint)} {change}; resuming from its step {trainer.step}")

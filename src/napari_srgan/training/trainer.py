@@ -277,6 +277,9 @@ class Trainer:
         #: What the run trains on (names and shapes), kept in checkpoints so a resumed run can
         #: say when it continues on other data; ``resumed_from`` is that of the loaded checkpoint.
         self.data: object = None
+        #: The model the run started from (its card's name, and the name or path it was given
+        #: by; None from scratch), kept in checkpoints for the same reason.
+        self.base: dict | None = None
         self.resumed_from: dict = {}
         self.discriminator: Discriminator | None = None
         self.perceptual: PerceptualLoss | None = None
@@ -513,6 +516,8 @@ class Trainer:
         }
         if self.data is not None:
             state["data"] = self.data
+        if self.base is not None:
+            state["base"] = self.base
         if self.discriminator is not None:
             state["discriminator"] = self.discriminator.state_dict()
             state["optimizer_d"] = self.optimizer_d.state_dict()
@@ -556,6 +561,8 @@ class Trainer:
             ) from None
         if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{shown(path)} is not a napari-srgan training checkpoint")
+        # before its network is checked: another base explains a network that does not fit
+        self.resumed_from = {key: state.get(key) for key in ("data", "config", "base")}
         if state.get("generator_config") != self.spec.identity:
             raise ValueError(
                 f"{shown(path)} {_mismatch(state.get('generator_config'), self.spec.identity)}"
@@ -583,7 +590,6 @@ class Trainer:
         self.elapsed = float(state["elapsed"])
         self.history = list(state["history"])
         self.validations = list(state["validations"])
-        self.resumed_from = {key: state.get(key) for key in ("data", "config")}
         try:
             self.check_finite()
         except TrainingDiverged:
