@@ -93,15 +93,26 @@ def test_a_palette_tiff_upscales_as_the_rgb_image_it_shows(
     assert upscaled.shape == (2, 64, 64, 3) and np.array_equal(upscaled, result(out_plain))
 
 
-def test_a_lazily_read_palette_tiff_slices_as_the_whole_image(tmp_path, rng):
-    """The streamed read converts each slice: any index gives what reading it whole does."""
-    path, stored = tmp_path / "palette.tif", indices(rng, (3, 16, 16))
-    colormap = tiff_colormap(COLOURS.astype(np.uint16) * 257)
-    tifffile.imwrite(path, stored, photometric="palette", colormap=colormap, tile=(16, 16))
-    lazy, whole = open_lazy(path), COLOURS[stored]
+@pytest.mark.parametrize("stored", ["palette", "planes"])
+def test_a_lazily_read_tiff_slices_as_the_whole_image(tmp_path, rng, stored):
+    """The streamed read converts each slice: any index gives what reading it whole does, and a
+    pixel's colours are in one chunk."""
+    path, palette_indices = tmp_path / f"{stored}.tif", indices(rng, (3, 16, 16))
+    colours = COLOURS[palette_indices]
+    if stored == "palette":
+        values = palette_indices
+        colormap = tiff_colormap(COLOURS.astype(np.uint16) * 257)
+        options = {"photometric": "palette", "colormap": colormap}
+    else:
+        values = np.moveaxis(colours, -1, 1)  # red, green and blue planes of each page
+        options = {"photometric": "rgb", "planarconfig": "separate"}
+    tifffile.imwrite(path, values, tile=(16, 16), **options)
+    lazy, whole = open_lazy(path), read_image(path).data
+    assert np.array_equal(whole, colours)
     assert lazy.rgb and lazy.data.shape == whole.shape and lazy.data.dtype == np.uint8
     assert lazy.data.chunks == (1, 16, 16, 3)
-    for key in [..., (1,), (slice(0, 2), 3), (..., 1), (0, ..., slice(1, 3)), (2, 5, 7, 0)]:
+    keys = [..., (1,), (slice(0, 2), 3), (..., 1), (0, ..., slice(0, 3, 2)), (2, 5, 7, 0)]
+    for key in keys:
         assert np.array_equal(lazy.data[key], whole[key]), key
 
 
@@ -139,6 +150,28 @@ def test_a_palette_index_beyond_the_colormap_is_one_line(tmp_path, tiny_model_fi
         "has 4 colours"
     ]
     assert hashes(tmp_path) == before
+
+
+@pytest.mark.parametrize("output", OUTPUTS)
+def test_colour_stored_plane_by_plane_upscales_as_rgb(
+    tmp_path, tiny_model_file, rng, capsys, output
+):
+    """A TIFF storing red, green and blue as planes (planar configuration "separate") was
+    upscaled as three grey planes and written as a Z-stack of 3."""
+    colours = rng.integers(0, 256, (16, 16, 3), np.uint8)
+    planes, plain = tmp_path / "planes.tif", tmp_path / "plain.tif"
+    tifffile.imwrite(
+        planes, np.moveaxis(colours, -1, 0), photometric="rgb", planarconfig="separate"
+    )
+    tifffile.imwrite(plain, colours, photometric="rgb")
+    for source in (planes, plain):
+        code, lines = run(
+            ["upscale", source, tmp_path / f"{source.stem}-{output}", "--model", "tiny-rgb"], capsys
+        )
+        assert code == 0, lines
+    upscaled = result(tmp_path / f"planes-{output}")
+    assert upscaled.shape == (64, 64, 3)
+    assert np.array_equal(upscaled, result(tmp_path / f"plain-{output}"))
 
 
 def write_foreign(path, kind: str, rng) -> None:

@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
@@ -263,7 +263,9 @@ class TiffColours:
     """How a TIFF's stored values become the pixels a viewer shows, which the model is trained on
     and the result keeps: palette indices become their colours (interpolating indices is
     meaningless), white-is-zero values are turned round (the result is written black-is-zero),
-    and 1-bit values become 0 and 255 (uint8: the model's intensity scale for 8 bits)."""
+    1-bit values become 0 and 255 (uint8: the model's intensity scale for 8 bits), and colour
+    stored plane by plane (planar configuration "separate") gets its colour axis last, as napari
+    and the engine expect it (it was upscaled as three grey planes and written as a Z-stack)."""
 
     #: The palette as a (colours, 3) lookup table, or None.
     palette: np.ndarray | None = None
@@ -271,6 +273,8 @@ class TiffColours:
     black: int | None = None
     #: Whether the stored samples are red, green, blue (and alpha).
     rgb_samples: bool = False
+    #: The stored axis (negative) of red, green, blue stored plane by plane, else None.
+    planes_axis: int | None = None
     #: Why the pixels cannot be read (said by :meth:`check`; the metadata still opens).
     refused: str | None = None
 
@@ -289,15 +293,46 @@ class TiffColours:
         return None
 
     def shape(self, stored: tuple[int, ...]) -> tuple[int, ...]:
-        return (*stored, 3) if self.palette is not None else tuple(stored)
+        if self.palette is not None:
+            return (*stored, 3)
+        if self.planes_axis is not None:
+            axes = list(stored)
+            return (
+                *axes[: self.planes_axis],
+                *axes[self.planes_axis + 1 :],
+                axes[self.planes_axis],
+            )
+        return tuple(stored)
 
     def dtype(self, stored) -> np.dtype:
         if self.palette is not None:
             return self.palette.dtype
         return np.dtype(np.uint8) if np.dtype(stored) == bool else np.dtype(stored)
 
-    def __call__(self, values: np.ndarray, path: str | os.PathLike) -> np.ndarray:
-        """``values`` as stored (any part of the image) as the pixels they show."""
+    def whole(self, stored: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+        """The pixels of the whole image, from its ``stored`` values."""
+        if self.planes_axis is not None:
+            stored = np.moveaxis(stored, self.planes_axis, -1)
+        return self.values(stored, path)
+
+    def part(self, read: Callable, key, ndim: int, path: str | os.PathLike) -> np.ndarray:
+        """The pixels at ``key`` (ints and slices, as numpy takes them, into the ``ndim`` axes of
+        :meth:`shape`), from ``read``, which takes such a key into the stored values."""
+        if self.palette is None and self.planes_axis is None:
+            return self.values(read(key), path)
+        key = _full_key(key, ndim)
+        if self.palette is not None:  # the colour axis is the lookup's
+            return self.values(read(key[:-1]), path)[..., key[-1]]
+        at = ndim + self.planes_axis
+        stored = (*key[:at], key[-1], *key[at:-1])
+        values = read(stored)
+        if isinstance(key[-1], slice):  # the colour axis is kept: after those kept before it
+            values = np.moveaxis(values, sum(isinstance(k, slice) for k in key[:at]), -1)
+        return self.values(values, path)
+
+    def values(self, values: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+        """``values`` as stored (any part of the image, its axes as the pixels') as the pixels
+        they show."""
         if self.palette is not None:
             indices = values.astype(np.uint8) if values.dtype == bool else values
             if indices.size and int(indices.max()) >= len(self.palette):
@@ -313,6 +348,17 @@ class TiffColours:
         if values.dtype == bool:
             return bilevel_as_grey(values)
         return values
+
+
+def _full_key(key, ndim: int) -> tuple:
+    """An index (ints, slices, one Ellipsis) as one int or slice per axis."""
+    key = key if isinstance(key, tuple) else (key,)
+    if any(part is Ellipsis for part in key):
+        at = next(i for i, part in enumerate(key) if part is Ellipsis)
+        key = (*key[:at], *(slice(None),) * (ndim - len(key) + 1), *key[at + 1 :])
+    if len(key) > ndim or not all(isinstance(k, slice | int | np.integer) for k in key):
+        raise IndexError(f"unsupported index {key!r} for an array of {ndim} dimensions")
+    return (*key, *(slice(None),) * (ndim - len(key)))
 
 
 def bilevel_as_grey(values: np.ndarray) -> np.ndarray:
@@ -340,6 +386,9 @@ def tiff_colours(series: tifffile.TiffPageSeries) -> TiffColours:
     if photometric == tifffile.PHOTOMETRIC.MINISWHITE and dtype.kind in "bu":
         return TiffColours(black=2**page.bitspersample - 1)
     rgb = photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
+    planes = series.axes.find("S") - len(series.axes)  # negative; -1: last, or no samples axis
+    if rgb and -len(series.axes) <= planes < -1 and series.shape[planes] in (3, 4):
+        return TiffColours(rgb_samples=True, planes_axis=planes)
     return TiffColours(rgb_samples=rgb)
 
 
@@ -484,7 +533,7 @@ def _read_tiff(path: Path, load: bool = True) -> ImageFile:
             colours = tiff_colours(series)
             if load:
                 colours.check(path)
-                data = colours(_decode(series, path), path)
+                data = colours.whole(_decode(series, path), path)
             else:
                 data = None
             shape = colours.shape(tuple(series.shape))

@@ -106,19 +106,18 @@ class CheckedReads:
             raise ValueError(f"cannot read {shown(path)}: its chunk shape {array.chunks} has a 0")
         self.array, self.path, self.inode, self.colours = array, path, inode, colours
         self.shape, self.dtype, self.chunks = array.shape, array.dtype, array.chunks
-        if colours is not None:  # a palette's colours are one chunk
-            self.shape, self.chunks = colours.shape(self.shape), colours.shape(self.chunks)
-            self.dtype = colours.dtype(self.dtype)
+        if colours is not None:
+            self.shape, self.dtype = colours.shape(self.shape), colours.dtype(self.dtype)
+            self.chunks = colours.shape(self.chunks)
+            if colours.palette is not None or colours.planes_axis is not None:
+                self.chunks = (*self.chunks[:-1], self.shape[-1])  # a pixel's colours: one chunk
         self.ndim = len(self.shape)
         check_chunk_size(path, self.chunks, self.dtype)
 
     def __getitem__(self, key):
         if self.colours is None:
             return self._read(key)
-        if self.colours.palette is None:
-            return self.colours(self._read(key), self.path)
-        key = _full_key(key, self.ndim)
-        return self.colours(self._read(key[:-1]), self.path)[..., key[-1]]
+        return self.colours.part(self._read, key, self.ndim, self.path)
 
     def _read(self, key):
         try:
@@ -152,17 +151,6 @@ class CheckedReads:
             None if self.colours is None else (self.colours.palette is not None, self.colours.black)
         )
         return ("CheckedReads", str(self.path), self.inode, self.shape, str(self.dtype), colours)
-
-
-def _full_key(key, ndim: int) -> tuple:
-    """An index (ints, slices, one Ellipsis) as one entry per axis."""
-    key = key if isinstance(key, tuple) else (key,)
-    if any(part is Ellipsis for part in key):
-        at = next(i for i, part in enumerate(key) if part is Ellipsis)
-        key = (*key[:at], *(slice(None),) * (ndim - len(key) + 1), *key[at + 1 :])
-    if any(part is None for part in key) or len(key) > ndim:
-        raise IndexError(f"unsupported index {key!r} for an array of {ndim} dimensions")
-    return (*key, *(slice(None),) * (ndim - len(key)))
 
 
 def _open_zarr(path: Path) -> ImageFile:
