@@ -12,7 +12,10 @@
 # remote machine with an upload limit and a bare Python (torch, Pillow, scikit-image, ...):
 #   python scripts/pack-data.py pack ../shared/data gpudata            # here; 51 MB, lossless
 #   python3 scripts/pack-data.py unpack gpudata ../shared/data &&
-#     PYTHON=python3 scripts/gpu-session.sh "$OUT" 520                 # there (needs platformdirs, filelock)
+#     PYTHON=python3 scripts/gpu-session.sh "$OUT" 520                 # there
+# The lent machines' Python lacks platformdirs, filelock, dask, partd and locket: carry them as
+# wheels (pip download --no-deps ... -d .whl, then pip install --target there; see the device
+# tool's README).
 set -uo pipefail
 results=$(realpath -m "$1") budget=${2:-520}
 if [[ ${DRY_RUN:-} ]]; then
@@ -46,11 +49,12 @@ RESERVE=300 phase 60 "$PYTHON" benchmarks/training.py --device "$device" "${slow
 rate=$(grep "^| new: DeviceSampler on $device |" "$speed" | tail -1 | cut -d'|' -f4 | tr -d ' ')
 
 # Training gets what is left but 110 s for the quality and inference tables. Two jobs share the
-# GPU (each gets half when the GPU sets the pace); 10% goes to validation and checkpoints, and
-# each stage's start (reading the data) takes about 20 s.
+# GPU: a 1.55M-parameter step leaves it two-thirds idle, so each ran at the speed of one alone
+# (an H200, 2026-11-27: 38.6 steps/s alone, 40 and 39 side by side); 10% goes to validation and
+# checkpoints, and each stage's start (reading the data) takes about 20 s.
 seconds=$((budget - SECONDS - 110))
 read -r l1 mse grey <<<"${STEPS:-$("$PYTHON" -c "
-rate, seconds = float('${rate:-20}') / 2 * 0.9, $seconds
+rate, seconds = float('${rate:-20}') * 0.9, $seconds
 rgb = rate * (seconds - 40)
 print(int(rgb * 0.8) // 100 * 100, int(rgb * 0.2) // 100 * 100, int(rate * (seconds - 20)) // 100 * 100)
 ")}"
