@@ -6,7 +6,9 @@ The free space is faked by patching ``disk_usage`` where the check calls it.
 
 from __future__ import annotations
 
+import errno
 import math
+import os
 import re
 import subprocess
 from collections import namedtuple
@@ -15,6 +17,7 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+from zarr.storage import LocalStore
 
 from napari_srgan.cli import main
 from napari_srgan.engine import file_upscale
@@ -22,6 +25,7 @@ from napari_srgan.engine.upscale import check_image
 from napari_srgan.io import disk_space
 from napari_srgan.io.disk_space import (
     CHUNK_MARGIN,
+    SKIP_SPACE_CHECK_ENV,
     STORE_MARGIN,
     TIFF_MARGIN,
     TIFF_PAGE_MARGIN,
@@ -33,6 +37,8 @@ from napari_srgan.io.images import write_tiff
 from napari_srgan.io.zarr_files import OmeZarrWriter, store_levels
 
 Usage = namedtuple("Usage", "total used free")
+#: What the CLI's refusal ends with: the way round a disk that misreports its free space.
+HINT = " (pass --skip-space-check if the disk reports its free space wrongly)"
 
 
 def fake_free_space(monkeypatch, free: int, total: int = 1 << 40) -> None:
@@ -142,7 +148,9 @@ def test_an_output_that_cannot_fit_is_refused_before_any_work(
     assert code == 2
     captured = capsys.readouterr()
     pattern = message_pattern(output, estimated=suffix != ".tif", free="1000 bytes")
-    assert re.fullmatch(rf"napari-srgan: error: {pattern}\n", captured.err), captured.err
+    assert re.fullmatch(rf"napari-srgan: error: {pattern}{re.escape(HINT)}\n", captured.err), (
+        captured.err
+    )
     assert captured.out == ""
     assert engine_calls == []
     if existing:
@@ -202,8 +210,77 @@ def test_a_batch_checks_each_file_against_what_is_free_when_it_starts(
     pattern = message_pattern(big, estimated=False, free=human_bytes(small_needs))
     assert len(errors) == 1
     assert re.fullmatch(
-        rf"napari-srgan: error: {re.escape(str(inputs / 'big.png'))}: {pattern}", errors[0]
+        rf"napari-srgan: error: {re.escape(str(inputs / 'big.png'))}: {pattern}{re.escape(HINT)}",
+        errors[0],
     )
+
+
+def snapshot(folder: Path) -> dict[str, bytes | None]:
+    """Every path under ``folder`` with its bytes (None for folders)."""
+    return {
+        str(p.relative_to(folder)): None if p.is_dir() else p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+    }
+
+
+def test_the_help_names_the_override(capsys):
+    with pytest.raises(SystemExit):
+        main(["upscale", "--help"])
+    assert "--skip-space-check" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_the_check_can_be_skipped_for_a_disk_that_misreports_its_free_space(
+    tmp_path, tiny_model_file, monkeypatch, engine_calls, how, suffix
+):
+    """A network share or quota-managed storage may report 1000 bytes free with room to
+    spare: the option (or, for napari, the environment variable) writes anyway."""
+    source = tmp_path / "in.png"
+    iio.imwrite(source, np.random.default_rng(0).integers(0, 255, (24, 24, 3), np.uint8))
+    output = tmp_path / f"out{suffix}"
+    fake_free_space(monkeypatch, 1000)
+    arguments = ["upscale", str(source), str(output), "--model", str(tiny_model_file)]
+    assert main(arguments) == 2 and engine_calls == []
+    if how == "option":
+        arguments.append("--skip-space-check")
+    else:
+        monkeypatch.setenv(SKIP_SPACE_CHECK_ENV, "1")
+    assert main(arguments) == 0
+    assert output.exists() and len(engine_calls) == 1
+
+
+@pytest.mark.parametrize("suffix", [".tif", ".zarr"])
+def test_a_disk_that_is_really_full_still_fails_in_one_line_without_the_check(
+    tmp_path, tiny_model_file, monkeypatch, capsys, suffix
+):
+    """The check skipped, the disk fills up while the result is written (the writers patched
+    to raise ENOSPC, as in tests/test_faults.py): one line, and the earlier output as it was."""
+    source = tmp_path / "in.png"
+    iio.imwrite(source, np.random.default_rng(0).integers(0, 255, (24, 24, 3), np.uint8))
+    output = tmp_path / f"out{suffix}"
+    arguments = ["upscale", str(source), str(output), "--model", str(tiny_model_file)]
+    assert main(arguments) == 0
+    before = snapshot(tmp_path)
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def full_async(*args, **kwargs):
+        full()
+
+    if suffix == ".zarr":
+        monkeypatch.setattr(LocalStore, "set", full_async)
+    else:
+        monkeypatch.setattr(os, "fsync", full)
+    fake_free_space(monkeypatch, 1000)
+    capsys.readouterr()
+    assert main([*arguments, "--overwrite", "--skip-space-check"]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert errors == [f"napari-srgan: error: no space left on device while writing {output}"]
+    assert err.strip().splitlines()[-1] == errors[0] and "Traceback" not in err
+    assert snapshot(tmp_path) == before
 
 
 def test_sizes_read_as_df_prints_them():

@@ -209,6 +209,13 @@ def _add_upscale(commands) -> None:
         "on a trusted network only: dask's protocol trusts its peer",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    parser.add_argument(
+        "--skip-space-check",
+        action="store_true",
+        help="write even when the disk reports too little free space for the output (some "
+        "network shares, FUSE mounts and quota-managed or thin-provisioned storage report it "
+        "wrongly); a disk that really fills up still fails cleanly, with no partial output",
+    )
     colour = parser.add_mutually_exclusive_group()
     colour.add_argument(
         "--rgb", dest="rgb", action="store_true", default=None, help="last axis is colour"
@@ -529,6 +536,7 @@ def upscale_command(args: argparse.Namespace) -> int:
         precision=args.precision,
         scheduler=args.scheduler,
         ensemble=args.ensemble,
+        skip_space_check=args.skip_space_check,
     )
     loaded: dict[str, object] = {}
 
@@ -622,6 +630,7 @@ def _upscale_one(
     are blended" warnings were given (once per run, not once per file)."""
     from napari_srgan.engine.file_upscale import upscale_file
     from napari_srgan.engine.upscale import blending_notice
+    from napari_srgan.io.disk_space import NotEnoughSpaceError
     from napari_srgan.terminal import Progress
 
     with Progress(label or shown(source.name), "tile") as progress:
@@ -635,16 +644,21 @@ def _upscale_one(
                 warned.append(model)
             progress.start()
 
-        result = upscale_file(
-            source,
-            output,
-            model,
-            rgb=rgb,
-            settings=settings,
-            progress=progress.update,
-            before_work=start,
-            overwrite=overwrite,
-        )
+        try:
+            result = upscale_file(
+                source,
+                output,
+                model,
+                rgb=rgb,
+                settings=settings,
+                progress=progress.update,
+                before_work=start,
+                overwrite=overwrite,
+            )
+        except NotEnoughSpaceError as error:  # found before any work: say how to go on anyway
+            raise NotEnoughSpaceError(
+                f"{error} (pass --skip-space-check if the disk reports its free space wrongly)"
+            ) from None
     (height, width), (out_height, out_width) = result.input_shape, result.output_shape
     print(
         f"{shown(source)} {height}x{width} -> {shown(output)} {out_height}x{out_width} "

@@ -35,7 +35,7 @@ from napari_srgan.io.atomic_files import (
     refuse_existing,
     refuse_same_file,
 )
-from napari_srgan.io.disk_space import check_output_space
+from napari_srgan.io.disk_space import check_output_space, space_check_skipped
 from napari_srgan.io.images import (
     PLAIN_SUFFIXES,
     TIFF_SUFFIXES,
@@ -76,6 +76,8 @@ class UpscaleSettings:
     scheduler: str | None = None
     #: Average the 8 flips and rotations (self-ensemble): a little sharper, 8x the time.
     ensemble: bool = False
+    #: Write without checking the free space first (a disk that reports it wrongly).
+    skip_space_check: bool = False
 
     def engine_options(self) -> dict:
         """Keyword arguments for :func:`napari_srgan.engine.upscale.upscale`."""
@@ -181,9 +183,14 @@ def result_sample(data, layout: ImageLayout, factor: int) -> list[np.ndarray]:
     return sample
 
 
-def check_space(output: Path, data, layout: ImageLayout, factor: int) -> None:
+def check_space(
+    output: Path, data, layout: ImageLayout, factor: int, *, skip: bool = False
+) -> None:
     """Refuse, before any work, a result that will not fit on the output's disk (a TIFF's size
-    is exact: only compressed outputs read a sample of the input)."""
+    is exact: only compressed outputs read a sample of the input), unless ``skip`` or
+    :func:`space_check_skipped`: a disk that then fills up fails in one line, losing nothing."""
+    if skip or space_check_skipped():
+        return
     tiff = output.suffix.lower() in TIFF_SUFFIXES
     sample = [] if tiff else result_sample(data, layout, factor)
     check_output_space(
@@ -214,7 +221,7 @@ def upscale_to_zarr(
     dtype = np.dtype(data.dtype)
     if settings.scheduler is not None:
         parse_scheduler(settings.scheduler)
-    check_space(Path(output), data, layout, model.scale)
+    check_space(Path(output), data, layout, model.scale, skip=settings.skip_space_check)
     if before_work is not None:
         before_work()
     writer = OmeZarrWriter(
@@ -325,7 +332,7 @@ def upscale_file(
             overwrite=overwrite,
         )
     else:
-        check_space(output, image.data, layout, model.scale)
+        check_space(output, image.data, layout, model.scale, skip=settings.skip_space_check)
         if before_work is not None:
             before_work()
         result = upscale(

@@ -6,6 +6,11 @@ cannot be known before the pixels exist, so their size is estimated at the compr
 stand-in of the result (a few input patches upscaled bicubically, which compress a little
 better than a network's sharper output) gets with the output's own codec: the check errs
 towards starting a job, and refuses only one that its estimate says cannot fit.
+
+Some file systems report their free space wrongly (network shares, FUSE mounts, quotas, thin
+volumes), so the check can be skipped (the CLI's ``--skip-space-check``, or
+:data:`SKIP_SPACE_CHECK_ENV` for napari); a disk that then fills up still fails in one line,
+leaving no partial output and any earlier output as it was (the writers are atomic).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ STORE_MARGIN, CHUNK_MARGIN = 64 << 10, 16 + 4096
 #: Zeros padding an edge chunk to the full chunk shape compress at least 4x better than the
 #: pixels beside them (measured: 4.5x beside noise, which does not compress).
 PADDING_SHARE = 1 / 4
+#: Set to 1 to write without checking the free space (napari's widget has no option for it).
+SKIP_SPACE_CHECK_ENV = "NAPARI_SRGAN_SKIP_SPACE_CHECK"
 
 
 class NotEnoughSpaceError(DiskFullError):
@@ -86,6 +93,11 @@ def compressed_fraction(sample: Sequence[np.ndarray], size) -> float:
     if raw == 0:
         return 1.0
     return min(1.0, sum(size(np.ascontiguousarray(patch)) for patch in sample) / raw)
+
+
+def space_check_skipped() -> bool:
+    """Whether :data:`SKIP_SPACE_CHECK_ENV` asks to write without checking the free space."""
+    return os.environ.get(SKIP_SPACE_CHECK_ENV, "").strip() not in ("", "0")
 
 
 def check_output_space(

@@ -31,6 +31,7 @@ from napari_srgan.engine.upscale import (
     colour_range,
     upscale,
 )
+from napari_srgan.io.disk_space import SKIP_SPACE_CHECK_ENV, NotEnoughSpaceError
 from napari_srgan.io.images import PROVENANCE_KEY
 from napari_srgan.io.zarr_files import is_zarr, stores_read_by
 from napari_srgan.messages import shown
@@ -598,21 +599,27 @@ class UpscaleWidget(Container):
                 job.report(("progress", done, total))
 
             if mode == "zarr file":
-                upscale_to_zarr(
-                    data,
-                    model,
-                    target,
-                    layout=layout,
-                    scale=file_scale,
-                    translate=file_translate,
-                    unit=unit,
-                    record={**record, "layer": {"name": options["name"]}},
-                    settings=settings,
-                    progress=report,
-                    should_stop=job.stop_flag.is_set,
-                    before_work=before_work,
-                    overwrite=replace,
-                )
+                try:
+                    upscale_to_zarr(
+                        data,
+                        model,
+                        target,
+                        layout=layout,
+                        scale=file_scale,
+                        translate=file_translate,
+                        unit=unit,
+                        record={**record, "layer": {"name": options["name"]}},
+                        settings=settings,
+                        progress=report,
+                        should_stop=job.stop_flag.is_set,
+                        before_work=before_work,
+                        overwrite=replace,
+                    )
+                except NotEnoughSpaceError as error:  # no option here: an environment variable
+                    raise NotEnoughSpaceError(
+                        f"{error} (set {SKIP_SPACE_CHECK_ENV}=1 if the disk reports its free "
+                        "space wrongly)"
+                    ) from None
                 return target, options
             before_work()
             result = upscale(
