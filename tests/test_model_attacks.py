@@ -8,6 +8,7 @@ nothing of the user's changes. Files are crafted from tiny random-weight models.
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import warnings
@@ -452,6 +453,67 @@ def test_a_pickled_tensor_claiming_many_numbers_does_not_raise_the_build_budget(
         line = upscale_with(capsys, image, model)
     assert "views.pth: its tensor names and shapes describe a network larger" in line
     assert allocated[0] < 100e6
+
+
+@pytest.mark.parametrize(
+    ("claim", "call"),
+    [("image size", "torch.zeros"), ("attention window", "Tensor.sub")],
+)
+def test_a_build_step_that_allocates_and_fills_past_the_budget_is_refused_before_it_runs(
+    tmp_path, image, capsys, claim, call
+):
+    """SwinIR's image size is read from a mask's length and its attention window from an
+    index's: a 1.6 MB file claiming an image 10000 px wide made the build fill
+    ``torch.zeros((1, 10000, 10000, 1))`` (400 MB; 40000 px: 6.4 GB) and one claiming a
+    window of 60 subtract two 3600-long coordinate grids (207 MB; 250: 62 GB), before the
+    budget saw either: the budget counted tensors once they had been made and filled. Each
+    call is now sized on the meta device first: none of them runs."""
+    state = torch.load(community_file(tmp_path, "swinir-x2"), weights_only=True)
+    if claim == "image size":  # img_size = sqrt(masks) * window: sqrt(6.25e6) * 4 = 10000
+        state["layers.0.residual_group.blocks.1.attn_mask"] = torch.zeros(1).expand(
+            6_250_000, 16, 16
+        )
+    else:  # window = sqrt(index length) = 60
+        index = torch.zeros(1, dtype=torch.int64).expand(3600, 3600)
+        state["layers.0.residual_group.blocks.0.attn.relative_position_index"] = index
+    model = tmp_path / "claims.pth"
+    torch.save(state, model)
+    assert model.stat().st_size < 2e6
+    with allocations() as allocated:
+        line = upscale_with(capsys, image, model)
+    assert allocated[0] < 100e6
+    assert "claims.pth: its tensor names and shapes describe a network larger" in line
+    assert f"MB at {call})" in line
+
+
+FACTORY_CALLS = {
+    "zeros": lambda n: torch.zeros(n),
+    "zeros size=": lambda n: torch.zeros(size=(n,)),
+    "ones float64": lambda n: torch.ones(n, dtype=torch.float64),
+    "full": lambda n: torch.full((n,), 2.0),
+    "rand": lambda n: torch.rand(n),
+    "randn generator": lambda n: torch.randn(n, generator=torch.Generator()),
+    "arange": lambda n: torch.arange(0, n, 1.0),
+    "eye": lambda n: torch.eye(math.isqrt(n)),
+    "new_zeros": lambda n: torch.ones(2).new_zeros(n),
+    "zeros_like of a stride-0 view": lambda n: torch.zeros_like(torch.zeros(1).expand(n)),
+    "out=": lambda n: torch.zeros(n, out=torch.empty(0)),
+    "resize_": lambda n: torch.empty(0).resize_(n).fill_(1),
+    "contiguous stride-0 view": lambda n: torch.zeros(1).expand(n).contiguous(),
+}
+
+
+@pytest.mark.parametrize("call", list(FACTORY_CALLS))
+def test_the_build_budget_sizes_every_factory_call_before_it_runs(call):
+    """Factories that allocate and fill in one call, in every form of their arguments, are
+    refused before they run; nothing over the budget is made."""
+    from napari_srgan.models.community import BuildBudget, NetworkTooLarge
+
+    budget = BuildBudget({})
+    with allocations() as allocated, pytest.raises(NetworkTooLarge) as refused, budget:
+        FACTORY_CALLS[call](50_000_000)  # 200 MB of float32, over the 67 MB budget
+    assert allocated[0] < 1e6
+    assert refused.value.claim.startswith(("200.0 MB", "400.0 MB"))
 
 
 def test_a_package_input_step_the_engine_cannot_pad_to_is_refused(

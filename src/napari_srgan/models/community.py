@@ -284,17 +284,28 @@ def _receptive_field(network: SpandrelNetwork, descriptor, multiple: int) -> int
 class NetworkTooLarge(Exception):
     """Building stopped: the network outgrew what the file's weights can fill."""
 
+    def __init__(self, claim: str) -> None:
+        super().__init__(claim)
+        #: What the build asked for, e.g. "400.0 MB at torch.zeros".
+        self.claim = claim
+
 
 class BuildBudget(TorchFunctionMode):
     """Stops spandrel building a network larger than the file's weights.
 
     spandrel reads hyper-parameters from tensor names and shapes (the highest block index, the
-    width of the first layer) and builds the network before loading the weights into it, so
-    a few kB naming block 100000, or a first layer 20000 wide, would allocate gigabytes (and
-    let the system kill the process) before the weights are found not to fit. The loading is
-    strict (every parameter must be in the file), so a network that loads holds no more
-    numbers than the file: the tensors created while building are counted, and past a few
-    times the file's weights (or their number), the build stops.
+    width of the first layer, the attention window) and builds the network before loading the
+    weights into it, so a few kB naming block 100000, or a first layer 20000 wide, would
+    allocate gigabytes (and let the system kill the process) before the weights are found not
+    to fit. The loading is strict (every parameter must be in the file), so a network that
+    loads holds no more numbers than the file: the tensors created while building are
+    counted, and past a few times the file's weights (or their number), the build stops.
+
+    Each call is first run on the meta device (shapes, no memory), so a call that would
+    allocate and fill past the budget in one step (``torch.zeros(huge)``, a broadcast
+    subtraction of window coordinates) is refused before it runs, not after it has filled
+    the memory. A whole build on the meta device cannot replace this: most attention
+    architectures call ``.item()`` while building, which needs values.
     """
 
     def __init__(self, state_dict: dict) -> None:
@@ -318,15 +329,86 @@ class BuildBudget(TorchFunctionMode):
         self.allocated = 0
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        result = func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        planned = _planned_bytes(func, args, kwargs)
+        if planned is not None and self.allocated + planned > self.max_bytes:
+            raise NetworkTooLarge(f"{_size(self.allocated + planned)} at {_name(func)}")
+        result = func(*args, **kwargs)
         if isinstance(result, torch.Tensor) and result.layout is torch.strided:
             storage = result.untyped_storage()
             if storage.data_ptr() not in self.storages:
                 self.storages.add(storage.data_ptr())
                 self.allocated += storage.nbytes()
-                if self.allocated > self.max_bytes or len(self.storages) > self.max_count:
-                    raise NetworkTooLarge
+                if self.allocated > self.max_bytes:
+                    raise NetworkTooLarge(f"{_size(self.allocated)} at {_name(func)}")
+                if len(self.storages) > self.max_count:
+                    raise NetworkTooLarge(f"more than {self.max_count} tensors")
         return result
+
+
+def _planned_bytes(func, args: tuple, kwargs: dict) -> int | None:
+    """Bytes of the new tensors ``func(*args, **kwargs)`` would return, found by the same call
+    on meta stand-ins (shapes only, nothing allocated), or None where it cannot run there (a
+    value read out, a data-dependent shape): such a call is counted once it has run.
+
+    Views and in-place results hold no new memory, except what an in-place call (``out=``,
+    ``resize_``) grows its tensor by. Attribute reads and writes and in-place calls
+    (``.shape``, ``uniform_``, ``nn.init.trunc_normal_``, ``x[i] = v``) are most of a build's
+    calls, allocate nothing and some are slow on the meta device, so they are not run twice;
+    nor are torch's private helpers that take no tensor (``_set_grad_enabled``).
+    """
+    name = getattr(func, "__name__", "")
+    if name in ("__get__", "__set__", "__setitem__") or (
+        name.endswith("_") and not name.startswith("_") and name not in ("resize_", "resize_as_")
+    ):
+        return 0
+    before: dict[int, int] = {}  # id of a stand-in: its bytes before the call
+
+    def stand_in(value):
+        if isinstance(value, torch.Tensor):
+            # the same strides: .contiguous() of a stride-0 view copies, of a dense tensor not
+            meta = torch.empty_strided(
+                value.shape, value.stride(), dtype=value.dtype, device="meta"
+            )
+            before[id(meta)] = meta.untyped_storage().nbytes()
+            return meta
+        if type(value) in (list, tuple, torch.Size):
+            return type(value)(stand_in(item) for item in value)
+        return value
+
+    try:
+        meta_args = stand_in(args)
+        meta_kwargs = {key: stand_in(value) for key, value in kwargs.items()}
+        if not before and name.startswith("_"):
+            return 0
+        if not before or "device" in meta_kwargs:  # a factory: torch.zeros(size), new_zeros...
+            meta_kwargs["device"] = "meta"
+        result = func(*meta_args, **meta_kwargs)
+        outputs = result if isinstance(result, (list, tuple)) else [result]
+        planned = 0
+        for out in outputs:
+            if not isinstance(out, torch.Tensor) or out.device.type != "meta":
+                continue
+            size = out.untyped_storage().nbytes()
+            if id(out) in before:
+                planned += max(0, size - before[id(out)])
+            elif not out._is_view():
+                planned += size
+        return planned
+    except Exception:  # not computable on the meta device: counted once it has run
+        return None
+
+
+def _name(func) -> str:
+    """``torch.zeros``, ``Tensor.sub``: where a build asked for too much."""
+    owner = getattr(func, "__objclass__", None)
+    if isinstance(owner, type) and issubclass(owner, torch._C.TensorBase):
+        return f"Tensor.{func.__name__}"
+    return f"{getattr(func, '__module__', None) or 'torch'}.{getattr(func, '__name__', func)}"
+
+
+def _size(count: int) -> str:
+    return f"{count / 1e6:.1f} MB" if count >= 1e6 else f"{count / 1e3:.0f} kB"
 
 
 def _reason(error: Exception) -> str:
@@ -376,10 +458,11 @@ def community_model(
             f"{label}: unknown architecture: spandrel {spandrel.__version__} recognises none of "
             f"its {len(state_dict)} tensors (first: {next(iter(state_dict), 'none')!r})"
         ) from None
-    except NetworkTooLarge:
+    except NetworkTooLarge as error:
         raise ModelFileError(
             f"{label}: its tensor names and shapes describe a network larger than its "
-            f"{budget.weights / 1e6:.1f} MB of weights; refused before building it"
+            f"{_size(budget.weights)} of weights (building it asked for {error.claim}); "
+            "refused before building it"
         ) from None
     except Exception as error:  # spandrel reads hostile tensors: any failure is a misfit
         raise ModelFileError(
