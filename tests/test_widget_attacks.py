@@ -110,9 +110,9 @@ def test_a_corrupt_checkpoint_is_named_without_advice_to_unpickle(
 def test_a_lazy_result_with_a_broken_model_or_nan_input_adds_nothing(
     make_napari_viewer, tiny_model_file, errors
 ):
-    """Lazy results load the model and measure the intensity range before any worker runs:
-    weights that do not fit their card raised into napari's error dialog, and a NaN stack left
-    a layer of zeros behind."""
+    """Lazy results load the model and measure the intensity range (in a worker) before the
+    layer is added: weights that do not fit their card raised into napari's error dialog, and a
+    NaN stack left a layer of zeros behind."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file
 
@@ -216,8 +216,8 @@ def test_a_deleted_lazy_result_releases_its_model_and_input(
     assert [lazy.layer.name for lazy in widget.lazy_results] == ["stack x4 tiny-rgb [1]"]
 
 
-def lazy_result_held_back(make_napari_viewer, monkeypatch):
-    """A viewer whose Upscale widget started a lazy result of a 3-plane stack; the engine
+def lazy_result_held_back(make_napari_viewer, monkeypatch, qtbot):
+    """A viewer whose Upscale widget added a lazy result of a 3-plane stack; the engine
     waits (up to 30 s) until the returned event is set, so a test can act while it computes."""
     import threading
 
@@ -234,6 +234,7 @@ def lazy_result_held_back(make_napari_viewer, monkeypatch):
     widget = upscale_widget(viewer, stack)
     widget.result_mode.value = "lazy (as you browse)"
     widget.start()
+    qtbot.waitUntil(lambda: bool(widget.lazy_results), timeout=30000)  # range measured
     return viewer, widget, release
 
 
@@ -245,7 +246,7 @@ def test_deleting_a_lazy_result_while_it_computes_stops_it(
     shown = []
     monkeypatch.setattr(module, "show_error", shown.append)
     monkeypatch.setattr(module, "show_info", shown.append)
-    viewer, widget, release = lazy_result_held_back(make_napari_viewer, monkeypatch)
+    viewer, widget, release = lazy_result_held_back(make_napari_viewer, monkeypatch, qtbot)
     [lazy] = widget.lazy_results
     viewer.layers.remove("stack x4 tiny-rgb")
     release.set()
@@ -262,7 +263,7 @@ def test_a_plane_viewed_before_a_started_job_runs_starts_no_second_job(
     then started a second job beside the first (the same planes computed twice)."""
     from napari_srgan.plugin.background import BackgroundJob
 
-    _viewer, widget, release = lazy_result_held_back(make_napari_viewer, monkeypatch)
+    _viewer, widget, release = lazy_result_held_back(make_napari_viewer, monkeypatch, qtbot)
     computing = widget.job
     widget.job = queued = BackgroundJob()  # run_job's job before its worker begins to run
     widget._compute_planes()  # what viewing a plane calls
@@ -294,7 +295,7 @@ def test_cancelling_a_lazy_result_does_not_say_no_layer_was_added(
     layer it had added."""
     shown = []
     monkeypatch.setattr(module, "show_info", shown.append)
-    viewer, widget, release = lazy_result_held_back(make_napari_viewer, monkeypatch)
+    viewer, widget, release = lazy_result_held_back(make_napari_viewer, monkeypatch, qtbot)
     widget.cancel()
     release.set()
     qtbot.waitUntil(lambda: widget.run_button.enabled, timeout=30000)

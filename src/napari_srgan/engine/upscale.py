@@ -25,6 +25,7 @@ from napari_srgan.engine.ensemble import self_ensemble
 from napari_srgan.engine.folding import inference_network
 from napari_srgan.engine.tiling import (
     BlendedPlane,
+    Cancelled,
     axis_spans,
     check_tile_size,
     crop_kept,
@@ -127,11 +128,29 @@ def check_image(data, rgb: bool | None = None) -> ImageLayout:
     return layout
 
 
-def colour_range(data, layout: ImageLayout, spec: NormalizationSpec) -> IntensityRange:
+def colour_range(
+    data,
+    layout: ImageLayout,
+    spec: NormalizationSpec,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> IntensityRange:
     """The intensity range over all colour channels and planes (alpha excluded); a lazily read
-    image with NaN or infinite values is refused here, before any plane is computed."""
+    image with NaN or infinite values is refused here, before any plane is computed.
+    Percentiles read a sample of the whole stack (minutes from a slow disk):
+    ``progress(done, total)`` counts its pieces, ``should_stop()`` returning True raises
+    :class:`~napari_srgan.engine.tiling.Cancelled` between them."""
+
+    def on_read(done: int, total: int) -> None:
+        if should_stop is not None and should_stop():
+            raise Cancelled
+        if progress is not None:
+            progress(done, total)
+
     colour = data[..., : layout.channels] if layout.has_alpha else data
-    found = intensity_range(colour, spec)
+    watched = progress is not None or should_stop is not None
+    found = intensity_range(colour, spec, on_read=on_read if watched else None)
     if not (math.isfinite(found.low) and math.isfinite(found.high)):
         raise InvalidImageError("the image contains NaN or infinite values; replace them first")
     return found

@@ -8,6 +8,7 @@ model sees the same intensities in the Upscale widget as it saw while learning.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -15,6 +16,8 @@ import numpy as np
 #: Arrays with more elements than this get their percentiles from a regular subsample, so the
 #: cost (and memory) of normalising a huge zarr or dask array stays bounded.
 PERCENTILE_SAMPLE_SIZE = 1 << 22
+#: Most pieces :func:`regular_subsample` reads a sample in when it reports its progress.
+READ_BATCHES = 100
 #: Magnitudes (of the range ends and span) that float32 arithmetic handles without overflow,
 #: underflow or losing the span; ranges outside are scaled in float64.
 FLOAT32_SAFE = (1e-30, 1e30)
@@ -110,34 +113,82 @@ def round_into(raw: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return result
 
 
-def regular_subsample(data, max_elements: int = PERCENTILE_SAMPLE_SIZE) -> np.ndarray:
+def regular_subsample(
+    data,
+    max_elements: int = PERCENTILE_SAMPLE_SIZE,
+    *,
+    on_read: Callable[[int, int], None] | None = None,
+) -> np.ndarray:
     """Every k-th element along each axis so that at most about ``max_elements`` are read.
 
     Works on numpy, memmap, zarr and dask arrays (only basic strided slicing is used); the result
     depends only on the shape, so in-memory and out-of-core runs get the same percentiles.
+    ``on_read(done, total)``: the sample is read in up to :data:`READ_BATCHES` pieces along the
+    first axis (a stack on disk takes minutes), and called before each piece and at the end; it
+    may raise to stop the reading. The pieces make the same sample.
     """
     shape = tuple(int(s) for s in data.shape)
     total = math.prod(shape)
-    if total <= max_elements:
-        sample = data[...]
-    else:
-        step = math.ceil((total / max_elements) ** (1 / len(shape)))
-        sample = data[tuple(slice(None, None, step) for _ in shape)]
+    step = 1 if total <= max_elements else math.ceil((total / max_elements) ** (1 / len(shape)))
+    if on_read is None:
+        return _read_sample(
+            data[...] if step == 1 else data[(slice(None, None, step),) * len(shape)]
+        )
+    rest = (slice(None, None, step),) * (len(shape) - 1)
+    pieces = _first_axis_pieces(shape[0], step, _first_axis_chunk(data))
+    parts = []
+    for done, piece in enumerate(pieces):
+        on_read(done, len(pieces))
+        parts.append(_read_sample(data[(piece, *rest)]))
+    on_read(len(pieces), len(pieces))
+    return np.concatenate(parts)
+
+
+def _read_sample(sample) -> np.ndarray:
     if hasattr(sample, "compute"):
         sample = sample.compute()
     return np.asarray(sample)
 
 
+def _first_axis_chunk(data) -> int:
+    """The first axis's chunk length of a zarr or dask array (1 for others): a piece that
+    starts inside a chunk reads that chunk again."""
+    chunks = getattr(data, "chunks", None)
+    first = chunks[0] if isinstance(chunks, tuple) and chunks else 1
+    if isinstance(first, tuple):  # dask: the length of every chunk
+        first = first[0] if first else 1
+    return first if isinstance(first, int) and first > 0 else 1
+
+
+def _first_axis_pieces(length: int, step: int, chunk: int) -> list[slice]:
+    """Slices of every ``step``-th index of ``range(length)``, in at most
+    :data:`READ_BATCHES` pieces that start on a ``chunk`` boundary."""
+    span = max(chunk, math.ceil(length / READ_BATCHES))
+    span = math.ceil(span / chunk) * chunk
+    pieces = []
+    for start in range(0, length, span):
+        first = math.ceil(start / step) * step  # the first sampled index in this piece
+        stop = min(start + span, length)
+        if first < stop:
+            pieces.append(slice(first, stop, step))
+    return pieces
+
+
 def intensity_range(
-    data, spec: NormalizationSpec, *, sample: np.ndarray | None = None
+    data,
+    spec: NormalizationSpec,
+    *,
+    sample: np.ndarray | None = None,
+    on_read: Callable[[int, int], None] | None = None,
 ) -> IntensityRange:
-    """The range for ``data`` (all channels and planes together, so colours keep their balance)."""
+    """The range for ``data`` (all channels and planes together, so colours keep their balance);
+    ``on_read``: see :func:`regular_subsample` (not called when nothing needs reading)."""
     dtype = np.dtype(data.dtype)
     if spec.mode == "dtype" and np.issubdtype(dtype, np.integer) and dtype.itemsize <= 2:
         info = np.iinfo(dtype)
         low, high = (0.0, float(info.max)) if info.min == 0 else (float(info.min), float(info.max))
     else:
-        values = regular_subsample(data) if sample is None else sample
+        values = regular_subsample(data, on_read=on_read) if sample is None else sample
         # Halved float64 values: interpolating between +-1e308 cannot overflow.
         halves = np.asarray(values, dtype=np.float64) / 2
         low, high = (2 * float(v) for v in np.percentile(halves, [spec.low, spec.high]))

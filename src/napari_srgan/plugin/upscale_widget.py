@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
+import re
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,7 +34,7 @@ from napari_srgan.engine.upscale import (
     upscale,
 )
 from napari_srgan.io.disk_space import SKIP_SPACE_CHECK_ENV, NotEnoughSpaceError
-from napari_srgan.io.images import PROVENANCE_KEY
+from napari_srgan.io.images import PROVENANCE_KEY, check_fits_in_memory
 from napari_srgan.io.zarr_files import is_zarr, stores_read_by
 from napari_srgan.messages import shown
 from napari_srgan.models.interface import ModelCard, SRModel
@@ -58,7 +60,7 @@ from napari_srgan.plugin.controls import (
 )
 from napari_srgan.plugin.model_list import follow_model_list, model_list
 from napari_srgan.plugin.reader import read_zarr_layer
-from napari_srgan.plugin.writer import in_one_length_unit
+from napari_srgan.plugin.writer import PlanesNotComputed, in_one_length_unit, save_image_layer
 
 if TYPE_CHECKING:
     from napari.layers import Image
@@ -130,6 +132,17 @@ def choose_model_file(parent) -> str | None:
     return path or None
 
 
+def choose_save_path(parent, name: str) -> str | None:
+    """Ask where to save the result layer ``name`` (tests replace this)."""
+    path, _ = QFileDialog.getSaveFileName(
+        parent,
+        f"Save {name}",
+        re.sub(r'[\\/:*?"<>|]', "_", name) + ".ome.tif",
+        "OME-TIFF (*.ome.tif *.ome.tiff *.tif *.tiff)",
+    )
+    return path or None
+
+
 def ask(parent, question: str) -> bool:
     """Ask the user a yes/no question (tests replace this)."""
     answer = QMessageBox.question(parent, "napari-srgan", question)
@@ -139,7 +152,8 @@ def ask(parent, question: str) -> bool:
 class PlanesOnDemand:
     """A stack's upscaled result that napari can show before it exists: a plane is computed in
     the background (with progress and Cancel) the first time napari asks for it, and reads as
-    zeros until then. Converting the whole array (saving it) computes every plane first."""
+    zeros until then. Converting the whole array (saving it) computes every plane first, except
+    on the GUI thread: that would freeze napari for as long as the stack takes."""
 
     def __init__(
         self,
@@ -201,7 +215,19 @@ class PlanesOnDemand:
         squeeze = tuple(i for i, k in enumerate(lead) if not isinstance(k, range))
         return stack.squeeze(axis=squeeze) if squeeze else stack
 
+    def missing_planes(self) -> list[tuple[int, ...]]:
+        """The planes not computed yet."""
+        return [p for p in _planes(self._wanted(())[0])[1] if p not in self.planes]
+
     def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        missing = len(self.missing_planes())
+        if missing and threading.current_thread() is threading.main_thread():
+            total = math.prod(self.shape[: self.leading])
+            raise PlanesNotComputed(
+                f"{missing} of the {total} planes of this lazy result are not computed yet, and "
+                "computing them here would freeze napari: save it with the Upscale widget's "
+                "Save result… button (in the background, with progress and Cancel)"
+            )
         return np.asarray(self.computed(...), dtype=dtype)
 
 
@@ -362,8 +388,16 @@ class UpscaleWidget(Container):
         )
         self.cancel_button = PushButton(text="Cancel", enabled=False)
         self.cancel_button.tooltip = "Stop the running computation; no partial layer is added"
+        self.save_button = PushButton(text="Save result…", enabled=False)
+        self.save_button.tooltip = (
+            "Save a lazy result (the selected layer, else the newest) as OME-TIFF: its planes "
+            "not computed yet are computed first, in the background with progress and Cancel. "
+            "napari's File > Save would freeze until they were done."
+        )
         buttons = Container(
-            layout="horizontal", widgets=[self.run_button, self.cancel_button], labels=False
+            layout="horizontal",
+            widgets=[self.run_button, self.cancel_button, self.save_button],
+            labels=False,
         )
         buttons.margins = (0, 0, 0, 0)
         self.progress = DockProgress("Progress of the running computation (tiles done / all)")
@@ -411,6 +445,7 @@ class UpscaleWidget(Container):
         self.run_button.changed.connect(self.start)
         self.add_button.changed.connect(self.add_model_file)
         self.cancel_button.changed.connect(self.cancel)
+        self.save_button.changed.connect(self.save_result)
         follow_model_list(self, self._show_model_info)
         self.progress.hide()
         self._show_zarr_field()
@@ -563,10 +598,7 @@ class UpscaleWidget(Container):
             show_status(self.status, "not started: the zarr file exists (choose another name)")
             return
         if mode == LAZY:
-            try:
-                self._add_lazy(layer, data, layout, model_path, card)
-            except (ValueError, ModelFileError, OSError) as error:
-                self._fail(str(error))
+            self._start_lazy(layer, data, layout, model_path, card)
             return
         settings = self._settings()
         try:  # a placement near float's limits cannot be upscaled
@@ -641,26 +673,74 @@ class UpscaleWidget(Container):
             owner=self.native,
         )
 
-    def _add_lazy(
+    def _start_lazy(
         self, layer: Image, data, layout: ImageLayout, model_path: Path, card: ModelCard
     ) -> None:
+        """Load the model and measure the stack's intensity range in the background (the
+        percentiles of a big stack read a sample of every plane: minutes from a slow disk), then
+        add the result layer whose planes are computed as the user browses."""
+        try:  # a placement near float's limits cannot be upscaled
+            options = output_layer_options(layer, {}, card, self.model.value)
+        except ValueError as error:
+            self._fail(str(error))
+            return
+        settings, source = self._settings(), layer.name
+        prepared: list[tuple[SRModel, IntensityRange]] = []
+        self._set_running(True)
+        self.progress.busy("loading model…")
+
+        def work(job: BackgroundJob) -> tuple[SRModel, IntensityRange]:
+            model = load_model(model_path)
+            job.report(("busy", "measuring the intensity range…"))
+            intensity = colour_range(
+                data,
+                layout,
+                model.card.normalization,
+                progress=lambda done, total: job.report(("range", done, total)),
+                should_stop=job.stop_flag.is_set,
+            )
+            options["metadata"][PROVENANCE_KEY] = provenance(model, source=source)
+            return model, intensity
+
+        def finished() -> None:
+            self._set_running(False)
+            if prepared:
+                [(model, intensity)] = prepared
+                self._add_lazy(data, layout, model, intensity, settings, options)
+
+        self.job = run_job(
+            work,
+            on_report=self._on_report,
+            on_returned=prepared.append,
+            on_errored=self._on_errored,
+            on_finished=finished,
+            owner=self.native,
+        )
+
+    def _add_lazy(
+        self,
+        data,
+        layout: ImageLayout,
+        model: SRModel,
+        intensity: IntensityRange,
+        settings: UpscaleSettings,
+        options: dict,
+    ) -> None:
         """A result layer whose planes are computed in the background as the user browses."""
-        model = load_model(model_path)
-        notice = blending_notice(model.card, self.exact.value)
+        notice = blending_notice(model.card, settings.exact)
         if notice is not None:
             show_warning(f"napari-srgan: {notice}")
         lazy = LazyResult(
             data,
             layout,
             model,
-            intensity=colour_range(data, layout, model.card.normalization),
-            settings=self._settings().engine_options(),
+            intensity=intensity,
+            settings=settings.engine_options(),
             on_request=self._compute_planes,
         )
-        record = provenance(model, source=layer.name)
-        options = output_layer_options(layer, record, card, self.model.value)
         lazy.layer = self._viewer.add_image(lazy.array, **options)
         self.lazy_results.append(lazy)
+        self.save_button.enabled = not busy(self.job)
         show_status(
             self.status, f"lazy: {options['name']}; each plane is computed when you first view it"
         )
@@ -674,6 +754,8 @@ class UpscaleWidget(Container):
             if lazy.layer not in layers and lazy.job is not None:
                 lazy.job.stop()
         self.lazy_results = [lazy for lazy in self.lazy_results if lazy.layer in layers]
+        if not self.lazy_results:
+            self.save_button.enabled = False
 
     def _compute_planes(self) -> None:
         """Start computing the planes napari asked for, one lazy result at a time."""
@@ -721,6 +803,77 @@ class UpscaleWidget(Container):
             owner=self.native,
         )
 
+    def save_result(self, *_args) -> None:
+        """Save a lazy result (the selected layer, else the newest) as OME-TIFF, computing its
+        planes not viewed yet first, in the background: napari calls a writer on the GUI thread
+        and waits for it, so File > Save froze napari for as long as the stack took."""
+        if self._busy():
+            return
+        active = self._viewer.layers.selection.active
+        chosen = [lazy for lazy in self.lazy_results if lazy.layer is active]
+        lazy = (chosen or self.lazy_results or [None])[-1]
+        if lazy is None:
+            self._fail("no lazy result to save: File > Save Selected Layers saves other layers")
+            return
+        name = lazy.layer.name
+        path = choose_save_path(self.native, name)
+        if not path:
+            return
+        _, meta, _ = lazy.layer.as_layer_data_tuple()
+        missing = lazy.array.missing_planes()
+        array = lazy.array
+        plane_bytes = math.prod(array.shape[array.leading :]) * array.dtype.itemsize
+        planes = math.prod(array.shape[: array.leading])
+        try:  # the planes still to compute, and the file's copy of them all
+            check_fits_in_memory(
+                path, declared=(array.shape, (len(missing) + planes) * plane_bytes)
+            )
+        except ValueError as error:
+            self._fail(f"cannot save {shown(name)}: {error}")
+            return
+        show_status(self.status, "")
+        self._set_running(True)
+        self.progress.busy(f"upscaling {len(missing)} plane(s) not viewed yet…")
+
+        def work(job: BackgroundJob) -> tuple[Path, list[str]]:
+            lazy.compute(missing, job)
+            if job.stop_flag.is_set():  # stopped after the last plane: write nothing
+                raise Cancelled
+            job.report(("busy", f"writing {Path(path).name}…"))
+            return save_image_layer(path, array, meta)
+
+        def returned(value: tuple[Path, list[str]]) -> None:
+            written, warnings = value
+            for warning in warnings:
+                show_warning(f"napari-srgan: {warning}")
+            show_status(self.status, f"saved: {shown(written)}")
+
+        def errored(error: Exception) -> None:
+            if lazy not in self.lazy_results:
+                show_status(self.status, f"stopped: {shown(name)} was deleted; nothing saved")
+            elif isinstance(error, Cancelled):
+                message = f"cancelled: {shown(name)} not saved; the planes computed are kept"
+                show_status(self.status, message)
+                show_info(f"napari-srgan: {message}")
+            else:
+                self._fail(f"cannot save {shown(name)}: {error}")
+
+        def finished() -> None:
+            self._set_running(False)
+            if lazy in self.lazy_results:
+                lazy.queue = [plane for plane in lazy.queue if plane not in array.planes]
+                lazy.refresh()
+            self._compute_planes()
+
+        self.job = lazy.job = run_job(
+            work,
+            on_report=self._on_report,
+            on_returned=returned,
+            on_errored=errored,
+            on_finished=finished,
+            owner=self.native,
+        )
+
     def add_model_file(self, *_args) -> None:
         """Ask for a model file, convert it into the user model folder, then select it."""
         if self._busy():
@@ -756,6 +909,9 @@ class UpscaleWidget(Container):
         if kind == "progress":
             _, done, total = report
             self.progress.count(done, total, "tiles")
+        elif kind == "range":
+            _, done, total = report
+            self.progress.count(done, total, "parts read (intensity range)")
         elif kind == "busy":
             self.progress.busy(report[1])
         elif kind == "plane":
@@ -784,6 +940,7 @@ class UpscaleWidget(Container):
     def _set_running(self, running: bool) -> None:
         self.run_button.enabled = self.add_button.enabled = not running
         self.cancel_button.enabled = running
+        self.save_button.enabled = not running and bool(self.lazy_results)
         if not running:
             self.progress.hide()
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 from napari.utils.notifications import show_error, show_warning
 
 from napari_srgan.io.images import PROVENANCE_KEY, check_fits_in_memory, write_tiff
 from napari_srgan.messages import shown
+
+
+class PlanesNotComputed(RuntimeError):
+    """A lazy result was read whole on the GUI thread before all its planes were computed (no
+    ValueError: napari reports those of any writer, its own too, as "not a valid writer")."""
 
 
 def length_unit(units) -> str | None:
@@ -56,48 +62,61 @@ def _declared(data) -> tuple[tuple[int, ...], int]:
 
 
 def write_image_layer(path: str, data, meta: dict) -> list[str]:
+    """napari's writer: called on the GUI thread, problems go to notifications."""
     name = shown(meta["name"]) if meta.get("name") else "the layer"
+    try:
+        written, warnings = save_image_layer(path, data, meta)
+    except (ValueError, OSError, PlanesNotComputed) as error:
+        # napari reports a writer's ValueError only as "not a valid writer": say why here
+        show_error(f"napari-srgan: cannot save {name}: {error}")
+        return []
+    for warning in warnings:
+        show_warning(f"napari-srgan: {warning}")
+    return [str(written)]
+
+
+def save_image_layer(path: str, data, meta: dict) -> tuple[Path, list[str]]:
+    """Write a layer (napari's data and meta) as OME-TIFF, atomically; returns the file and what
+    the user should be warned of. Shows nothing itself, so it can run in a worker thread;
+    raises ValueError, OSError or :class:`PlanesNotComputed`."""
+    name = shown(meta["name"]) if meta.get("name") else "the layer"
+    warnings = []
     metadata = meta.get("metadata")
     provenance = metadata.get(PROVENANCE_KEY) if isinstance(metadata, dict) else None
     provenance = dict(provenance) if isinstance(provenance, dict) else {}  # not ours otherwise
     provenance.pop("layer", None)
     if not _is_json(provenance):  # a script put Python objects there: save the image without it
-        show_warning(f"napari-srgan: {name}'s provenance is not JSON; saved without it")
+        warnings.append(f"{name}'s provenance is not JSON; saved without it")
         provenance = {}
     if meta.get("multiscale"):  # the levels: the full-resolution one is the image
         data = data[0]
     scale, translate, unit = in_one_length_unit(
         meta.get("scale"), meta.get("translate"), meta.get("units")
     )
-    try:
-        check_fits_in_memory(path, declared=_declared(data))  # a lazy layer is read whole
-        written = write_tiff(
-            path,
-            data,
-            rgb=bool(meta.get("rgb", False)),
-            scale=scale,
-            translate=translate,
-            unit=unit,
-            name=meta.get("name"),
-            provenance=provenance,
-            overwrite=True,  # napari's save dialog has asked the user already
-        )
-    except (ValueError, OSError) as error:
-        # napari reports a writer's ValueError only as "not a valid writer": say why here
-        show_error(f"napari-srgan: cannot save {name}: {error}")
-        return []
+    check_fits_in_memory(path, declared=_declared(data))  # a lazy layer is read whole
+    written = write_tiff(
+        path,
+        data,
+        rgb=bool(meta.get("rgb", False)),
+        scale=scale,
+        translate=translate,
+        unit=unit,
+        name=meta.get("name"),
+        provenance=provenance,
+        overwrite=True,  # napari's save dialog has asked the user already
+    )
     if not written.name.lower().endswith((".ome.tif", ".ome.tiff")):
-        show_warning(
-            f"napari-srgan: saved {shown(written.name)} as OME-TIFF, but napari opens a plain "
-            ".tif with its own reader, without the pixel size: name it .ome.tif to keep it"
+        warnings.append(
+            f"saved {shown(written.name)} as OME-TIFF, but napari opens a plain .tif with its "
+            "own reader, without the pixel size: name it .ome.tif to keep it"
         )
     dropped = _not_stored(meta)
     if dropped:
-        show_warning(
-            f"napari-srgan: saved {name} without its {' and '.join(dropped)}: an OME-TIFF holds "
-            "pixel size and position only, so it opens unrotated"
+        warnings.append(
+            f"saved {name} without its {' and '.join(dropped)}: an OME-TIFF holds pixel size "
+            "and position only, so it opens unrotated"
         )
-    return [str(written)]
+    return written, warnings
 
 
 def _is_json(value) -> bool:
