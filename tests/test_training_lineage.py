@@ -189,15 +189,17 @@ def train_command(hr: Path, base: Path, out: Path) -> list[str]:
     ]
 
 
-def test_resuming_after_the_base_model_was_deleted_says_what_to_do(tmp_path, capsys):
-    """One line naming the base and the checkpoint, with what to do; exit 2, nothing changed."""
-    hr, base, out = (
-        tmp_path / "photo.png",
-        tmp_path / "base.safetensors",
-        tmp_path / "m.safetensors",
-    )
+def photo_and_base(tmp_path):
+    """A training photo and a tiny base model written to ``tmp_path``, and the output's path."""
+    hr, base = tmp_path / "photo.png", tmp_path / "base.safetensors"
     write_image(hr, PHOTO, rgb=True)
     save_model(base, Generator(TINY), ModelCard("base"))
+    return hr, base, tmp_path / "m.safetensors"
+
+
+def test_resuming_after_the_base_model_was_deleted_says_what_to_do(tmp_path, capsys):
+    """One line naming the base and the checkpoint, with what to do; exit 2, nothing changed."""
+    hr, base, out = photo_and_base(tmp_path)
     assert main(train_command(hr, base, out)) == 0
     checkpoint = out.with_suffix(".ckpt")
     written = out.read_bytes(), checkpoint.read_bytes()
@@ -244,13 +246,7 @@ def test_resuming_from_another_base_is_refused_and_a_copy_resumes(tmp_path, caps
     """The checkpoint records what its run started from: resuming with another base would give
     the saved model a false lineage (the Train widget falls back to another model when the
     chosen one is deleted); a copy of the same base, under another file name, resumes."""
-    hr, base, out = (
-        tmp_path / "photo.png",
-        tmp_path / "base.safetensors",
-        tmp_path / "m.safetensors",
-    )
-    write_image(hr, PHOTO, rgb=True)
-    save_model(base, Generator(TINY), ModelCard("base"))
+    hr, base, out = photo_and_base(tmp_path)
     other = tmp_path / "other.safetensors"
     save_model(other, Generator(TINY), ModelCard("other"))
     first = train_command(hr, base, out)
