@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from xml.etree import ElementTree
@@ -112,6 +112,10 @@ def _spatial_axes_count(shape: tuple[int, ...], rgb: bool) -> int:
 
 class ImageTooLargeError(ValueError):
     """A file's header claims more pixels than fit in memory (checked before reading)."""
+
+
+class UnsupportedColoursError(ValueError):
+    """A file's colour model cannot be read as grey or RGB (CMYK, L*a*b*...)."""
 
 
 #: The most TIFF pages an OME-XML may declare: tifffile lists every declared page before reading
@@ -239,6 +243,186 @@ def pixels_unreadable(path: str | os.PathLike, error: Exception) -> ValueError:
     )
 
 
+#: TIFF colour models whose values are not grey or RGB intensities: converting them needs what
+#: such files rarely hold or this package cannot apply (the printing inks' colour profile for
+#: CMYK, the white point for L*a*b*), and upscaling the stored values as planes or as RGBA gave a
+#: result in the wrong colours. Refused in one line when the pixels are read.
+_FOREIGN_COLOURS = {
+    tifffile.PHOTOMETRIC.SEPARATED: "CMYK (separated colour)",
+    tifffile.PHOTOMETRIC.CIELAB: "CIE L*a*b*",
+    tifffile.PHOTOMETRIC.ICCLAB: "ICC L*a*b*",
+    tifffile.PHOTOMETRIC.ITULAB: "ITU L*a*b*",
+}
+#: The compressions whose codec decodes YCbCr into RGB (OJPEG, JPEG, JPEG XL; as tifffile names
+#: the samples): other YCbCr TIFFs hold luma and chroma values.
+_RGB_DECODING = frozenset({6, 7, 33007, 34892})
+
+
+@dataclass(frozen=True)
+class TiffColours:
+    """How a TIFF's stored values become the pixels a viewer shows, which the model is trained on
+    and the result keeps: palette indices become their colours (interpolating indices is
+    meaningless), white-is-zero values are turned round (the result is written black-is-zero),
+    1-bit values become 0 and 255 (uint8: the model's intensity scale for 8 bits), and colour
+    stored plane by plane (planar configuration "separate") gets its colour axis last, as napari
+    and the engine expect it (it was upscaled as three grey planes and written as a Z-stack)."""
+
+    #: The palette as a (colours, 3) lookup table, or None.
+    palette: np.ndarray | None = None
+    #: The stored value of black in a white-is-zero image, or None.
+    black: int | None = None
+    #: Whether the stored samples are red, green, blue (and alpha).
+    rgb_samples: bool = False
+    #: The stored axis (negative) of red, green, blue stored plane by plane, else None.
+    planes_axis: int | None = None
+    #: Why the pixels cannot be read (said by :meth:`check`; the metadata still opens).
+    refused: str | None = None
+
+    def check(self, path: str | os.PathLike) -> None:
+        if self.refused:
+            raise UnsupportedColoursError(f"{shown(path)}: {self.refused}")
+
+    def notice(self) -> str | None:
+        """What the reading changed, for a warning line (None: nothing)."""
+        if self.palette is not None:
+            return "a palette (indexed-colour) image: read as the RGB colours it shows, not its indices"
+        if self.black is not None:
+            return (
+                "white is zero in this file (TIFF WhiteIsZero): read inverted, as viewers show it"
+            )
+        return None
+
+    def shape(self, stored: tuple[int, ...]) -> tuple[int, ...]:
+        if self.palette is not None:
+            return (*stored, 3)
+        if self.planes_axis is not None:
+            axes = list(stored)
+            return (
+                *axes[: self.planes_axis],
+                *axes[self.planes_axis + 1 :],
+                axes[self.planes_axis],
+            )
+        return tuple(stored)
+
+    def dtype(self, stored) -> np.dtype:
+        if self.palette is not None:
+            return self.palette.dtype
+        return np.dtype(np.uint8) if np.dtype(stored) == bool else np.dtype(stored)
+
+    def whole(self, stored: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+        """The pixels of the whole image, from its ``stored`` values."""
+        if self.planes_axis is not None:
+            stored = np.moveaxis(stored, self.planes_axis, -1)
+        return self.values(stored, path)
+
+    def part(self, read: Callable, key, ndim: int, path: str | os.PathLike) -> np.ndarray:
+        """The pixels at ``key`` (ints and slices, as numpy takes them, into the ``ndim`` axes of
+        :meth:`shape`), from ``read``, which takes such a key into the stored values."""
+        if self.palette is None and self.planes_axis is None:
+            return self.values(read(key), path)
+        key = _full_key(key, ndim)
+        if self.palette is not None:  # the colour axis is the lookup's
+            return self.values(read(key[:-1]), path)[..., key[-1]]
+        at = ndim + self.planes_axis
+        stored = (*key[:at], key[-1], *key[at:-1])
+        values = read(stored)
+        if isinstance(key[-1], slice):  # the colour axis is kept: after those kept before it
+            values = np.moveaxis(values, sum(isinstance(k, slice) for k in key[:at]), -1)
+        return self.values(values, path)
+
+    def values(self, values: np.ndarray, path: str | os.PathLike) -> np.ndarray:
+        """``values`` as stored (any part of the image, its axes as the pixels') as the pixels
+        they show."""
+        if self.palette is not None:
+            indices = values.astype(np.uint8) if values.dtype == bool else values
+            if indices.size and int(indices.max()) >= len(self.palette):
+                raise ValueError(
+                    f"cannot read {shown(path)}: a pixel has palette index {int(indices.max())}, "
+                    f"its colormap has {len(self.palette)} colours"
+                )
+            return self.palette[indices]
+        if self.black is not None:
+            values = (
+                ~values if values.dtype == bool else self.black - np.minimum(values, self.black)
+            )
+        if values.dtype == bool:
+            return bilevel_as_grey(values)
+        return values
+
+
+def _full_key(key, ndim: int) -> tuple:
+    """An index (ints, slices, one Ellipsis) as one int or slice per axis."""
+    key = key if isinstance(key, tuple) else (key,)
+    if any(part is Ellipsis for part in key):
+        at = next(i for i, part in enumerate(key) if part is Ellipsis)
+        key = (*key[:at], *(slice(None),) * (ndim - len(key) + 1), *key[at + 1 :])
+    if len(key) > ndim or not all(isinstance(k, slice | int | np.integer) for k in key):
+        raise IndexError(f"unsupported index {key!r} for an array of {ndim} dimensions")
+    return (*key, *(slice(None),) * (ndim - len(key)))
+
+
+def bilevel_as_grey(values: np.ndarray) -> np.ndarray:
+    """1-bit values as 8-bit grey, 0 and 255 (not through their bytes: imageio's hold 255 for
+    True)."""
+    return np.where(values, np.uint8(255), np.uint8(0))
+
+
+def tiff_colours(series: tifffile.TiffPageSeries) -> TiffColours:
+    """How the pixels of a TIFF series are read (:class:`TiffColours`), from its first page."""
+    page = series.keyframe
+    photometric, dtype = page.photometric, np.dtype(series.dtype)
+    if photometric in _FOREIGN_COLOURS:
+        return TiffColours(
+            refused=f"{_FOREIGN_COLOURS[photometric]} TIFFs are not supported: their colours "
+            "depend on a colour profile; convert it to RGB first"
+        )
+    if photometric == tifffile.PHOTOMETRIC.YCBCR and page.compression not in _RGB_DECODING:
+        return TiffColours(
+            refused="YCbCr TIFFs are supported JPEG-compressed only (this one holds luma and "
+            "chroma values); convert it to RGB first"
+        )
+    if photometric == tifffile.PHOTOMETRIC.PALETTE:
+        return TiffColours(palette=_palette(series))
+    if photometric == tifffile.PHOTOMETRIC.MINISWHITE and dtype.kind in "bu":
+        return TiffColours(black=2**page.bitspersample - 1)
+    rgb = photometric in (tifffile.PHOTOMETRIC.RGB, tifffile.PHOTOMETRIC.YCBCR)
+    planes = series.axes.find("S") - len(series.axes)  # negative; -1: last, or no samples axis
+    if rgb and -len(series.axes) <= planes < -1 and series.shape[planes] in (3, 4):
+        return TiffColours(rgb_samples=True, planes_axis=planes)
+    return TiffColours(rgb_samples=rgb)
+
+
+def _palette(series: tifffile.TiffPageSeries) -> np.ndarray:
+    """The series' colormap as a (colours, 3) lookup table. The TIFF standard's colormaps are
+    16-bit; one whose values are 8-bit colours (scaled by 256 or 257, or, as some writers store
+    them, up to 255: libtiff reads those so too) gives uint8 colours, so an 8-bit palette image
+    reads as the 8-bit RGB image it shows."""
+    page = series.keyframe
+    colormap = page.colormap
+    if page.samplesperpixel != 1:
+        raise tifffile.TiffFileError("a palette image with extra samples is not supported")
+    if (
+        not isinstance(colormap, np.ndarray)
+        or colormap.ndim != 2
+        or colormap.shape[0] != 3
+        or colormap.shape[1] < 1
+        or colormap.dtype.kind not in "iu"
+        or colormap.min() < 0
+        or colormap.max() > 65535
+    ):
+        raise tifffile.TiffFileError("a palette image without a valid colormap (3 x colours)")
+    pages = [other for other in series.pages if isinstance(other, tifffile.TiffPage)]
+    if any(not np.array_equal(other.colormap, colormap) for other in pages):
+        raise tifffile.TiffFileError("its pages have different palettes")
+    table = np.ascontiguousarray(colormap.T.astype(np.uint16))
+    if table.max() <= 255:
+        return table.astype(np.uint8)
+    high = table >> 8
+    if not (table & 0xFF).any() or np.array_equal(high * 257, table):
+        return high.astype(np.uint8)
+    return table
+
+
 #: Values per pixel and bytes per value of Pillow's modes (palette images may expand to RGBA).
 _PIL_MODES = {"1": (1, 1), "L": (1, 1), "P": (4, 1), "LA": (2, 1), "RGB": (3, 1)}
 _PIL_MODES |= {"RGBA": (4, 1), "I;16": (1, 2), "I": (1, 4), "F": (1, 4), "CMYK": (4, 1)}
@@ -262,18 +446,26 @@ def declared_bytes(path: str | os.PathLike) -> tuple[tuple[int, ...], int]:
             with tifffile_warnings(path), open_tiff(path) as tif:
                 series = tif.series[0]
                 page = series.keyframe
+                colours = tiff_colours(series)
+                colours.check(path)  # before any pixel is decoded
                 if math.prod(page.chunks) > page.size:  # a tile larger than its image: the
                     # image's size (checked by the caller) says nothing about it
                     check_chunk_size(path, page.chunks, series.dtype)
-                return tuple(series.shape), math.prod(series.shape) * series.dtype.itemsize
+                shape = colours.shape(tuple(series.shape))
+                return shape, math.prod(shape) * colours.dtype(series.dtype).itemsize
         with pillow_quiet(), Image.open(path) as image:
+            if image.mode == "CMYK":  # imageio read it as RGBA
+                raise UnsupportedColoursError(
+                    f"{shown(path)}: CMYK images are not supported: their colours depend on a "
+                    "colour profile; convert it to RGB first"
+                )
             values, size = _PIL_MODES.get(image.mode, (4, 4))
             frames = getattr(image, "n_frames", 1)
             shape = (frames, image.height, image.width, values)
             return shape, math.prod(shape) * size
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(f"{shown(path)}: {error}; use a .zarr or TIFF input") from None
-    except ImageTooLargeError:
+    except (ImageTooLargeError, UnsupportedColoursError):
         raise
     except (tifffile.TiffFileError, OSError, ValueError, IndexError, SyntaxError) as error:
         raise ValueError(f"cannot read {shown(path)} as an image: {error}") from None
@@ -323,9 +515,13 @@ def read_image(path: str | os.PathLike, *, memory_factor: float = 1.0) -> ImageF
 def _read_frames(path: Path) -> np.ndarray:
     """Every frame of an animated file as a stack (imageio reads only the first of an animated
     WebP by default), a single frame as itself; turned as its EXIF orientation says, as viewers
-    show it (a phone photo taken upright is stored on its side)."""
+    show it (a phone photo taken upright is stored on its side). A 1-bit image (a scanned page,
+    a mask) reads as 8-bit grey, 0 and 255, as it shows; palette images read as their colours
+    (imageio's doing)."""
     with pillow_quiet():
         data = np.asarray(iio.imread(path, index=..., rotate=True))
+    if data.dtype == bool:
+        data = bilevel_as_grey(data)
     return data[0] if data.shape[0] == 1 else data
 
 
@@ -334,17 +530,23 @@ def _read_tiff(path: Path, load: bool = True) -> ImageFile:
     try:
         with tifffile_warnings(path), open_tiff(path) as tif:
             series = tif.series[0]
-            shape = tuple(series.shape)
-            data = _decode(series, path) if load else None
+            colours = tiff_colours(series)
+            if load:
+                colours.check(path)
+                data = colours.whole(_decode(series, path), path)
+            else:
+                data = None
+            shape = colours.shape(tuple(series.shape))
             page = tif.pages[0]
             tag = page.tags.get(PROVENANCE_TAG)
             provenance = _provenance(path, tag.value) if tag is not None else {}
             pixel_size, unit = _tiff_pixel_size(tif, path)
             z_spacing = _tiff_z_spacing(tif)
-            photometric = page.photometric
     except (tifffile.TiffFileError, OSError, IndexError) as error:
         raise ValueError(f"cannot read {shown(path)} as a TIFF: {error}") from None
-    rgb = bool(photometric == tifffile.PHOTOMETRIC.RGB and guess_rgb(shape))
+    if load and colours.notice():
+        log.warning("%s: %s", shown(path), colours.notice())
+    rgb = (colours.palette is not None or colours.rgb_samples) and guess_rgb(shape)
     count = _spatial_axes_count(shape, rgb)
     scale = [1.0] * count
     translate = [0.0] * count

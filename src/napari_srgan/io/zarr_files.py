@@ -29,12 +29,14 @@ from napari_srgan.io.atomic_files import disk_full_is_one_line, new_store, repla
 from napari_srgan.io.images import (
     PROVENANCE_KEY,
     ImageFile,
+    TiffColours,
     check_chunk_size,
     checked_provenance,
     ome_unit,
     open_tiff,
     pixels_unreadable,
     positive_pixel_size,
+    tiff_colours,
     tiff_metadata,
     tifffile_warnings,
     unit_name,
@@ -70,6 +72,8 @@ def open_lazy(path: str | os.PathLike) -> ImageFile:
         with tifffile_warnings(path):  # the file is opened twice: its lines once
             try:
                 with open_tiff(path) as tif:
+                    colours = tiff_colours(tif.series[0])
+                    colours.check(path)
                     store = tif.aszarr()
             except (tifffile.TiffFileError, OSError, IndexError) as error:
                 raise ValueError(f"cannot read {shown(path)} as a TIFF: {error}") from None
@@ -77,7 +81,9 @@ def open_lazy(path: str | os.PathLike) -> ImageFile:
             if isinstance(data, zarr.Group):  # a pyramidal TIFF: level 0
                 data = data["0"]
             image = tiff_metadata(path)
-        image.data = CheckedReads(data, path, inode)
+        if colours.notice():
+            log.warning("%s: %s", shown(path), colours.notice())
+        image.data = CheckedReads(data, path, inode, colours)
         return image
     raise ValueError(f"{shown(path)}: lazy reading needs .zarr or .tif, not {path.suffix!r}")
 
@@ -88,17 +94,32 @@ class CheckedReads:
 
     With ``inode`` (the store folder's or file's when opened), a store or file another writer
     swapped in at ``path`` meanwhile fails too: chunks are read by path, so the rest of a
-    result would have come from another image."""
+    result would have come from another image.
 
-    def __init__(self, array, path: Path, inode: int | None = None) -> None:
+    With ``colours`` (a TIFF's), the values read are the pixels they show: a palette image has a
+    colour axis more than its store."""
+
+    def __init__(
+        self, array, path: Path, inode: int | None = None, colours: TiffColours | None = None
+    ) -> None:
         if any(side < 1 for side in array.chunks):  # zarr opens it, then divides by zero
             raise ValueError(f"cannot read {shown(path)}: its chunk shape {array.chunks} has a 0")
-        check_chunk_size(path, array.chunks, array.dtype)
-        self.array, self.path, self.inode = array, path, inode
-        self.shape, self.dtype, self.ndim = array.shape, array.dtype, array.ndim
-        self.chunks = array.chunks
+        self.array, self.path, self.inode, self.colours = array, path, inode, colours
+        self.shape, self.dtype, self.chunks = array.shape, array.dtype, array.chunks
+        if colours is not None:
+            self.shape, self.dtype = colours.shape(self.shape), colours.dtype(self.dtype)
+            self.chunks = colours.shape(self.chunks)
+            if colours.palette is not None or colours.planes_axis is not None:
+                self.chunks = (*self.chunks[:-1], self.shape[-1])  # a pixel's colours: one chunk
+        self.ndim = len(self.shape)
+        check_chunk_size(path, self.chunks, self.dtype)
 
     def __getitem__(self, key):
+        if self.colours is None:
+            return self._read(key)
+        return self.colours.part(self._read, key, self.ndim, self.path)
+
+    def _read(self, key):
         try:
             values = self.array[key]
         except (IndexError, TypeError, MemoryError):
@@ -126,7 +147,10 @@ class CheckedReads:
         return self.shape[0]
 
     def __dask_tokenize__(self) -> tuple:
-        return ("CheckedReads", str(self.path), self.inode, self.shape, str(self.dtype))
+        colours = (
+            None if self.colours is None else (self.colours.palette is not None, self.colours.black)
+        )
+        return ("CheckedReads", str(self.path), self.inode, self.shape, str(self.dtype), colours)
 
 
 def _open_zarr(path: Path) -> ImageFile:
