@@ -198,12 +198,16 @@ def test_napari_save_refuses_to_compute_a_lazy_result_on_the_gui_thread(saving, 
     assert "Save result…" in line and set(lazy.array.planes) == viewed
     assert list(folder.iterdir()) == []
     # napari's own writer (often the first one for .tif) converts the layer: refused alike, in
-    # one line naming the button (it opened its file first, not atomically: napari's to fix).
+    # one line naming the button, before it opens (and empties) the file the user chose.
     # Chosen as the save dialog does (plugin="napari" may pick napari-srgan: a name prefix)
     [lossless, *_] = npe2.PluginManager.instance().get_manifest("napari").contributions.writers
+    kept = folder / "napari.tif"
+    kept.write_bytes(b"the user's earlier file")
     with pytest.raises(module.PlanesNotComputed, match="Save result…"):
-        viewer.layers.save(str(folder / "napari.tif"), selected=True, _writer=lossless)
+        viewer.layers.save(str(kept), selected=True, _writer=lossless)
     assert set(lazy.array.planes) == viewed
+    assert kept.read_bytes() == b"the user's earlier file"
+    kept.unlink()
     for plane in range(5):  # browsed through: every plane is computed, File > Save works
         viewer.dims.set_current_step(0, plane)
     assert viewer.layers.save(str(target), selected=True, plugin="napari-srgan") == [str(target)]

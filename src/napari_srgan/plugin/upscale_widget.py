@@ -219,7 +219,7 @@ class PlanesOnDemand:
         """The planes not computed yet."""
         return [p for p in _planes(self._wanted(())[0])[1] if p not in self.planes]
 
-    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+    def _refuse_on_gui_thread(self) -> None:
         missing = len(self.missing_planes())
         if missing and threading.current_thread() is threading.main_thread():
             total = math.prod(self.shape[: self.leading])
@@ -228,6 +228,17 @@ class PlanesOnDemand:
                 "computing them here would freeze napari: save it with the Upscale widget's "
                 "Save result… button (in the background, with progress and Cancel)"
             )
+
+    @property
+    def nbytes(self) -> int:
+        """The whole result's bytes. tifffile (napari's own .tif writer) reads this before it
+        opens, and so empties, the file it writes: refused here, a file the user chose to
+        replace keeps its contents."""
+        self._refuse_on_gui_thread()
+        return self.size * self.dtype.itemsize
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        self._refuse_on_gui_thread()
         return np.asarray(self.computed(...), dtype=dtype)
 
 
