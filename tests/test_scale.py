@@ -117,6 +117,25 @@ def test_cli_scheduler_option_writes_zarr(tmp_path, grey_file, rng):
     assert np.abs(result.astype(int) - expected.astype(int)).max() <= 1
 
 
+def test_cli_on_a_distributed_scheduler_writes_zarr(tmp_path, grey_file, rng):
+    """By address, as on a real cluster (the scheduler and its worker run in this process)."""
+    distributed = pytest.importorskip("distributed")
+    from napari_srgan.cli import main
+    from napari_srgan.models.files import load_model
+
+    data = rng.integers(0, 255, (100, 90)).astype(np.uint8)
+    zarr_image(tmp_path / "in.zarr", data, (40, 40))
+    with distributed.LocalCluster(
+        n_workers=1, processes=False, protocol="tcp://", dashboard_address=None
+    ) as cluster:
+        arguments = ["upscale", tmp_path / "in.zarr", tmp_path / "out.zarr", "--model", grey_file]
+        arguments += ["--scheduler", cluster.scheduler_address, "--tile", "48"]
+        assert main([str(argument) for argument in arguments]) == 0
+    result = open_lazy(tmp_path / "out.zarr").data[:]
+    expected = upscale(data, load_model(grey_file), tile=48)
+    assert np.abs(result.astype(int) - expected.astype(int)).max() <= 1
+
+
 MEMORY_SCRIPT = """
 import resource, sys
 import numpy as np, zarr

@@ -12,6 +12,7 @@ recreated by it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import itertools
 import os
 import signal
@@ -24,6 +25,7 @@ import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
+import dask
 import imageio.v3 as iio
 import numpy as np
 import pytest
@@ -194,6 +196,81 @@ def test_sigterm_during_a_dask_computation_waits_for_its_writes(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"], sorted(
         str(p) for p in tmp_path.rglob("*")
     )
+
+
+def stop_on_a_cluster(tmp_path, tiny_model_file, stopped, monkeypatch) -> tuple[int, str, int, int]:
+    """Upscale a 256 x 256 store in 16 blocks of 64 px on a dask.distributed cluster (in this
+    process, on threads, so that its writes can be slowed and its blocks counted), stopped
+    during the first chunk written: (exit status, stderr, blocks computed, tasks the scheduler
+    and its worker still hold once the command returned)."""
+    distributed = pytest.importorskip("distributed")
+    import napari_srgan.engine.lazy as lazy
+
+    source = tmp_path / "in.zarr"
+    image = zarr.open_array(
+        str(source), mode="w", shape=(256, 256, 3), dtype="u1", chunks=(64, 64, 3)
+    )
+    image[:] = np.random.default_rng(0).integers(0, 255, (256, 256, 3), np.uint8)
+    computed, real_block = [], lazy._upscale_block
+
+    @functools.wraps(real_block)  # dask passes block_info to what takes it
+    def counted_block(*args, **kwargs):
+        computed.append(True)
+        return real_block(*args, **kwargs)
+
+    monkeypatch.setattr(lazy, "_upscale_block", counted_block)
+    with (
+        dask.config.set({"array.chunk-size": "12KiB"}),  # blocks of the input's 64 x 64 x 3
+        distributed.LocalCluster(
+            n_workers=1,
+            threads_per_worker=1,
+            processes=False,
+            protocol="tcp://",
+            dashboard_address=None,
+        ) as cluster,
+    ):
+        options = [*model_options(tiny_model_file), "--scheduler", cluster.scheduler_address]
+        code, stderr = stopped(
+            "SIGTERM", "chunk", "upscale", source, tmp_path / "out.zarr", *options
+        )
+        (worker,) = cluster.workers.values()
+        left = len(cluster.scheduler.tasks) + len(worker.state.tasks)
+    return code, stderr, len(computed), left
+
+
+def test_sigterm_on_a_distributed_cluster_cancels_the_job_and_waits_for_its_writes(
+    tmp_path, tiny_model_file, stopped, monkeypatch
+):
+    """The blocks still queued on the cluster are cancelled: none is computed after the stop,
+    and the scheduler and its worker hold no task of the job when the command returns. The
+    block being written cannot be interrupted: the command waits for it before removing the
+    store (before, its late write recreated part of the unfinished store beside the output,
+    without the mark that lets a later run remove it)."""
+    code, stderr, computed, left = stop_on_a_cluster(
+        tmp_path, tiny_model_file, stopped, monkeypatch
+    )
+    check_stopped(code, stderr, "SIGTERM")
+    assert left == 0
+    assert 4 <= computed < 16  # the first of the 2 x 2 output chunks needed 4 blocks
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"], sorted(
+        str(p) for p in tmp_path.rglob("*")
+    )
+
+
+def test_a_cluster_task_that_outlasts_the_wait_is_named_in_a_warning(
+    tmp_path, tiny_model_file, stopped, monkeypatch, caplog
+):
+    """A hung worker does not keep a stopped command alive for good: after the bound the
+    command ends as stopped, with a warning that a chunk may still be written."""
+    from napari_srgan.engine import schedulers
+
+    monkeypatch.setattr(schedulers, "DRAIN_TIMEOUT", 0.0)
+    code, stderr, _computed, _left = stop_on_a_cluster(
+        tmp_path, tiny_model_file, stopped, monkeypatch
+    )
+    check_stopped(code, stderr, "SIGTERM")
+    [warning] = [r.getMessage() for r in caplog.records if r.name == schedulers.__name__]
+    assert warning.startswith("napari-srgan: warning: 1 task(s) still run on the cluster 0 s")
 
 
 def test_ctrl_c_stops_the_same_way(tmp_path, picture, tiny_model_file, stopped):

@@ -9,11 +9,16 @@ imports neither torch nor dask at import time: the CLI's argument parser uses it
 from __future__ import annotations
 
 import contextlib
+import functools
+import logging
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 from napari_srgan.messages import first_line
+
+log = logging.getLogger(__name__)
 
 SCHEDULERS = ("threads", "processes", "synchronous")
 #: Address schemes of a dask.distributed scheduler this package connects to.
@@ -22,6 +27,9 @@ SCHEDULER_SCHEMES = ("tcp", "tls")
 CONNECT_TIMEOUT = 10.0
 #: A dask handshake is a few hundred bytes; a larger length prefix means the peer is not dask.
 MAX_HANDSHAKE_BYTES = 1 << 16
+#: Seconds between asking the workers whether a stopped job's last blocks have finished, and
+#: the longest wait for them (a hung worker must not keep a stopped command alive for good).
+DRAIN_POLL, DRAIN_TIMEOUT = 0.1, 60.0
 
 
 def parse_scheduler(value: str) -> str:
@@ -116,5 +124,56 @@ def dask_scheduler(scheduler: str) -> Iterator[None]:
         client = Client(scheduler, set_as_default=False, timeout=CONNECT_TIMEOUT)
     except Exception as error:  # distributed raises many types (TLS setup, timeouts, refusals)
         raise ValueError(f"cannot connect to scheduler {scheduler}: {first_line(error)}") from None
-    with client, dask.config.set(scheduler=client.get):
+    with client, dask.config.set(scheduler=functools.partial(cancelling_get, client)):
         yield
+
+
+def cancelling_get(client, dsk, keys, **kwargs):
+    """``client.get``, but when the wait for the result ends early (Ctrl-C, SIGTERM, a task that
+    failed) the job's tasks still queued on the cluster are cancelled at once, and this raises
+    only once no worker runs one of them (or after :data:`DRAIN_TIMEOUT`, with a warning). A
+    running task cannot be interrupted: it finishes on its worker, and a chunk it wrote after
+    the unfinished store was removed recreated part of it beside the output, without the mark
+    that lets the next run remove it."""
+    futures = client.get(dsk, keys, sync=False, **kwargs)
+    try:
+        return client.gather(futures)
+    except BaseException:
+        with contextlib.suppress(Exception):  # a lost scheduler: nothing left to cancel or ask
+            _cancel(client, dsk, futures)
+        raise
+
+
+def _cancel(client, dsk, futures) -> None:
+    """Cancel a job's futures, then wait until no worker holds an unreleased task of its graph
+    ``dsk`` (the key names tell the job's tasks from other clients' on a shared cluster)."""
+    from distributed import futures_of
+
+    graph = dsk.__dask_graph__() if hasattr(dsk, "__dask_graph__") else dsk  # expr or dict
+    names = frozenset(_key_name(key) for key in graph)
+    client.cancel(futures_of(futures), force=True)
+    deadline = time.monotonic() + DRAIN_TIMEOUT
+    while running := sum(client.run(_tasks_of, names, on_error="ignore").values()):
+        if time.monotonic() > deadline:
+            log.warning(
+                f"napari-srgan: warning: {running} task(s) still run on the cluster "
+                f"{DRAIN_TIMEOUT:g} s after the stop (a running task cannot be interrupted); "
+                "a chunk they write may be left beside the output in a hidden .partial folder"
+            )
+            return
+        time.sleep(DRAIN_POLL)
+
+
+def _key_name(key) -> str:
+    """The name a dask key shares with the other blocks of its array (``("name", 0, 1)``)."""
+    return str(key[0] if isinstance(key, tuple) else key)
+
+
+def _tasks_of(names: frozenset[str], dask_worker) -> int:
+    """On a worker: how many tasks whose key has one of ``names`` it holds, released ones left
+    out. A cancelled task is released at once, except one being computed: it stays (in state
+    "cancelled") until it ends."""
+    return sum(
+        task.state != "released" and _key_name(key) in names
+        for key, task in dask_worker.state.tasks.items()
+    )
