@@ -239,18 +239,25 @@ def stop_on_a_cluster(tmp_path, tiny_model_file, stopped, monkeypatch) -> tuple[
 
 
 def test_sigterm_on_a_distributed_cluster_cancels_the_job_and_waits_for_its_writes(
-    tmp_path, tiny_model_file, stopped, monkeypatch
+    tmp_path, tiny_model_file, stopped, monkeypatch, caplog
 ):
     """The blocks still queued on the cluster are cancelled: none is computed after the stop,
     and the scheduler and its worker hold no task of the job when the command returns. The
     block being written cannot be interrupted: the command waits for it before removing the
     store (before, its late write recreated part of the unfinished store beside the output,
     without the mark that lets a later run remove it)."""
+    from napari_srgan.engine import schedulers
+
     code, stderr, computed, left = stop_on_a_cluster(
         tmp_path, tiny_model_file, stopped, monkeypatch
     )
     check_stopped(code, stderr, "SIGTERM")
     assert left == 0
+    waiting = [r.getMessage() for r in caplog.records if r.name == schedulers.__name__]
+    assert waiting == [
+        "napari-srgan: waiting (at most 60 s) for the tasks that the cluster's "
+        "workers are computing: they cannot be interrupted"
+    ]
     assert 4 <= computed < 16  # the first of the 2 x 2 output chunks needed 4 blocks
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.zarr"], sorted(
         str(p) for p in tmp_path.rglob("*")
@@ -269,8 +276,9 @@ def test_a_cluster_task_that_outlasts_the_wait_is_named_in_a_warning(
         tmp_path, tiny_model_file, stopped, monkeypatch
     )
     check_stopped(code, stderr, "SIGTERM")
-    [warning] = [r.getMessage() for r in caplog.records if r.name == schedulers.__name__]
-    assert warning.startswith("napari-srgan: warning: 1 task(s) still run on the cluster 0 s")
+    [waiting, warning] = [r.getMessage() for r in caplog.records if r.name == schedulers.__name__]
+    assert waiting.startswith("napari-srgan: waiting (at most 0 s) for the tasks")
+    assert warning.startswith("napari-srgan: warning: tasks still run on the cluster 0 s after")
 
 
 def test_ctrl_c_stops_the_same_way(tmp_path, picture, tiny_model_file, stopped):

@@ -152,13 +152,19 @@ def _cancel(client, dsk, futures) -> None:
     graph = dsk.__dask_graph__() if hasattr(dsk, "__dask_graph__") else dsk  # expr or dict
     names = frozenset(_key_name(key) for key in graph)
     client.cancel(futures_of(futures), force=True)
-    deadline = time.monotonic() + DRAIN_TIMEOUT
-    while running := sum(client.run(_tasks_of, names, on_error="ignore").values()):
+    deadline, waited = time.monotonic() + DRAIN_TIMEOUT, False
+    while any(client.run(_tasks_of, names, on_error="ignore").values()):
+        if not waited:  # said once: the command seems to hang otherwise
+            log.warning(
+                f"napari-srgan: waiting (at most {DRAIN_TIMEOUT:g} s) for the tasks that the "
+                "cluster's workers are computing: they cannot be interrupted"
+            )
+            waited = True
         if time.monotonic() > deadline:
             log.warning(
-                f"napari-srgan: warning: {running} task(s) still run on the cluster "
-                f"{DRAIN_TIMEOUT:g} s after the stop (a running task cannot be interrupted); "
-                "a chunk they write may be left beside the output in a hidden .partial folder"
+                f"napari-srgan: warning: tasks still run on the cluster {DRAIN_TIMEOUT:g} s "
+                "after the stop; a chunk they write may be left beside the output in a hidden "
+                ".partial folder"
             )
             return
         time.sleep(DRAIN_POLL)
