@@ -126,7 +126,7 @@ def test_cli_on_a_distributed_scheduler_writes_zarr(tmp_path, grey_file, rng):
     data = rng.integers(0, 255, (100, 90)).astype(np.uint8)
     zarr_image(tmp_path / "in.zarr", data, (40, 40))
     with distributed.LocalCluster(
-        n_workers=1, processes=False, protocol="tcp://", dashboard_address=None
+        n_workers=1, processes=False, protocol="tcp://", host="127.0.0.1", dashboard_address=None
     ) as cluster:
         arguments = ["upscale", tmp_path / "in.zarr", tmp_path / "out.zarr", "--model", grey_file]
         arguments += ["--scheduler", cluster.scheduler_address, "--tile", "48"]

@@ -226,6 +226,7 @@ def stop_on_a_cluster(tmp_path, tiny_model_file, stopped, monkeypatch) -> tuple[
             threads_per_worker=1,
             processes=False,
             protocol="tcp://",
+            host="127.0.0.1",
             dashboard_address=None,
         ) as cluster,
     ):
