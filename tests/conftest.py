@@ -6,11 +6,14 @@ napari alive when training starts after a canvas exists.
 
 from __future__ import annotations
 
+import errno
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from zarr.storage import LocalStore
 
 from napari_srgan.models.files import native_model, save_model
 from napari_srgan.models.halo import CACHE_DIR_ENV
@@ -92,3 +95,19 @@ def errors(monkeypatch) -> list[str]:
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+def fill_the_disk(monkeypatch, suffix: str) -> None:
+    """Make writing a result of ``suffix`` fail as a full disk does: a store's chunk writes, or a
+    file's data (reported by write or, on NFS and quotas, by fsync)."""
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def full_async(*args, **kwargs):
+        full()
+
+    if suffix == ".zarr":
+        monkeypatch.setattr(LocalStore, "set", full_async)
+    else:
+        monkeypatch.setattr(os, "fsync", full)

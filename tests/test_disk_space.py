@@ -6,9 +6,7 @@ The free space is faked by patching ``disk_usage`` where the check calls it.
 
 from __future__ import annotations
 
-import errno
 import math
-import os
 import re
 import subprocess
 from collections import namedtuple
@@ -17,8 +15,8 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
-from zarr.storage import LocalStore
 
+from conftest import fill_the_disk
 from napari_srgan.cli import main
 from napari_srgan.engine import file_upscale
 from napari_srgan.engine.upscale import check_image
@@ -262,17 +260,7 @@ def test_a_disk_that_is_really_full_still_fails_in_one_line_without_the_check(
     arguments = ["upscale", str(source), str(output), "--model", str(tiny_model_file)]
     assert main(arguments) == 0
     before = snapshot(tmp_path)
-
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    async def full_async(*args, **kwargs):
-        full()
-
-    if suffix == ".zarr":
-        monkeypatch.setattr(LocalStore, "set", full_async)
-    else:
-        monkeypatch.setattr(os, "fsync", full)
+    fill_the_disk(monkeypatch, suffix)
     fake_free_space(monkeypatch, 1000)
     capsys.readouterr()
     assert main([*arguments, "--overwrite", "--skip-space-check"]) == 2

@@ -8,7 +8,6 @@ moment is exact and the test is not timing-dependent); the parent then checks wh
 
 from __future__ import annotations
 
-import errno
 import os
 import signal
 import subprocess
@@ -20,9 +19,9 @@ import imageio.v3 as iio
 import numpy as np
 import pytest
 import torch
-from zarr.storage import LocalStore
 
 import napari_srgan.io.atomic_files as atomic
+from conftest import fill_the_disk
 from napari_srgan.cli import main
 from napari_srgan.engine.file_upscale import UpscaleSettings, upscale_file
 from napari_srgan.io.atomic_files import STORE_MARKER, clean_leftovers
@@ -277,17 +276,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(
 ):
     """The disk fills up while the result is written: the chunk writes of a store fail, or a
     file's data does not fit (reported by write or, on NFS and quotas, by fsync)."""
-
-    def full(*args, **kwargs):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    async def full_async(*args, **kwargs):
-        full()
-
-    if suffix == ".zarr":
-        monkeypatch.setattr(LocalStore, "set", full_async)
-    else:
-        monkeypatch.setattr(os, "fsync", full)
+    fill_the_disk(monkeypatch, suffix)
     source = tmp_path / "in.png"
     iio.imwrite(source, np.random.default_rng(0).integers(0, 255, (24, 24, 3), np.uint8))
     output = tmp_path / f"out{suffix}"
