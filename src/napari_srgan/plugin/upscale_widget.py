@@ -60,7 +60,12 @@ from napari_srgan.plugin.controls import (
 )
 from napari_srgan.plugin.model_list import follow_model_list, model_list
 from napari_srgan.plugin.reader import read_zarr_layer
-from napari_srgan.plugin.writer import PlanesNotComputed, in_one_length_unit, save_image_layer
+from napari_srgan.plugin.writer import (
+    PlanesNotComputed,
+    in_one_length_unit,
+    save_image_layer,
+    show_save_warnings,
+)
 
 if TYPE_CHECKING:
     from napari.layers import Image
@@ -855,8 +860,7 @@ class UpscaleWidget(Container):
 
         def returned(value: tuple[Path, list[str]]) -> None:
             written, warnings = value
-            for warning in warnings:
-                show_warning(f"napari-srgan: {warning}")
+            show_save_warnings(warnings)
             show_status(self.status, f"saved: {shown(written)}")
 
         def errored(error: Exception) -> None:

@@ -61,17 +61,25 @@ def _declared(data) -> tuple[tuple[int, ...], int]:
     return shape, math.prod(shape) * np.dtype(data.dtype).itemsize
 
 
+def _layer_name(meta: dict) -> str:
+    return shown(meta["name"]) if meta.get("name") else "the layer"
+
+
+def show_save_warnings(warnings: list[str]) -> None:
+    """What :func:`save_image_layer` says the user should be warned of, as notifications."""
+    for warning in warnings:
+        show_warning(f"napari-srgan: {warning}")
+
+
 def write_image_layer(path: str, data, meta: dict) -> list[str]:
     """napari's writer: called on the GUI thread, problems go to notifications."""
-    name = shown(meta["name"]) if meta.get("name") else "the layer"
     try:
         written, warnings = save_image_layer(path, data, meta)
     except (ValueError, OSError, PlanesNotComputed) as error:
         # napari reports a writer's ValueError only as "not a valid writer": say why here
-        show_error(f"napari-srgan: cannot save {name}: {error}")
+        show_error(f"napari-srgan: cannot save {_layer_name(meta)}: {error}")
         return []
-    for warning in warnings:
-        show_warning(f"napari-srgan: {warning}")
+    show_save_warnings(warnings)
     return [str(written)]
 
 
@@ -79,7 +87,7 @@ def save_image_layer(path: str, data, meta: dict) -> tuple[Path, list[str]]:
     """Write a layer (napari's data and meta) as OME-TIFF, atomically; returns the file and what
     the user should be warned of. Shows nothing itself, so it can run in a worker thread;
     raises ValueError, OSError or :class:`PlanesNotComputed`."""
-    name = shown(meta["name"]) if meta.get("name") else "the layer"
+    name = _layer_name(meta)
     warnings = []
     metadata = meta.get("metadata")
     provenance = metadata.get(PROVENANCE_KEY) if isinstance(metadata, dict) else None
