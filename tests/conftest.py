@@ -97,6 +97,17 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+#: A training run from scratch small enough for a test (seconds on 2 CPU cores), checkpointed
+#: and validated every few steps; add ``--steps`` and the data.
+TINY_TRAINING = [
+    "train",
+    "--from-scratch",
+    *("--channels", "8", "--blocks", "1", "--patch", "32", "--batch", "2"),
+    *("--checkpoint-every", "2", "--validate-every", "4"),
+    *("--val-crop", "32", "--val-fraction", "0.4", "--device", "cpu"),
+]
+
+
 def fill_the_disk(monkeypatch, suffix: str) -> None:
     """Make writing a result of ``suffix`` fail as a full disk does: a store's chunk writes, or a
     file's data (reported by write or, on NFS and quotas, by fsync)."""

@@ -18,10 +18,11 @@ from pathlib import Path
 import imageio.v3 as iio
 import numpy as np
 import pytest
+import tifffile
 import torch
 
 import napari_srgan.io.atomic_files as atomic
-from conftest import fill_the_disk
+from conftest import TINY_TRAINING, fill_the_disk
 from napari_srgan.cli import main
 from napari_srgan.engine.file_upscale import UpscaleSettings, upscale_file
 from napari_srgan.io.atomic_files import STORE_MARKER, clean_leftovers
@@ -203,24 +204,27 @@ def test_a_temporary_store_deleted_while_written_is_never_swapped_in(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.zarr"]
 
 
-def test_an_input_store_replaced_while_it_is_read_stops_the_run(tmp_path, grey_model):
-    """Another writer swapped a new store in at the input's path mid-run: chunks are read by
-    path, so the remaining tiles came from the new image and the result silently mixed two."""
-    source, output = tmp_path / "in.zarr", tmp_path / "out.zarr"
+def write_tiled_tiff(path: Path, value: int) -> None:
+    """Another writer's atomic save: a new file renamed over the old one."""
+    new = path.with_name("new.tif")
+    tifffile.imwrite(new, np.full((128, 128), value, np.uint8), tile=(32, 32))
+    os.replace(new, path)
 
-    def write_input(value: int) -> None:
-        writer = OmeZarrWriter(
-            source, (128, 128), "uint8", rgb=False, scale=(1.0, 1.0), translate=(0.0, 0.0),
-            overwrite=True,
-        )  # fmt: skip
-        writer.level0[:, :] = np.full((128, 128), value, np.uint8)
-        writer.finish()
+
+@pytest.mark.parametrize(
+    ("name", "write_input"), [("in.zarr", write_store), ("in.tif", write_tiled_tiff)]
+)
+def test_an_input_replaced_while_it_is_read_stops_the_run(tmp_path, grey_model, name, write_input):
+    """Another writer swapped a new store or TIFF in at the input's path mid-run: chunks and
+    tiles are read by path, so the remaining tiles came from the new image and the result
+    silently mixed two (stores were checked for this first, streamed TIFFs later)."""
+    source, output = tmp_path / name, tmp_path / "out.zarr"
 
     def replace_input_after_the_first_tile(done: int, total: int) -> None:
         if done == 1:
-            write_input(2)
+            write_input(source, 2)
 
-    write_input(1)
+    write_input(source, 1)
     with pytest.raises(ValueError, match=f"^{source} was replaced by another writer while it"):
         upscale_file(
             source,
@@ -229,7 +233,7 @@ def test_an_input_store_replaced_while_it_is_read_stops_the_run(tmp_path, grey_m
             settings=UpscaleSettings(tile=32),
             progress=replace_input_after_the_first_tile,
         )
-    assert [p.name for p in tmp_path.iterdir()] == ["in.zarr"]
+    assert [p.name for p in tmp_path.iterdir()] == [name]
 
 
 RENAME_AT_ONCE = """
@@ -288,32 +292,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.png"]
 
 
-TRAIN = [
-    "train",
-    "--from-scratch",
-    "--channels",
-    "8",
-    "--blocks",
-    "1",
-    "--patch",
-    "32",
-    "--batch",
-    "2",
-    "--steps",
-    "12",
-    "--checkpoint-every",
-    "2",
-    "--validate-every",
-    "4",
-    "--val-crop",
-    "32",
-    "--val-fraction",
-    "0.4",
-    "--device",
-    "cpu",
-    "--seed",
-    "3",
-]
+TRAIN = [*TINY_TRAINING, "--steps", "12", "--seed", "3"]
 
 KILL_AT_STEP = """
 import os, signal, sys

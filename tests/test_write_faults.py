@@ -23,6 +23,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import TINY_TRAINING
 from napari_srgan.cli import main
 
 SRC = str(Path(__file__).resolve().parents[1] / "src")
@@ -68,34 +69,7 @@ def picture(path: Path, side: int) -> Path:
     return path
 
 
-TRAIN = [
-    "train",
-    "--from-scratch",
-    "--channels",
-    "8",
-    "--blocks",
-    "1",
-    "--patch",
-    "32",
-    "--batch",
-    "2",
-    "--steps",
-    "4",
-    "--checkpoint-every",
-    "2",
-    "--validate-every",
-    "4",
-    "--val-crop",
-    "32",
-    "--val-fraction",
-    "0.4",
-    "--device",
-    "cpu",
-    "--hr",
-    "hr.png",
-    "--out",
-    "run/m.safetensors",
-]
+TRAIN = [*TINY_TRAINING, "--steps", "4", "--hr", "hr.png", "--out", "run/m.safetensors"]
 
 
 @pytest.mark.parametrize(
